@@ -1,0 +1,376 @@
+// Package config holds labreg's one configuration: built-in defaults, then a
+// YAML file, then LABREG_* environment variables, then command-line flags
+// (later sources win). Unknown YAML keys are rejected with the key named.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the effective configuration of every labreg command.
+type Config struct {
+	Registry Registry `yaml:"registry"`
+	UI       UI       `yaml:"ui"`
+	Client   Client   `yaml:"client"`
+	Log      Log      `yaml:"log"`
+}
+
+// Registry configures `labreg serve`.
+type Registry struct {
+	// Listen is the registry's listen address. Default ":5000".
+	Listen string `yaml:"listen" flag:"listen" usage:"registry listen address"`
+	// Data is the data directory (blobs, manifests, indexes). Default
+	// /var/lib/labreg for root, else $XDG_DATA_HOME/labreg (~/.local/share/labreg).
+	Data string `yaml:"data" flag:"data" usage:"data directory"`
+	// Advertise is the HOST:PORT every swarm node uses to reach this registry
+	// (the lab's 211.183.3.100:5000). Default: first non-loopback IPv4 of the
+	// host with the listen port.
+	Advertise string `yaml:"advertise" flag:"advertise" usage:"address every swarm node uses to reach the registry (HOST:PORT)"`
+	// TLSCert and TLSKey turn on HTTPS when both are set. Default: plain HTTP.
+	TLSCert string `yaml:"tls_cert" flag:"tls-cert" usage:"TLS certificate file (enables HTTPS with --tls-key)"`
+	TLSKey  string `yaml:"tls_key" flag:"tls-key" usage:"TLS private key file"`
+	// Htpasswd turns on basic auth from an htpasswd (bcrypt) file. Default: off.
+	Htpasswd string `yaml:"htpasswd" flag:"htpasswd" usage:"htpasswd file (bcrypt); enables basic auth"`
+	// Realm is the basic-auth realm. Default "labreg".
+	Realm string `yaml:"realm" flag:"realm" usage:"basic-auth realm"`
+	// ReadOnly rejects pushes and deletes. Default false.
+	ReadOnly bool `yaml:"readonly" flag:"readonly" usage:"serve read-only (no push or delete)"`
+	// ProxyRemoteURL turns the registry into a pull-through cache of that
+	// upstream registry. Default: off.
+	ProxyRemoteURL string `yaml:"proxy_remote_url" flag:"proxy-remote-url" usage:"upstream registry URL for pull-through-cache mode"`
+	// DrainTimeout is how long shutdown waits for requests in flight. Default 30s.
+	DrainTimeout time.Duration `yaml:"drain_timeout" flag:"drain-timeout" usage:"how long shutdown waits for requests in flight"`
+}
+
+// UI configures the catalog web UI served by `labreg serve`.
+type UI struct {
+	// Listen is the UI listen address; empty disables the UI. Default ":8080".
+	Listen string `yaml:"listen" flag:"ui-listen" usage:"web UI listen address (empty: no UI)"`
+	// ReadOnly hides and refuses every delete and GC action. Default false.
+	ReadOnly bool `yaml:"readonly" flag:"ui-readonly" usage:"web UI without delete or GC"`
+}
+
+// Client configures the commands that talk to a registry (build, deploy, ls, gc).
+type Client struct {
+	// Registry is the HOST:PORT the client pushes to and resolves short names
+	// against. Default: registry.advertise.
+	Registry string `yaml:"registry" flag:"registry" usage:"registry HOST:PORT to push to (default: registry.advertise)"`
+	// BuildkitAddr is the buildkitd address for Dockerfiles that RUN.
+	// Default: $BUILDKIT_HOST, else the Docker Engine's embedded BuildKit.
+	BuildkitAddr string `yaml:"buildkit_addr" flag:"buildkit-addr" usage:"buildkitd address (default $BUILDKIT_HOST, else the Docker Engine)"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error. Default "info".
+	Level string `yaml:"level" flag:"log-level" usage:"log level: debug, info, warn, error"`
+	// Format is text or json. Default "text".
+	Format string `yaml:"format" flag:"log-format" usage:"log format: text or json"`
+}
+
+// Field is one configurable value: its YAML key, flag name and environment name.
+type Field struct {
+	Key   string // dotted YAML key, e.g. "registry.listen"
+	Flag  string // flag name without dashes, e.g. "listen"
+	Env   string // environment variable, e.g. "LABREG_LISTEN"
+	Usage string
+	Kind  reflect.Kind
+	value reflect.Value
+}
+
+// Default returns the built-in defaults. Advertise stays empty until
+// Resolve fills it from the host's addresses.
+func Default() *Config {
+	return &Config{
+		Registry: Registry{
+			Listen:       ":5000",
+			Data:         DefaultDataDir(),
+			Realm:        "labreg",
+			DrainTimeout: 30 * time.Second,
+		},
+		UI:  UI{Listen: ":8080"},
+		Log: Log{Level: "info", Format: "text"},
+	}
+}
+
+// DefaultDataDir is /var/lib/labreg for root, else $XDG_DATA_HOME/labreg
+// or ~/.local/share/labreg.
+func DefaultDataDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/labreg"
+	}
+	if x := os.Getenv("XDG_DATA_HOME"); x != "" {
+		return filepath.Join(x, "labreg")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "share", "labreg")
+	}
+	return filepath.Join(os.TempDir(), "labreg")
+}
+
+// Fields lists every configurable value of c, in declaration order.
+func (c *Config) Fields() []Field {
+	var out []Field
+	root := reflect.ValueOf(c).Elem()
+	for i := 0; i < root.NumField(); i++ {
+		sec := root.Type().Field(i)
+		sv := root.Field(i)
+		for j := 0; j < sv.NumField(); j++ {
+			f := sv.Type().Field(j)
+			flag := f.Tag.Get("flag")
+			out = append(out, Field{
+				Key:   sec.Tag.Get("yaml") + "." + f.Tag.Get("yaml"),
+				Flag:  flag,
+				Env:   "LABREG_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")),
+				Usage: f.Tag.Get("usage"),
+				Kind:  f.Type.Kind(),
+				value: sv.Field(j),
+			})
+		}
+	}
+	return out
+}
+
+// String returns the field's current value as text.
+func (f Field) String() string {
+	if d, ok := f.value.Interface().(time.Duration); ok {
+		return d.String()
+	}
+	return fmt.Sprint(f.value.Interface())
+}
+
+// Set parses s into the field.
+func (f Field) Set(s string) error {
+	switch f.value.Interface().(type) {
+	case string:
+		f.value.SetString(s)
+	case bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not true or false", f.Key, s)
+		}
+		f.value.SetBool(b)
+	case time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a duration (e.g. 30s)", f.Key, s)
+		}
+		f.value.SetInt(int64(d))
+	default:
+		return fmt.Errorf("%s: unsupported type %s", f.Key, f.Kind)
+	}
+	return nil
+}
+
+// Sources are the inputs of Load besides the defaults.
+type Sources struct {
+	// File is a YAML config file; empty means none (or $LABREG_CONFIG).
+	File string
+	// Env looks up environment variables; nil means os.LookupEnv.
+	Env func(string) (string, bool)
+	// Flags maps flag names (e.g. "listen") to values the user set.
+	Flags map[string]string
+}
+
+// Load builds the effective configuration: defaults, then the file, then
+// LABREG_* variables, then flags; then Resolve and Validate.
+func Load(src Sources) (*Config, error) {
+	c := Default()
+	env := src.Env
+	if env == nil {
+		env = os.LookupEnv
+	}
+	file := src.File
+	if file == "" {
+		file, _ = env("LABREG_CONFIG")
+	}
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("reading config file: %w", err)
+		}
+		if err := c.decodeYAML(data); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", file, err)
+		}
+	}
+	fields := c.Fields()
+	for _, f := range fields {
+		if v, ok := env(f.Env); ok {
+			if err := f.Set(v); err != nil {
+				return nil, fmt.Errorf("environment %s: %w", f.Env, err)
+			}
+		}
+	}
+	byFlag := map[string]Field{}
+	for _, f := range fields {
+		byFlag[f.Flag] = f
+	}
+	names := make([]string, 0, len(src.Flags))
+	for n := range src.Flags {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		f, ok := byFlag[n]
+		if !ok {
+			return nil, fmt.Errorf("unknown setting --%s", n)
+		}
+		if err := f.Set(src.Flags[n]); err != nil {
+			return nil, fmt.Errorf("flag --%s: %w", n, err)
+		}
+	}
+	if err := c.Resolve(); err != nil {
+		return nil, err
+	}
+	return c, c.Validate()
+}
+
+func (c *Config) decodeYAML(data []byte) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	err := dec.Decode(c)
+	if errors.Is(err, io.EOF) { // empty file
+		return nil
+	}
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		// yaml says "line 3: field foo not found in type config.Registry";
+		// say it with the key the user wrote.
+		msgs := make([]string, len(te.Errors))
+		for i, m := range te.Errors {
+			msgs[i] = rewordYAML(m)
+		}
+		return errors.New(strings.Join(msgs, "; "))
+	}
+	return err
+}
+
+func rewordYAML(m string) string {
+	const nf = " not found in type "
+	if i := strings.Index(m, nf); i >= 0 {
+		head := m[:i] // "line 3: field foo"
+		typ := m[i+len(nf):]
+		sec := strings.ToLower(strings.TrimPrefix(typ, "config."))
+		if j := strings.Index(head, "field "); j >= 0 {
+			key := head[j+len("field "):]
+			if sec != "config" {
+				key = sec + "." + key
+			}
+			return head[:j] + "unknown key " + strconv.Quote(key)
+		}
+	}
+	return m
+}
+
+// Resolve fills values derived from others: the advertised address from the
+// host's first non-loopback IPv4 and the listen port, the client registry
+// from the advertised address.
+func (c *Config) Resolve() error {
+	if c.Registry.Advertise == "" {
+		_, port, err := net.SplitHostPort(c.Registry.Listen)
+		if err != nil {
+			return fmt.Errorf("registry.listen: %q is not HOST:PORT", c.Registry.Listen)
+		}
+		c.Registry.Advertise = net.JoinHostPort(FirstHostIPv4(), port)
+	}
+	if c.Client.Registry == "" {
+		c.Client.Registry = c.Registry.Advertise
+	}
+	return nil
+}
+
+// FirstHostIPv4 returns the first non-loopback IPv4 address of this host,
+// or 127.0.0.1 when there is none.
+func FirstHostIPv4() string {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "127.0.0.1"
+	}
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		// Docker's own bridges are not reachable from other nodes.
+		if strings.HasPrefix(ifc.Name, "docker") || strings.HasPrefix(ifc.Name, "veth") || strings.HasPrefix(ifc.Name, "br-") {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+				return n.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}
+
+// Validate checks every value and says which one is wrong.
+func (c *Config) Validate() error {
+	var errs []error
+	hostPort := func(key, v string, emptyOK bool) {
+		if v == "" && emptyOK {
+			return
+		}
+		if _, p, err := net.SplitHostPort(v); err != nil || p == "" {
+			errs = append(errs, fmt.Errorf("%s: %q is not HOST:PORT", key, v))
+		} else if n, err := strconv.Atoi(p); err != nil || n < 0 || n > 65535 {
+			errs = append(errs, fmt.Errorf("%s: %q has no valid port", key, v))
+		}
+	}
+	hostPort("registry.listen", c.Registry.Listen, false)
+	hostPort("ui.listen", c.UI.Listen, true)
+	hostPort("registry.advertise", c.Registry.Advertise, false)
+	hostPort("client.registry", c.Client.Registry, false)
+	if c.Registry.Data == "" {
+		errs = append(errs, errors.New("registry.data: must not be empty"))
+	}
+	if (c.Registry.TLSCert == "") != (c.Registry.TLSKey == "") {
+		errs = append(errs, errors.New("registry.tls_cert and registry.tls_key: set both or neither"))
+	}
+	if c.Registry.DrainTimeout < 0 {
+		errs = append(errs, errors.New("registry.drain_timeout: must not be negative"))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level: %q is not debug, info, warn or error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log.format: %q is not text or json", c.Log.Format))
+	}
+	return errors.Join(errs...)
+}
+
+// YAML renders the configuration as a YAML document.
+func (c *Config) YAML() ([]byte, error) {
+	var b bytes.Buffer
+	sec := ""
+	for _, f := range c.Fields() {
+		s, k, _ := strings.Cut(f.Key, ".")
+		if s != sec {
+			fmt.Fprintf(&b, "%s:\n", s)
+			sec = s
+		}
+		v := f.String()
+		if f.Kind == reflect.String {
+			v = strconv.Quote(v)
+		}
+		fmt.Fprintf(&b, "  %s: %s  # %s, --%s\n", k, v, f.Env, f.Flag)
+	}
+	return b.Bytes(), nil
+}

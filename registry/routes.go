@@ -1,0 +1,127 @@
+package registry
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// routes assembles the handler chain: access log and metrics around
+// labreg's own endpoints, with distribution's app underneath.
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", s.serveHealth)
+	mux.Handle("/", s.app)
+	return s.instrument(mux)
+}
+
+func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
+	checks := s.health.CheckStatus(r.Context())
+	w.Header().Set("Content-Type", "application/json")
+	if len(checks) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	json.NewEncoder(w).Encode(map[string]any{"ok": len(checks) == 0, "failing": checks})
+}
+
+// statusWriter records the status and bytes written. It forwards
+// ReadFrom so that io.Copy from an *os.File still reaches sendfile.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+// ReadFrom keeps http.ServeContent and io.Copy from an *os.File on the
+// sendfile path of the underlying response.
+func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := w.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(r)
+	} else {
+		n, err = io.Copy(w.ResponseWriter, r)
+	}
+	w.bytes += n
+	return n, err
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	bytesOut prometheus.Counter
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "labreg_http_requests_total", Help: "HTTP requests by method and status code.",
+		}, []string{"method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "labreg_http_request_duration_seconds", Help: "HTTP request latency by method.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"method"}),
+		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "labreg_http_response_bytes_total", Help: "Response body bytes sent.",
+		}),
+	}
+	// A registry passed in by the caller may already hold these.
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.bytesOut,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		_ = reg.Register(c)
+	}
+	return m
+}
+
+// instrument writes one access-log line per request and counts it.
+func (s *Server) instrument(next http.Handler) http.Handler {
+	m := newMetrics(s.metrics)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		if sw.status == 0 {
+			sw.status = http.StatusOK
+		}
+		d := time.Since(start)
+		m.requests.WithLabelValues(r.Method, strconv.Itoa(sw.status)).Inc()
+		m.duration.WithLabelValues(r.Method).Observe(d.Seconds())
+		m.bytesOut.Add(float64(sw.bytes))
+		s.log.LogAttrs(r.Context(), levelFor(sw.status), "request",
+			slogAttrs(r, sw.status, sw.bytes, d)...)
+	})
+}

@@ -1,0 +1,275 @@
+// Package registry embeds the distribution/v3 registry as a library and adds
+// what labreg needs on top of it: the OCI 1.1 referrers API, a sendfile fast
+// path for committed blobs, request logging through log/slog, Prometheus
+// metrics, a health endpoint and graceful shutdown.
+//
+// A Server is created with New, bound with Listen and run with Serve until
+// its context ends; it never exits the process or installs signal handlers.
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/health"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"             // htpasswd auth
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the data dir
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"   // tests and benchmarks
+)
+
+// Options configures a Server. The zero value of each field is its default.
+type Options struct {
+	// DataDir holds all registry state. Required.
+	DataDir string
+	// TLSCert and TLSKey enable HTTPS when both are set. Default: plain HTTP.
+	TLSCert, TLSKey string
+	// Htpasswd enables basic auth from this htpasswd (bcrypt) file. Default: off.
+	Htpasswd string
+	// Realm is the basic-auth realm. Default "labreg".
+	Realm string
+	// ReadOnly rejects pushes and deletes. Default false.
+	ReadOnly bool
+	// ProxyRemoteURL makes the registry a pull-through cache. Default: off.
+	ProxyRemoteURL string
+	// DrainTimeout bounds how long Serve waits for requests in flight after
+	// its context ends. Default 30s.
+	DrainTimeout time.Duration
+	// Logger receives the access log and distribution's own log lines.
+	// Default: discard.
+	Logger *slog.Logger
+	// Metrics registers the registry's Prometheus collectors. Default: a
+	// fresh registry served at /metrics.
+	Metrics *prometheus.Registry
+}
+
+// Server is an embedded OCI registry.
+type Server struct {
+	opts    Options
+	app     *handlers.App
+	health  *health.Registry
+	handler http.Handler
+	log     *slog.Logger
+	metrics *prometheus.Registry
+	ln      net.Listener
+}
+
+// New checks the data directory and builds the registry. It does not listen.
+func New(ctx context.Context, opts Options) (*Server, error) {
+	if opts.DataDir == "" {
+		return nil, errors.New("registry: no data directory")
+	}
+	if opts.Realm == "" {
+		opts.Realm = "labreg"
+	}
+	if opts.DrainTimeout == 0 {
+		opts.DrainTimeout = 30 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = prometheus.NewRegistry()
+	}
+	if err := checkDataDir(opts.DataDir); err != nil {
+		return nil, err
+	}
+	if opts.Htpasswd != "" {
+		if _, err := os.Stat(opts.Htpasswd); err != nil {
+			return nil, fmt.Errorf("htpasswd file: %w", err)
+		}
+	}
+	secret, err := httpSecret(opts.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	routeLogrus(opts.Logger)
+
+	cfg := distributionConfig(opts, secret)
+	hr := health.NewRegistry()
+	app, err := newApp(ctx, cfg, hr)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, app: app, health: hr, log: opts.Logger, metrics: opts.Metrics}
+	s.handler = s.routes()
+	return s, nil
+}
+
+// distributionConfig is the configuration.Configuration that
+// configuration.Parse would have produced for these options: Parse applies
+// defaults (catalog size, tag concurrency) that a Go-built value lacks.
+func distributionConfig(opts Options, secret string) *configuration.Configuration {
+	cfg := &configuration.Configuration{}
+	cfg.Version = configuration.MajorMinorVersion(0, 1)
+	cfg.Log.Level = "error"
+	cfg.Log.AccessLog.Disabled = true // labreg writes its own access log
+	cfg.HTTP.Secret = secret
+	cfg.HTTP.RelativeURLs = true
+	cfg.Catalog.MaxEntries = 1000
+	cfg.Storage = configuration.Storage{
+		"filesystem": configuration.Parameters{"rootdirectory": filepath.Join(opts.DataDir, "storage")},
+		"delete":     configuration.Parameters{"enabled": true},
+		"maintenance": configuration.Parameters{
+			"uploadpurging": map[any]any{"enabled": true, "age": "168h", "interval": "24h", "dryrun": false},
+			"readonly":      map[any]any{"enabled": opts.ReadOnly},
+		},
+		"tag": configuration.Parameters{"concurrencylimit": 8},
+	}
+	// Foreign (non-distributable) layers carry URLs; accept any http(s) URL.
+	cfg.Validation.Manifests.URLs.Allow = []string{"^https?://"}
+	if opts.Htpasswd != "" {
+		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": opts.Realm, "path": opts.Htpasswd}}
+	}
+	if opts.ProxyRemoteURL != "" {
+		cfg.Proxy.RemoteURL = opts.ProxyRemoteURL
+	}
+	cfg.Health.StorageDriver.Enabled = true
+	cfg.Health.StorageDriver.Interval = 10 * time.Second
+	cfg.Health.StorageDriver.Threshold = 3
+	return cfg
+}
+
+// newApp turns distribution's construction panics into errors.
+func newApp(ctx context.Context, cfg *configuration.Configuration, hr *health.Registry) (app *handlers.App, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("starting registry: %v", r)
+		}
+	}()
+	app = handlers.NewApp(ctx, cfg)
+	app.RegisterHealthChecks(hr)
+	return app, nil
+}
+
+func checkDataDir(dir string) error {
+	if err := os.MkdirAll(filepath.Join(dir, "storage"), 0o755); err != nil {
+		return fmt.Errorf("data directory %s: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".labreg-probe-*")
+	if err != nil {
+		return fmt.Errorf("data directory %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	if _, err := os.ReadDir(filepath.Join(dir, "storage")); err != nil {
+		return fmt.Errorf("data directory %s is not readable: %w", dir, err)
+	}
+	return nil
+}
+
+// httpSecret returns the secret that signs upload state, kept in the data
+// dir so that uploads survive a restart.
+func httpSecret(dir string) (string, error) {
+	p := filepath.Join(dir, "http-secret")
+	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) >= 32 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	s := hex.EncodeToString(buf)
+	if err := os.WriteFile(p, []byte(s+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("writing %s: %w", p, err)
+	}
+	return s, nil
+}
+
+// routeLogrus sends distribution's logrus output to the slog logger.
+// logrus is process-global; distribution gives no other way.
+func routeLogrus(l *slog.Logger) {
+	logrus.SetOutput(io.Discard)
+	logrus.SetLevel(logrus.WarnLevel)
+	logrus.AddHook(slogHook{l})
+}
+
+type slogHook struct{ l *slog.Logger }
+
+func (slogHook) Levels() []logrus.Level {
+	return []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel}
+}
+
+func (h slogHook) Fire(e *logrus.Entry) error {
+	lvl := slog.LevelWarn
+	if e.Level <= logrus.ErrorLevel {
+		lvl = slog.LevelError
+	}
+	attrs := make([]any, 0, 2*len(e.Data))
+	for k, v := range e.Data {
+		if strings.HasPrefix(k, "http.request.") || k == "go.version" || k == "instance.id" || k == "service" {
+			continue
+		}
+		attrs = append(attrs, k, v)
+	}
+	h.l.Log(context.Background(), lvl, e.Message, attrs...)
+	return nil
+}
+
+// Handler returns the registry's HTTP handler: /v2/ API, /healthz, /metrics.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Listen binds addr (":5000"). A port in use is reported here.
+func (s *Server) Listen(addr string) (net.Addr, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("registry cannot listen on %s: %w", addr, err)
+	}
+	s.ln = ln
+	return ln.Addr(), nil
+}
+
+// Serve serves on the listener bound by Listen until ctx ends, then drains
+// requests in flight for at most DrainTimeout.
+func (s *Server) Serve(ctx context.Context) error {
+	if s.ln == nil {
+		return errors.New("registry: Serve before Listen")
+	}
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	errc := make(chan error, 1)
+	go func() {
+		var err error
+		if s.opts.TLSCert != "" {
+			err = srv.ServeTLS(s.ln, s.opts.TLSCert, s.opts.TLSKey)
+		} else {
+			err = srv.Serve(s.ln)
+		}
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		s.app.Shutdown()
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down", "drain_timeout", s.opts.DrainTimeout)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.DrainTimeout)
+	defer cancel()
+	err := srv.Shutdown(dctx)
+	s.app.Shutdown()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("drain timeout %s: requests still in flight were cut", s.opts.DrainTimeout)
+	}
+	return err
+}
