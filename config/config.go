@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -238,41 +237,59 @@ func Load(src Sources) (*Config, error) {
 	return c, c.Validate()
 }
 
+// decodeYAML applies a YAML document through the same Field setters as
+// env and flags, so every error names the key and its line.
 func (c *Config) decodeYAML(data []byte) error {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	err := dec.Decode(c)
-	if errors.Is(err, io.EOF) { // empty file
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return err
+	}
+	if len(doc.Content) == 0 { // empty file
 		return nil
 	}
-	var te *yaml.TypeError
-	if errors.As(err, &te) {
-		// yaml says "line 3: field foo not found in type config.Registry";
-		// say it with the key the user wrote.
-		msgs := make([]string, len(te.Errors))
-		for i, m := range te.Errors {
-			msgs[i] = rewordYAML(m)
-		}
-		return errors.New(strings.Join(msgs, "; "))
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: expected a mapping of sections (registry:, ui:, …)", root.Line)
 	}
-	return err
-}
-
-func rewordYAML(m string) string {
-	const nf = " not found in type "
-	if i := strings.Index(m, nf); i >= 0 {
-		head := m[:i] // "line 3: field foo"
-		typ := m[i+len(nf):]
-		sec := strings.ToLower(strings.TrimPrefix(typ, "config."))
-		if j := strings.Index(head, "field "); j >= 0 {
-			key := head[j+len("field "):]
-			if sec != "config" {
-				key = sec + "." + key
+	byKey := map[string]Field{}
+	sections := map[string]bool{}
+	for _, f := range c.Fields() {
+		byKey[f.Key] = f
+		sec, _, _ := strings.Cut(f.Key, ".")
+		sections[sec] = true
+	}
+	var errs []error
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		sk, sv := root.Content[i], root.Content[i+1]
+		if !sections[sk.Value] {
+			errs = append(errs, fmt.Errorf("line %d: unknown key %q", sk.Line, sk.Value))
+			continue
+		}
+		if sv.Kind != yaml.MappingNode {
+			if sv.Tag == "!!null" {
+				continue
 			}
-			return head[:j] + "unknown key " + strconv.Quote(key)
+			errs = append(errs, fmt.Errorf("line %d: %s: expected a mapping", sv.Line, sk.Value))
+			continue
+		}
+		for j := 0; j+1 < len(sv.Content); j += 2 {
+			k, v := sv.Content[j], sv.Content[j+1]
+			key := sk.Value + "." + k.Value
+			f, ok := byKey[key]
+			if !ok {
+				errs = append(errs, fmt.Errorf("line %d: unknown key %q", k.Line, key))
+				continue
+			}
+			if v.Kind != yaml.ScalarNode {
+				errs = append(errs, fmt.Errorf("line %d: %s: expected a single value", v.Line, key))
+				continue
+			}
+			if err := f.Set(v.Value); err != nil {
+				errs = append(errs, fmt.Errorf("line %d: %w", v.Line, err))
+			}
 		}
 	}
-	return m
+	return errors.Join(errs...)
 }
 
 // Resolve fills values derived from others: the advertised address from the
