@@ -1,0 +1,338 @@
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	dockerconfig "github.com/docker/cli/cli/config"
+	"github.com/moby/buildkit/client"
+	"github.com/moby/buildkit/exporter/containerimage/exptypes"
+	"github.com/moby/buildkit/session"
+	"github.com/moby/buildkit/session/auth/authprovider"
+	solvererrdefs "github.com/moby/buildkit/solver/errdefs"
+	"github.com/moby/buildkit/util/progress/progressui"
+	"github.com/tonistiigi/fsutil"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/term"
+)
+
+// DockerAddr as NewBuildKit's address selects the Docker Engine's
+// embedded BuildKit without trying a buildkitd first.
+const DockerAddr = "docker"
+
+// DefaultBuildKitAddr is where a root buildkitd listens by default; it is
+// used when NewBuildKit gets an empty address.
+const DefaultBuildKitAddr = "unix:///run/buildkit/buildkitd.sock"
+
+// BuildKit is the Engine that builds Dockerfiles with BuildKit's
+// dockerfile.v0 frontend, on a buildkitd or on the BuildKit embedded in the
+// Docker Engine. It handles every Dockerfile, RUN included.
+type BuildKit struct {
+	c        *client.Client
+	addr     string
+	progress io.Writer
+	// docker is set when c talks to the Docker Engine's embedded BuildKit:
+	// the image is exported into the engine's image store and pushed with
+	// the Engine API.
+	docker *dockerEngine
+}
+
+var _ Engine = (*BuildKit)(nil)
+
+// connectTimeout bounds the first round trip to a BuildKit daemon.
+const connectTimeout = 5 * time.Second
+
+// NewBuildKit connects to BuildKit and returns an engine that writes
+// BuildKit's progress display to progress (a TTY display when progress is
+// a terminal, plain text otherwise; nil discards it).
+//
+// addr is a buildkitd address (unix://, tcp://, docker-container://…; the
+// CLI passes --buildkit-addr or BUILDKIT_HOST), or DockerAddr. Empty means
+// DefaultBuildKitAddr. When no buildkitd answers there, the Docker Engine's
+// embedded BuildKit (DOCKER_HOST or the default socket) is used instead
+// and a notice saying so goes to progress. The error names both when
+// neither answers. Close the engine when done.
+func NewBuildKit(ctx context.Context, addr string, progress io.Writer) (*BuildKit, error) {
+	if progress == nil {
+		progress = io.Discard
+	}
+	if addr == "" {
+		addr = DefaultBuildKitAddr
+	}
+	if addr == DockerAddr {
+		return NewDockerBuildKit(ctx, progress)
+	}
+	bk, bkErr := dialBuildkitd(ctx, addr, progress)
+	if bkErr == nil {
+		return bk, nil
+	}
+	bk, dErr := NewDockerBuildKit(ctx, progress)
+	if dErr != nil {
+		return nil, fmt.Errorf("no BuildKit to build with: %w; %w", bkErr, dErr)
+	}
+	fmt.Fprintf(progress, "buildkitd at %s is not reachable (%v); building with the Docker Engine's embedded BuildKit\n", addr, bkErr)
+	return bk, nil
+}
+
+// dialBuildkitd connects to a buildkitd at addr and checks that it answers.
+func dialBuildkitd(ctx context.Context, addr string, progress io.Writer) (*BuildKit, error) {
+	if isUnixSocketMissing(addr) {
+		return nil, fmt.Errorf("connecting to buildkitd at %s: nothing listens there", addr)
+	}
+	c, err := client.New(ctx, addr)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to buildkitd at %s: %w", addr, err)
+	}
+	if err := ping(ctx, c); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connecting to buildkitd at %s: %w", addr, err)
+	}
+	return &BuildKit{c: c, addr: addr, progress: progress}, nil
+}
+
+// ping asks the daemon for its workers, which every BuildKit version since
+// the Docker Engine 20.10 one answers, and fails when there is none.
+func ping(ctx context.Context, c *client.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	ws, err := c.ListWorkers(ctx)
+	if err != nil {
+		return err
+	}
+	if len(ws) == 0 {
+		return errors.New("it has no workers")
+	}
+	return nil
+}
+
+// Addr says what the engine is connected to: a buildkitd address or
+// "docker" followed by the Engine's address.
+func (b *BuildKit) Addr() string { return b.addr }
+
+// Close ends the connection to BuildKit (and to the Docker Engine).
+func (b *BuildKit) Close() error {
+	err := b.c.Close()
+	if b.docker != nil {
+		err = errors.Join(err, b.docker.Close())
+	}
+	return err
+}
+
+// Build solves t's Dockerfile and pushes the image to t.Ref, or writes it
+// to the OCI layout t.Layout (a directory, or a tar archive when the name
+// ends in ".tar") when t.Push is false. Result.Uploaded stays 0: BuildKit
+// does not report how many blobs a push sent.
+func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
+	res := Result{Ref: t.Ref}
+	if t.Context == "" {
+		return res, errors.New("build target has no context directory")
+	}
+	if t.Ref == "" && t.Push {
+		return res, errors.New("build target has no image reference to push to")
+	}
+	dockerfile := t.Dockerfile
+	if dockerfile == "" {
+		dockerfile = filepath.Join(t.Context, "Dockerfile")
+	}
+	if _, err := os.Stat(dockerfile); err != nil {
+		return res, fmt.Errorf("reading Dockerfile: %w", err)
+	}
+	contextFS, err := fsutil.NewFS(t.Context)
+	if err != nil {
+		return res, fmt.Errorf("opening build context %s: %w", t.Context, err)
+	}
+	dockerfileFS, err := fsutil.NewFS(filepath.Dir(dockerfile))
+	if err != nil {
+		return res, fmt.Errorf("opening Dockerfile directory: %w", err)
+	}
+
+	attrs := map[string]string{"filename": filepath.Base(dockerfile)}
+	for k, v := range t.BuildArgs {
+		attrs["build-arg:"+k] = v
+	}
+	cfg := dockerconfig.LoadDefaultConfigFile(b.progress)
+	opt := client.SolveOpt{
+		Frontend:      "dockerfile.v0",
+		FrontendAttrs: attrs,
+		LocalMounts: map[string]fsutil.FS{
+			"context":    contextFS,
+			"dockerfile": dockerfileFS,
+		},
+		Session: []session.Attachable{authprovider.NewDockerAuthProvider(authprovider.DockerAuthProviderConfig{
+			AuthConfigProvider: authprovider.LoadAuthConfig(cfg),
+		})},
+	}
+	var closeOutput func() error
+	switch {
+	case b.docker != nil:
+		// The classic image store of Docker Engine 20.10 takes images
+		// only through its "moby" exporter; pushing (or saving to a
+		// layout) goes through the Engine API afterwards.
+		opt.Exports = []client.ExportEntry{{Type: "moby", Attrs: map[string]string{"name": t.Ref}}}
+	case t.Push:
+		ex := map[string]string{"name": t.Ref, "push": "true"}
+		if t.Insecure {
+			ex[string(exptypes.OptKeyInsecure)] = "true"
+		}
+		opt.Exports = []client.ExportEntry{{Type: client.ExporterImage, Attrs: ex}}
+	default:
+		ex, closer, err := ociExport(t)
+		if err != nil {
+			return res, err
+		}
+		opt.Exports = []client.ExportEntry{ex}
+		closeOutput = closer
+	}
+
+	resp, err := b.solve(ctx, opt)
+	if closeOutput != nil {
+		err = errors.Join(err, closeOutput())
+	}
+	if err != nil {
+		return res, dockerfileError(dockerfile, err)
+	}
+	if b.docker != nil {
+		return b.docker.finish(ctx, t, cfg, b.progress)
+	}
+	res.Digest = resp.ExporterResponse[exptypes.ExporterImageDigestKey]
+	if res.Digest == "" {
+		return res, fmt.Errorf("building %s: BuildKit reported no image digest", t.Ref)
+	}
+	return res, nil
+}
+
+// ociExport is the export entry writing t to the OCI layout t.Layout.
+func ociExport(t Target) (client.ExportEntry, func() error, error) {
+	if t.Layout == "" {
+		return client.ExportEntry{}, nil, errors.New("build target is neither pushed nor given an OCI layout to write")
+	}
+	attrs := map[string]string{}
+	if t.Ref != "" {
+		attrs["name"] = t.Ref
+	}
+	if strings.HasSuffix(t.Layout, ".tar") {
+		f, err := os.Create(t.Layout)
+		if err != nil {
+			return client.ExportEntry{}, nil, fmt.Errorf("creating OCI layout archive: %w", err)
+		}
+		return client.ExportEntry{
+			Type:  client.ExporterOCI,
+			Attrs: attrs,
+			Output: func(map[string]string) (io.WriteCloser, error) {
+				return nopCloser{f}, nil
+			},
+		}, f.Close, nil
+	}
+	attrs["tar"] = "false"
+	return client.ExportEntry{Type: client.ExporterOCI, Attrs: attrs, OutputDir: t.Layout}, nil, nil
+}
+
+// nopCloser keeps BuildKit from closing the archive before Build checks
+// the close error itself.
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// solve runs one solve while BuildKit's progress display renders its
+// status stream to b.progress.
+func (b *BuildKit) solve(ctx context.Context, opt client.SolveOpt) (*client.SolveResponse, error) {
+	mode := progressui.PlainMode
+	if f, ok := b.progress.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		mode = progressui.TtyMode
+	}
+	if b.progress == io.Discard {
+		mode = progressui.QuietMode
+	}
+	display, err := progressui.NewDisplay(b.progress, mode)
+	if err != nil {
+		return nil, fmt.Errorf("starting progress display: %w", err)
+	}
+	ch := make(chan *client.SolveStatus)
+	var resp *client.SolveResponse
+	eg, ectx := errgroup.WithContext(ctx)
+	eg.Go(func() error {
+		var err error
+		resp, err = b.c.Solve(ectx, nil, opt, ch)
+		return err
+	})
+	eg.Go(func() error {
+		// The display must drain ch to the end even when ectx is
+		// cancelled, so it gets the parent context.
+		_, err := display.UpdateFrom(context.WithoutCancel(ctx), ch)
+		return err
+	})
+	if err := eg.Wait(); err != nil {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// DockerfileError is a build failure that BuildKit located in the
+// Dockerfile: Error() reads "FILE:LINE: INSTRUCTION: cause".
+type DockerfileError struct {
+	// File is the Dockerfile path, Line its 1-based line.
+	File string
+	Line int
+	// Instruction is the Dockerfile text at Line ("RUN exit 1").
+	Instruction string
+	Err         error
+}
+
+func (e *DockerfileError) Error() string {
+	msg := causeMessage(e.Err)
+	if e.Instruction != "" {
+		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Instruction, msg)
+	}
+	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, msg)
+}
+
+func (e *DockerfileError) Unwrap() error { return e.Err }
+
+// causeMessage trims the gRPC decoration BuildKit errors carry.
+func causeMessage(err error) string {
+	msg := err.Error()
+	for _, p := range []string{"rpc error: code = Unknown desc = ", "failed to solve: "} {
+		msg = strings.ReplaceAll(msg, p, "")
+	}
+	return msg
+}
+
+// dockerfileError turns a solve error that carries a source location in
+// the Dockerfile into a DockerfileError naming dockerfile:line; other
+// errors are wrapped with what was being done.
+func dockerfileError(dockerfile string, err error) error {
+	for _, src := range solvererrdefs.Sources(err) {
+		if src.Info == nil || len(src.Ranges) == 0 {
+			continue
+		}
+		line := int(src.Ranges[0].Start.Line)
+		de := &DockerfileError{File: dockerfile, Line: line, Err: err}
+		if lines := strings.Split(string(src.Info.Data), "\n"); line >= 1 && line <= len(lines) {
+			de.Instruction = strings.TrimSpace(lines[line-1])
+		}
+		return de
+	}
+	return fmt.Errorf("building %s: %s", dockerfile, causeMessage(err))
+}
+
+// isUnixSocketMissing reports whether addr is a unix socket nobody
+// listens on, to say so plainly instead of with a gRPC timeout.
+func isUnixSocketMissing(addr string) bool {
+	p, ok := strings.CutPrefix(addr, "unix://")
+	if !ok {
+		return false
+	}
+	c, err := net.DialTimeout("unix", p, time.Second)
+	if err != nil {
+		return true
+	}
+	c.Close()
+	return false
+}
