@@ -1,0 +1,179 @@
+package registry
+
+import (
+	"bufio"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Event is one entry of the registry's history.
+type Event struct {
+	Time time.Time `json:"time"`
+	// Action is push, pull, delete or gc.
+	Action string        `json:"action"`
+	Repo   string        `json:"repo,omitempty"`
+	Tag    string        `json:"tag,omitempty"`
+	Digest digest.Digest `json:"digest,omitempty"`
+	User   string        `json:"user,omitempty"`
+	Addr   string        `json:"addr,omitempty"`
+	// Via is "registry" for the /v2/ API, "ui" for the web UI.
+	Via    string `json:"via,omitempty"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// maxEvents bounds the history kept in memory; the file keeps everything.
+const maxEvents = 100_000
+
+// EventLog is the append-only history in <data>/events.jsonl, one JSON
+// event per line; it survives restarts.
+type EventLog struct {
+	mu     sync.Mutex
+	path   string
+	events []Event // oldest first
+	log    *slog.Logger
+}
+
+func openEventLog(dataDir string, log *slog.Logger) *EventLog {
+	l := &EventLog{path: filepath.Join(dataDir, "events.jsonl"), log: log}
+	f, err := os.Open(l.path)
+	if err != nil {
+		return l
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e Event
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			l.events = append(l.events, e)
+		}
+		if len(l.events) > 2*maxEvents {
+			l.events = append(l.events[:0], l.events[len(l.events)-maxEvents:]...)
+		}
+	}
+	if len(l.events) > maxEvents {
+		l.events = l.events[len(l.events)-maxEvents:]
+	}
+	return l
+}
+
+// Add records e (Time defaults to now) and appends it to the file.
+func (l *EventLog) Add(e Event) {
+	if e.Time.IsZero() {
+		e.Time = time.Now().UTC()
+	}
+	b, _ := json.Marshal(e)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+	if len(l.events) > 2*maxEvents {
+		l.events = append(l.events[:0], l.events[len(l.events)-maxEvents:]...)
+	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err == nil {
+		_, err = f.Write(append(b, '\n'))
+		f.Close()
+	}
+	if err != nil {
+		l.log.Warn("recording event", "path", l.path, "err", err)
+	}
+}
+
+// Page returns up to limit events, newest first, skipping offset, keeping
+// those for which keep (nil: all) is true; and how many matched in all.
+func (l *EventLog) Page(offset, limit int, keep func(Event) bool) ([]Event, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Event
+	n := 0
+	for i := len(l.events) - 1; i >= 0; i-- {
+		e := l.events[i]
+		if keep != nil && !keep(e) {
+			continue
+		}
+		if n >= offset && len(out) < limit {
+			out = append(out, e)
+		}
+		n++
+	}
+	return out, n
+}
+
+// parseV2 splits /v2/<name>/manifests/<ref> and /v2/<name>/blobs/<digest>.
+func parseV2(p string) (repo, kind, ref string, ok bool) {
+	rest, found := strings.CutPrefix(p, "/v2/")
+	if !found {
+		return "", "", "", false
+	}
+	for _, k := range []string{"manifests", "blobs"} {
+		if i := strings.LastIndex(rest, "/"+k+"/"); i > 0 {
+			ref = rest[i+len(k)+2:]
+			if ref == "" || strings.Contains(ref, "/") {
+				return "", "", "", false
+			}
+			return rest[:i], k, ref, true
+		}
+	}
+	return "", "", "", false
+}
+
+// hooks sits in front of the registry: the runtime read-only gate refuses
+// writes while it is closed, and successful manifest pushes, pulls and
+// deletes update the catalog index and the event history.
+func (s *Server) hooks(next http.Handler) http.Handler {
+	e := s.ext()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isWrite(r.Method) && strings.HasPrefix(r.URL.Path, "/v2/") {
+			ok, reason := e.gate.enter()
+			if !ok {
+				writeUnavailable(w, reason)
+				return
+			}
+			defer e.gate.leave()
+		}
+		repo, kind, ref, ok := parseV2(r.URL.Path)
+		if !ok || kind != "manifests" || r.Method == http.MethodHead {
+			next.ServeHTTP(w, r)
+			return
+		}
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		if sw.status >= 300 {
+			return
+		}
+		ev := Event{Repo: repo, Addr: r.RemoteAddr, Via: "registry"}
+		ev.User, _, _ = r.BasicAuth()
+		if d, err := digest.Parse(ref); err == nil {
+			ev.Digest = d
+		} else {
+			ev.Tag = ref
+			ev.Digest = digest.Digest(sw.Header().Get("Docker-Content-Digest"))
+		}
+		switch r.Method {
+		case http.MethodPut:
+			ev.Action = "push"
+			e.catalog.Touch(repo, ev.Tag)
+			if ev.Tag == "" {
+				// A push by digest (index child, referrer) adds no tag, but
+				// may make a dangling index complete.
+				e.catalog.Touch(repo, "")
+			}
+		case http.MethodDelete:
+			ev.Action = "delete"
+			e.catalog.Touch(repo, "")
+		case http.MethodGet:
+			ev.Action = "pull"
+		default:
+			return
+		}
+		e.events.Add(ev)
+	})
+}

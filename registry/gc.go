@@ -1,0 +1,291 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/distribution/distribution/v3"
+	"github.com/distribution/distribution/v3/registry/storage"
+	"github.com/opencontainers/go-digest"
+)
+
+// GCOptions selects what garbage collection removes. Blobs no manifest
+// references always go.
+type GCOptions struct {
+	// DryRun reports what would go without removing anything. Default false.
+	DryRun bool
+	// RemoveUntagged removes manifests no tag reaches (directly, as a child
+	// of a tagged index, or as a referrer of a kept manifest). Default false.
+	RemoveUntagged bool
+	// RemoveEmptyRepos removes repositories left with no tag and no
+	// manifest. Default false.
+	RemoveEmptyRepos bool
+}
+
+// GCBlob is a blob garbage collection removes.
+type GCBlob struct {
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+}
+
+// GCManifest is an untagged manifest garbage collection removes.
+type GCManifest struct {
+	Repo   string        `json:"repo"`
+	Digest digest.Digest `json:"digest"`
+}
+
+// GCResult says what went (or, for a dry run, would go).
+type GCResult struct {
+	DryRun       bool         `json:"dry_run"`
+	Blobs        []GCBlob     `json:"blobs"`
+	Manifests    []GCManifest `json:"manifests"`
+	Repositories []string     `json:"repositories"`
+	// Bytes is the size of the blobs that went (would go).
+	Bytes int64 `json:"bytes"`
+	// Kept is the number of blobs and manifests still referenced.
+	Kept     int           `json:"kept"`
+	Duration time.Duration `json:"duration"`
+}
+
+// GC runs garbage collection online: unless it is a dry run, the registry
+// is read-only (pushes get 503 with Retry-After) from the start of the mark
+// until the sweep ends. The outcome is recorded as a "gc" event.
+func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
+	if !opts.DryRun {
+		resume, err := s.ReadOnly(ctx, "garbage collection")
+		if err != nil {
+			return nil, err
+		}
+		defer resume()
+	}
+	res, err := s.Catalog().GC(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	if !opts.DryRun {
+		s.Events().Add(Event{Action: "gc", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
+			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))})
+	}
+	return res, nil
+}
+
+// repoPlan is what the mark phase learned about one repository.
+type repoPlan struct {
+	name      string
+	tags      []string
+	manifests []digest.Digest
+	drop      []digest.Digest // untagged manifests to remove
+}
+
+// GC plans garbage collection over the storage and, unless DryRun, carries
+// it out: untagged manifests and empty repositories first (when asked),
+// then distribution's storage.MarkAndSweep, which keeps every blob any
+// remaining manifest references. The caller must keep writers out (Server.GC
+// does; offline, stop the server).
+func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
+	start := time.Now()
+	plans, err := c.plan(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	res := &GCResult{DryRun: opts.DryRun, Blobs: []GCBlob{}, Manifests: []GCManifest{}, Repositories: []string{}}
+	marked := map[digest.Digest]bool{}
+	var emptyRepos []*repoPlan
+	for _, p := range plans {
+		dropped := map[digest.Digest]bool{}
+		for _, d := range p.drop {
+			dropped[d] = true
+			res.Manifests = append(res.Manifests, GCManifest{Repo: p.name, Digest: d})
+		}
+		if opts.RemoveEmptyRepos && len(p.tags) == 0 && len(p.manifests) == len(p.drop) {
+			emptyRepos = append(emptyRepos, p)
+			res.Repositories = append(res.Repositories, p.name)
+			continue
+		}
+		repo, err := c.repository(ctx, p.name)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range p.manifests {
+			if dropped[d] {
+				continue
+			}
+			if err := c.markRefs(ctx, repo, d, marked); err != nil {
+				return nil, err
+			}
+		}
+	}
+	stat := c.ns.BlobStatter()
+	err = c.ns.Blobs().Enumerate(ctx, func(d digest.Digest) error {
+		if marked[d] {
+			return nil
+		}
+		desc, err := stat.Stat(ctx, d)
+		if err != nil {
+			return fmt.Errorf("sizing blob %s: %w", d, err)
+		}
+		res.Blobs = append(res.Blobs, GCBlob{Digest: d, Size: desc.Size})
+		return nil
+	})
+	if err != nil && !isPathNotFound(err) {
+		return nil, fmt.Errorf("listing blobs: %w", err)
+	}
+	sort.Slice(res.Blobs, func(i, j int) bool { return res.Blobs[i].Digest < res.Blobs[j].Digest })
+	res.Kept = len(marked)
+	if opts.DryRun {
+		for _, b := range res.Blobs {
+			res.Bytes += b.Size
+		}
+		res.Duration = time.Since(start)
+		return res, nil
+	}
+
+	vacuum := storage.NewVacuum(ctx, c.driver)
+	for _, p := range plans {
+		for _, d := range p.drop {
+			if err := vacuum.RemoveManifest(p.name, d, p.tags); err != nil {
+				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
+			}
+		}
+	}
+	for _, p := range emptyRepos {
+		if err := vacuum.RemoveRepository(p.name); err != nil {
+			return nil, fmt.Errorf("removing empty repository %s: %w", p.name, err)
+		}
+	}
+	if err := storage.MarkAndSweep(ctx, c.driver, c.ns, storage.GCOpts{Quiet: true}); err != nil {
+		return nil, fmt.Errorf("garbage collection: %w", err)
+	}
+	// Count what actually went.
+	for _, b := range res.Blobs {
+		if _, err := stat.Stat(ctx, b.Digest); errors.Is(err, distribution.ErrBlobUnknown) || isPathNotFound(err) {
+			res.Bytes += b.Size
+		}
+	}
+	c.Reload()
+	res.Duration = time.Since(start)
+	return res, nil
+}
+
+// plan lists every repository's tags and manifests and, with
+// RemoveUntagged, the manifests no tag reaches.
+func (c *Catalog) plan(ctx context.Context, opts GCOptions) ([]*repoPlan, error) {
+	var plans []*repoPlan
+	err := c.ns.(distribution.RepositoryEnumerator).Enumerate(ctx, func(name string) error {
+		plans = append(plans, &repoPlan{name: name})
+		return nil
+	})
+	if err != nil && !isPathNotFound(err) {
+		return nil, fmt.Errorf("listing repositories: %w", err)
+	}
+	for _, p := range plans {
+		repo, err := c.repository(ctx, p.name)
+		if err != nil {
+			return nil, err
+		}
+		p.tags, err = repo.Tags(ctx).All(ctx)
+		if err != nil && !isRepoUnknown(err) && !isPathNotFound(err) {
+			return nil, fmt.Errorf("listing tags of %s: %w", p.name, err)
+		}
+		ms, err := repo.Manifests(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("opening manifests of %s: %w", p.name, err)
+		}
+		err = ms.(distribution.ManifestEnumerator).Enumerate(ctx, func(d digest.Digest) error {
+			p.manifests = append(p.manifests, d)
+			return nil
+		})
+		if err != nil && !isPathNotFound(err) {
+			return nil, fmt.Errorf("listing manifests of %s: %w", p.name, err)
+		}
+		if !opts.RemoveUntagged {
+			continue
+		}
+		// Keep what tags reach: tagged manifests, index children, and
+		// referrers of anything kept, until nothing changes.
+		keep := map[digest.Digest]bool{}
+		var walk func(d digest.Digest) error
+		walk = func(d digest.Digest) error {
+			if keep[d] {
+				return nil
+			}
+			keep[d] = true
+			raw, _, err := c.readManifest(ctx, repo, d)
+			if errors.Is(err, ErrNotFound) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			for _, m := range raw.Manifests {
+				if err := walk(m.Digest); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		for _, t := range p.tags {
+			desc, err := repo.Tags(ctx).Get(ctx, t)
+			if err != nil {
+				continue
+			}
+			if err := walk(desc.Digest); err != nil {
+				return nil, err
+			}
+		}
+		subjects := map[digest.Digest]digest.Digest{}
+		for _, d := range p.manifests {
+			raw, _, err := c.readManifest(ctx, repo, d)
+			if err == nil && raw.Subject != nil {
+				subjects[d] = raw.Subject.Digest
+			}
+		}
+		for changed := true; changed; {
+			changed = false
+			for d, subj := range subjects {
+				if !keep[d] && keep[subj] {
+					if err := walk(d); err != nil {
+						return nil, err
+					}
+					changed = true
+				}
+			}
+		}
+		for _, d := range p.manifests {
+			if !keep[d] {
+				p.drop = append(p.drop, d)
+			}
+		}
+	}
+	return plans, nil
+}
+
+// markRefs marks d and everything it references (config, layers, children).
+func (c *Catalog) markRefs(ctx context.Context, repo distribution.Repository, d digest.Digest, marked map[digest.Digest]bool) error {
+	if marked[d] {
+		return nil
+	}
+	marked[d] = true
+	raw, _, err := c.readManifest(ctx, repo, d)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if raw.Config.Digest != "" {
+		marked[raw.Config.Digest] = true
+	}
+	for _, l := range raw.Layers {
+		marked[l.Digest] = true
+	}
+	for _, m := range raw.Manifests {
+		if err := c.markRefs(ctx, repo, m.Digest, marked); err != nil {
+			return err
+		}
+	}
+	return nil
+}
