@@ -1,0 +1,308 @@
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// benchBlobSize is the blob the benchmarks move: 256 MiB, as in issue 2.
+const benchBlobSize = 256 << 20
+
+// benchFile writes benchBlobSize pseudo-random bytes into dir and returns
+// the file's path and sha256 digest. dir is on the disk the registry uses
+// (t.TempDir: on this machine /tmp is ext4, not tmpfs).
+func benchFile(tb testing.TB, dir string, size int64) (string, string) {
+	tb.Helper()
+	p := filepath.Join(dir, "blob")
+	f, err := os.Create(p)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	h := sha256.New()
+	src := rand.NewChaCha8([32]byte{1, 2, 3})
+	if _, err := io.CopyN(io.MultiWriter(f, h), src, size); err != nil {
+		tb.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	return p, "sha256:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// serveHandler serves h on a fresh 127.0.0.1 port until the test ends.
+func serveHandler(tb testing.TB, h http.Handler) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	go srv.Serve(ln)
+	tb.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// benchRegistry starts a labreg registry on dataDir and returns the
+// address of the full labreg handler and of distribution's bare app (the
+// "before" measurement: what embedding distribution alone gives).
+func benchRegistry(tb testing.TB, dataDir string) (labreg, plain string) {
+	tb.Helper()
+	srv, err := New(context.Background(), Options{DataDir: dataDir})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { srv.app.Shutdown() })
+	return serveHandler(tb, srv.Handler()), serveHandler(tb, srv.app)
+}
+
+var benchClient = &http.Client{Transport: &http.Transport{
+	MaxIdleConnsPerHost: 64,
+	DisableCompression:  true,
+}}
+
+// get downloads url into io.Discard and checks the length.
+func get(url string, want int64) error {
+	resp, err := benchClient.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK || n != want {
+		return fmt.Errorf("GET %s: %s, %d bytes, want %d", url, resp.Status, n, want)
+	}
+	return nil
+}
+
+// getN runs n concurrent downloads of url.
+func getN(url string, want int64, n int) error {
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- get(url, want) }()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// do sends a request and checks the status.
+func do(method, u string, body io.Reader, size int64, hdr map[string]string, want int) (*http.Response, error) {
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	req.ContentLength = size
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := benchClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		return nil, fmt.Errorf("%s %s: %s: %s", method, u, resp.Status, strings.TrimSpace(string(b)))
+	}
+	return resp, nil
+}
+
+// location resolves the Location header of an upload response.
+func location(base string, resp *http.Response, q url.Values) (string, error) {
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil {
+		return "", err
+	}
+	u, _ := url.Parse(base)
+	u = u.ResolveReference(loc)
+	v := u.Query()
+	for k, vs := range q {
+		v[k] = vs
+	}
+	u.RawQuery = v.Encode()
+	return u.String(), nil
+}
+
+// pushBlob uploads the file at path to repo on addr: POST then either one
+// monolithic PUT, or (stream) one PATCH with a chunked body followed by an
+// empty PUT, which is how docker and go-containerregistry push layers.
+func pushBlob(addr, repo, path, dgst string, stream bool) error {
+	base := "http://" + addr
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	resp, err := do(http.MethodPost, base+"/v2/"+repo+"/blobs/uploads/", nil, 0, nil, http.StatusAccepted)
+	if err != nil {
+		return err
+	}
+	octet := map[string]string{"Content-Type": "application/octet-stream"}
+	if stream {
+		u, err := location(base, resp, nil)
+		if err != nil {
+			return err
+		}
+		// io.NopCloser hides the *os.File so the body goes out chunked, as docker sends it.
+		if resp, err = do(http.MethodPatch, u, io.NopCloser(f), -1, octet, http.StatusAccepted); err != nil {
+			return err
+		}
+		u, err = location(base, resp, url.Values{"digest": {dgst}})
+		if err != nil {
+			return err
+		}
+		_, err = do(http.MethodPut, u, nil, 0, nil, http.StatusCreated)
+		return err
+	}
+	u, err := location(base, resp, url.Values{"digest": {dgst}})
+	if err != nil {
+		return err
+	}
+	_, err = do(http.MethodPut, u, f, st.Size(), octet, http.StatusCreated)
+	return err
+}
+
+// removeBlob deletes a committed blob's data from the filesystem driver's
+// tree so that the next push has to store it again.
+func removeBlob(tb testing.TB, dataDir, dgst string) {
+	tb.Helper()
+	hex := strings.TrimPrefix(dgst, "sha256:")
+	if err := os.RemoveAll(filepath.Join(dataDir, "storage/docker/registry/v2/blobs/sha256", hex[:2], hex)); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// copyFsync is the push baseline: copy the file and fsync the copy.
+func copyFsync(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// timed runs f and adds its duration to *d.
+func timed(b *testing.B, d *time.Duration, f func() error) {
+	b.Helper()
+	start := time.Now()
+	if err := f(); err != nil {
+		b.Fatal(err)
+	}
+	*d += time.Since(start)
+}
+
+// reportRates reports MB/s of every contender and its ratio to the
+// baseline, which is contenders[0]. The contenders ran interleaved in the
+// same loop so that load from elsewhere on the machine hits all alike.
+func reportRates(b *testing.B, bytesPerOp int64, names []string, ds []time.Duration) {
+	b.Helper()
+	mb := float64(bytesPerOp) * float64(b.N) / 1e6
+	base := mb / ds[0].Seconds()
+	b.ReportMetric(base, names[0]+"-MB/s")
+	for i := 1; i < len(names); i++ {
+		rate := mb / ds[i].Seconds()
+		b.ReportMetric(rate, names[i]+"-MB/s")
+		b.ReportMetric(rate/base, names[i]+"/"+names[0])
+	}
+}
+
+// BenchmarkBlobPull pulls one 256 MiB blob, once and 16 times at once,
+// from a plain http.FileServer of the same file (baseline, sendfile), from
+// distribution's bare app and from labreg.
+func BenchmarkBlobPull(b *testing.B) {
+	dataDir := b.TempDir()
+	path, dgst := benchFile(b, b.TempDir(), benchBlobSize)
+	labreg, plain := benchRegistry(b, dataDir)
+	if err := pushBlob(labreg, "bench/pull", path, dgst, false); err != nil {
+		b.Fatal(err)
+	}
+	files := serveHandler(b, http.FileServer(http.Dir(filepath.Dir(path))))
+	urls := []string{
+		"http://" + files + "/blob",
+		"http://" + plain + "/v2/bench/pull/blobs/" + dgst,
+		"http://" + labreg + "/v2/bench/pull/blobs/" + dgst,
+	}
+	names := []string{"fileserver", "distribution", "labreg"}
+	for _, conc := range []int{1, 16} {
+		b.Run(fmt.Sprintf("clients=%d", conc), func(b *testing.B) {
+			for _, u := range urls { // warm the page cache and connections
+				if err := getN(u, benchBlobSize, conc); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ds := make([]time.Duration, len(urls))
+			for b.Loop() {
+				for i, u := range urls {
+					timed(b, &ds[i], func() error { return getN(u, benchBlobSize, conc) })
+				}
+			}
+			reportRates(b, int64(conc)*benchBlobSize, names, ds)
+		})
+	}
+}
+
+// BenchmarkBlobPush pushes one 256 MiB blob, monolithic (POST + PUT) and
+// streamed (POST + chunked PATCH + PUT, as docker does), to distribution's
+// bare app and to labreg, against copying the file with fsync (baseline).
+func BenchmarkBlobPush(b *testing.B) {
+	dataDir := b.TempDir()
+	scratch := b.TempDir()
+	path, dgst := benchFile(b, scratch, benchBlobSize)
+	labreg, plain := benchRegistry(b, dataDir)
+	names := []string{"copy+fsync", "distribution", "labreg"}
+	for _, stream := range []bool{false, true} {
+		mode := "monolithic"
+		if stream {
+			mode = "patch-stream"
+		}
+		b.Run(mode, func(b *testing.B) {
+			ds := make([]time.Duration, len(names))
+			for b.Loop() {
+				dst := filepath.Join(scratch, "copy")
+				timed(b, &ds[0], func() error { return copyFsync(path, dst) })
+				os.Remove(dst)
+				for i, addr := range []string{plain, labreg} {
+					timed(b, &ds[i+1], func() error { return pushBlob(addr, "bench/push", path, dgst, stream) })
+					removeBlob(b, dataDir, dgst)
+				}
+			}
+			reportRates(b, benchBlobSize, names, ds)
+		})
+	}
+}
