@@ -54,14 +54,17 @@ const connectTimeout = 5 * time.Second
 // a terminal, plain text otherwise; nil discards it).
 //
 // addr is a buildkitd address (unix://, tcp://, docker-container://…; the
-// CLI passes --buildkit-addr or BUILDKIT_HOST), or DockerAddr. Empty means
-// DefaultBuildKitAddr. When no buildkitd answers there, the Docker Engine's
+// CLI passes --buildkit-addr), or DockerAddr. Empty means $BUILDKIT_HOST,
+// and DefaultBuildKitAddr when that is unset. When no buildkitd answers there, the Docker Engine's
 // embedded BuildKit (DOCKER_HOST or the default socket) is used instead
 // and a notice saying so goes to progress. The error names both when
 // neither answers. Close the engine when done.
 func NewBuildKit(ctx context.Context, addr string, progress io.Writer) (*BuildKit, error) {
 	if progress == nil {
 		progress = io.Discard
+	}
+	if addr == "" {
+		addr = os.Getenv("BUILDKIT_HOST")
 	}
 	if addr == "" {
 		addr = DefaultBuildKitAddr
@@ -274,27 +277,6 @@ func (b *BuildKit) solve(ctx context.Context, opt client.SolveOpt) (*client.Solv
 	return resp, nil
 }
 
-// DockerfileError is a build failure that BuildKit located in the
-// Dockerfile: Error() reads "FILE:LINE: INSTRUCTION: cause".
-type DockerfileError struct {
-	// File is the Dockerfile path, Line its 1-based line.
-	File string
-	Line int
-	// Instruction is the Dockerfile text at Line ("RUN exit 1").
-	Instruction string
-	Err         error
-}
-
-func (e *DockerfileError) Error() string {
-	msg := causeMessage(e.Err)
-	if e.Instruction != "" {
-		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Instruction, msg)
-	}
-	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, msg)
-}
-
-func (e *DockerfileError) Unwrap() error { return e.Err }
-
 // causeMessage trims the gRPC decoration BuildKit errors carry.
 func causeMessage(err error) string {
 	msg := err.Error()
@@ -304,8 +286,18 @@ func causeMessage(err error) string {
 	return msg
 }
 
+// solveError is a BuildKit error with its message cleaned by causeMessage;
+// errors.As still reaches BuildKit's typed errors through it.
+type solveError struct {
+	msg string
+	err error
+}
+
+func (e *solveError) Error() string { return e.msg }
+func (e *solveError) Unwrap() error { return e.err }
+
 // dockerfileError turns a solve error that carries a source location in
-// the Dockerfile into a DockerfileError naming dockerfile:line; other
+// the Dockerfile into a DockerfileError ("FILE:LINE: RUN: cause"); other
 // errors are wrapped with what was being done.
 func dockerfileError(dockerfile string, err error) error {
 	for _, src := range solvererrdefs.Sources(err) {
@@ -313,9 +305,11 @@ func dockerfileError(dockerfile string, err error) error {
 			continue
 		}
 		line := int(src.Ranges[0].Start.Line)
-		de := &DockerfileError{File: dockerfile, Line: line, Err: err}
+		de := &DockerfileError{File: dockerfile, Line: line, Err: &solveError{msg: causeMessage(err), err: err}}
 		if lines := strings.Split(string(src.Info.Data), "\n"); line >= 1 && line <= len(lines) {
-			de.Instruction = strings.TrimSpace(lines[line-1])
+			if f := strings.Fields(lines[line-1]); len(f) > 0 {
+				de.Instruction = strings.ToUpper(f[0])
+			}
 		}
 		return de
 	}

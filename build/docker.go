@@ -129,7 +129,8 @@ func (d *dockerEngine) push(ctx context.Context, ref string, cfg *configfile.Con
 }
 
 // registryAuth is the X-Registry-Auth value for ref's registry from the
-// docker config (credential helpers included); empty when it has none.
+// docker config (credential helpers included). It is sent even without
+// credentials ("{}"): Engine 20.10 rejects a push without the header.
 func registryAuth(ref string, cfg *configfile.ConfigFile) (string, error) {
 	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {
@@ -144,7 +145,7 @@ func registryAuth(ref string, cfg *configfile.ConfigFile) (string, error) {
 		return "", fmt.Errorf("reading credentials for %s: %w", host, err)
 	}
 	if ac.Username == "" && ac.Password == "" && ac.IdentityToken == "" && ac.RegistryToken == "" {
-		return "", nil
+		return base64.URLEncoding.EncodeToString([]byte("{}")), nil
 	}
 	buf, err := json.Marshal(registry.AuthConfig{
 		Username:      ac.Username,

@@ -1,0 +1,328 @@
+package build_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/labreg/labreg/build"
+	"github.com/labreg/labreg/internal/testenv"
+	"github.com/labreg/labreg/registry"
+)
+
+// pushBusybox pushes a runnable busybox image (Debian's static
+// /bin/busybox with /bin/sh etc. linked to it) to reg as busybox:test and
+// returns its reference.
+func pushBusybox(t *testing.T, reg string) string {
+	t.Helper()
+	bin, err := os.ReadFile("/bin/busybox")
+	testenv.Require(t, "busybox", err == nil, "no /bin/busybox (apt-get install busybox-static)")
+
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	mtime := time.Unix(0, 0)
+	for _, d := range []string{"bin/", "etc/", "tmp/"} {
+		mode := int64(0o755)
+		if d == "tmp/" {
+			mode = 0o1777
+		}
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: mode, ModTime: mtime}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bin)), ModTime: mtime}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tw.Write(bin); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{"sh", "cat", "echo", "ls", "false", "true", "test", "mkdir"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + l, Linkname: "busybox", Mode: 0o777, ModTime: mtime}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(data)), nil
+	}, tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
+		Layer:   layer,
+		History: v1.History{CreatedBy: "busybox-static from the test", Created: v1.Time{Time: mtime}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", runtime.GOARCH
+	cf.Created = v1.Time{Time: mtime}
+	cf.Config.Env = []string{"PATH=/bin"}
+	cf.Config.Cmd = []string{"sh"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	ref := reg + "/busybox:test"
+	tag, err := name.NewTag(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatalf("pushing the busybox base: %v", err)
+	}
+	return ref
+}
+
+// imageFile returns the content of path in img's flattened filesystem.
+func imageFile(t *testing.T, img v1.Image, path string) (string, bool) {
+	t.Helper()
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return "", false
+		}
+		if err != nil {
+			t.Fatalf("reading image filesystem: %v", err)
+		}
+		if strings.TrimPrefix(h.Name, "/") == path {
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(b), true
+		}
+	}
+}
+
+// imageDir writes a build context with the given Dockerfile.
+func imageDir(t *testing.T, dockerfile string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "greeting.txt"), []byte("from the context\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// engines are the two ways to reach BuildKit, each skipped (or failed
+// under LABREG_E2E=1) when its daemon is missing.
+var engines = []struct {
+	name string
+	open func(t *testing.T, progress io.Writer) *build.BuildKit
+}{
+	{"buildkitd", func(t *testing.T, progress io.Writer) *build.BuildKit {
+		addr := testenv.Buildkit(t)
+		bk, err := build.NewBuildKit(context.Background(), addr, progress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(bk.Addr(), build.DockerAddr) {
+			t.Fatalf("NewBuildKit(%q) fell back to %s", addr, bk.Addr())
+		}
+		return bk
+	}},
+	{"docker-engine", func(t *testing.T, progress io.Writer) *build.BuildKit {
+		testenv.Docker(t)
+		bk, err := build.NewDockerBuildKit(context.Background(), progress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bk
+	}},
+}
+
+func TestBuildKitRun(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			var progress bytes.Buffer
+			bk := e.open(t, &progress)
+			t.Cleanup(func() { bk.Close() })
+			reg, _ := testenv.Registry(t, registry.Options{})
+			base := pushBusybox(t, reg)
+
+			ctx := context.Background()
+			dir := imageDir(t, "FROM "+base+"\n"+
+				"ARG WHO=nobody\n"+
+				"COPY greeting.txt /greeting.txt\n"+
+				"RUN echo \"hello $WHO\" > /hello.txt && cat /greeting.txt >> /hello.txt\n")
+			ref := reg + "/runs/hello:1.0"
+			res, err := bk.Build(ctx, build.Target{
+				Context: dir, Ref: ref, Push: true, Insecure: true,
+				BuildArgs: map[string]string{"WHO": "labreg"},
+			})
+			if err != nil {
+				t.Fatalf("Build: %v\nprogress:\n%s", err, progress.String())
+			}
+			if !strings.HasPrefix(res.Digest, "sha256:") || res.Ref != ref {
+				t.Fatalf("Result = %+v, want Ref %s and a sha256 digest", res, ref)
+			}
+			if !strings.Contains(progress.String(), "RUN echo") {
+				t.Errorf("progress does not show the RUN step:\n%s", progress.String())
+			}
+
+			// The registry serves the digest Build reported, and the
+			// image holds what RUN wrote.
+			dref, err := name.NewDigest(reg+"/runs/hello@"+res.Digest, name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := remote.Image(dref)
+			if err != nil {
+				t.Fatalf("pulling the built image by its digest: %v", err)
+			}
+			got, ok := imageFile(t, img, "hello.txt")
+			if want := "hello labreg\nfrom the context\n"; !ok || got != want {
+				t.Errorf("/hello.txt in the image = %q (found %v), want %q", got, ok, want)
+			}
+			cf, err := img.ConfigFile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cf.Architecture != runtime.GOARCH || cf.OS != "linux" {
+				t.Errorf("image platform = %s/%s", cf.OS, cf.Architecture)
+			}
+			tagged, err := name.NewTag(ref, name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			desc, err := remote.Head(tagged)
+			if err != nil {
+				t.Fatalf("HEAD %s: %v", ref, err)
+			}
+			if desc.Digest.String() != res.Digest {
+				t.Errorf("tag %s points at %s, Build reported %s", ref, desc.Digest, res.Digest)
+			}
+		})
+	}
+}
+
+func TestBuildKitErrors(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			bk := e.open(t, io.Discard)
+			t.Cleanup(func() { bk.Close() })
+			reg, _ := testenv.Registry(t, registry.Options{})
+			base := pushBusybox(t, reg)
+
+			tests := []struct {
+				name       string
+				dockerfile string
+				line       int    // 0: the error is not located in the Dockerfile
+				want       string // in the error message
+			}{
+				{"failing RUN", "FROM " + base + "\nRUN echo ok\nRUN echo boom && exit 3\n", 3, "exit code: 3"},
+				{"missing command", "FROM " + base + "\n\nRUN no-such-command\n", 3, "exit code: 127"},
+				{"missing base", "FROM " + reg + "/nothing:here\nRUN true\n", 1, "nothing:here"},
+			}
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) {
+					dir := imageDir(t, tc.dockerfile)
+					repo := reg + "/broken/" + strings.ReplaceAll(tc.name, " ", "-")
+					_, err := bk.Build(context.Background(), build.Target{
+						Context: dir, Ref: repo + ":1", Push: true, Insecure: true,
+					})
+					if err == nil {
+						t.Fatal("Build succeeded, want an error")
+					}
+					var de *build.DockerfileError
+					if !errors.As(err, &de) {
+						t.Fatalf("error %q is not a *build.DockerfileError", err)
+					}
+					wantPrefix := filepath.Join(dir, "Dockerfile") + ":"
+					if de.Line != tc.line || !strings.HasPrefix(err.Error(), wantPrefix) {
+						t.Errorf("error %q: line %d, want %s%d", err, de.Line, wantPrefix, tc.line)
+					}
+					if !strings.Contains(err.Error(), tc.want) {
+						t.Errorf("error %q does not say %q", err, tc.want)
+					}
+					if strings.Contains(err.Error(), "rpc error") {
+						t.Errorf("error %q carries gRPC noise", err)
+					}
+					// Nothing was pushed.
+					r, err := name.NewRepository(repo, name.Insecure)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if tags, err := remote.List(r); err == nil && len(tags) > 0 {
+						t.Errorf("failed build pushed tags %v", tags)
+					}
+				})
+			}
+		})
+	}
+}
+
+func TestBuildKitLayout(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			bk := e.open(t, io.Discard)
+			t.Cleanup(func() { bk.Close() })
+			reg, _ := testenv.Registry(t, registry.Options{})
+			base := pushBusybox(t, reg)
+			dir := imageDir(t, "FROM "+base+"\nRUN echo offline > /note.txt\n")
+			out := filepath.Join(t.TempDir(), "oci")
+			ref := reg + "/layout/note:1"
+			res, err := bk.Build(context.Background(), build.Target{Context: dir, Ref: ref, Layout: out})
+			if err != nil {
+				t.Fatalf("Build: %v", err)
+			}
+			p, err := layout.FromPath(out)
+			if err != nil {
+				t.Fatalf("no OCI layout at %s: %v", out, err)
+			}
+			h, err := v1.NewHash(res.Digest)
+			if err != nil {
+				t.Fatalf("Result digest %q: %v", res.Digest, err)
+			}
+			img, err := p.Image(h)
+			if err != nil {
+				t.Fatalf("layout has no image %s: %v", res.Digest, err)
+			}
+			if got, ok := imageFile(t, img, "note.txt"); !ok || got != "offline\n" {
+				t.Errorf("/note.txt = %q (found %v), want %q", got, ok, "offline\n")
+			}
+			r, err := name.NewRepository(reg+"/layout/note", name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tags, err := remote.List(r); err == nil && len(tags) > 0 {
+				t.Errorf("a no-push build pushed tags %v", tags)
+			}
+		})
+	}
+}
