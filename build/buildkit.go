@@ -8,12 +8,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
 	dockerconfig "github.com/docker/cli/cli/config"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
+	"github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/buildkit/session"
 	"github.com/moby/buildkit/session/auth/authprovider"
 	solvererrdefs "github.com/moby/buildkit/solver/errdefs"
@@ -194,12 +196,12 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 		closeOutput = closer
 	}
 
-	resp, err := b.solve(ctx, opt)
+	resp, failed, err := b.solve(ctx, opt)
 	if closeOutput != nil {
 		err = errors.Join(err, closeOutput())
 	}
 	if err != nil {
-		return res, dockerfileError(dockerfile, err)
+		return res, dockerfileError(dockerfile, failed, err)
 	}
 	if b.docker != nil {
 		return b.docker.finish(ctx, t, cfg, b.progress)
@@ -244,8 +246,9 @@ type nopCloser struct{ io.Writer }
 func (nopCloser) Close() error { return nil }
 
 // solve runs one solve while BuildKit's progress display renders its
-// status stream to b.progress.
-func (b *BuildKit) solve(ctx context.Context, opt client.SolveOpt) (*client.SolveResponse, error) {
+// status stream to b.progress. It also returns the names of the vertices
+// that failed, to locate errors that carry no source range.
+func (b *BuildKit) solve(ctx context.Context, opt client.SolveOpt) (*client.SolveResponse, []string, error) {
 	mode := progressui.PlainMode
 	if f, ok := b.progress.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		mode = progressui.TtyMode
@@ -255,32 +258,48 @@ func (b *BuildKit) solve(ctx context.Context, opt client.SolveOpt) (*client.Solv
 	}
 	display, err := progressui.NewDisplay(b.progress, mode)
 	if err != nil {
-		return nil, fmt.Errorf("starting progress display: %w", err)
+		return nil, nil, fmt.Errorf("starting progress display: %w", err)
 	}
-	ch := make(chan *client.SolveStatus)
-	var resp *client.SolveResponse
+	statusCh := make(chan *client.SolveStatus)
+	displayCh := make(chan *client.SolveStatus)
+	var (
+		resp   *client.SolveResponse
+		failed []string
+	)
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.Go(func() error {
 		var err error
-		resp, err = b.c.Solve(ectx, nil, opt, ch)
+		resp, err = b.c.Solve(ectx, nil, opt, statusCh)
 		return err
 	})
 	eg.Go(func() error {
-		// The display must drain ch to the end even when ectx is
-		// cancelled, so it gets the parent context.
-		_, err := display.UpdateFrom(context.WithoutCancel(ctx), ch)
+		defer close(displayCh)
+		for st := range statusCh {
+			for _, v := range st.Vertexes {
+				if v.Error != "" {
+					failed = append(failed, v.Name)
+				}
+			}
+			displayCh <- st
+		}
+		return nil
+	})
+	eg.Go(func() error {
+		// The display must drain its channel to the end even when ectx
+		// is cancelled, so it gets the parent context.
+		_, err := display.UpdateFrom(context.WithoutCancel(ctx), displayCh)
 		return err
 	})
 	if err := eg.Wait(); err != nil {
-		return nil, err
+		return nil, failed, err
 	}
-	return resp, nil
+	return resp, failed, nil
 }
 
 // causeMessage trims the gRPC decoration BuildKit errors carry.
 func causeMessage(err error) string {
 	msg := err.Error()
-	for _, p := range []string{"rpc error: code = Unknown desc = ", "failed to solve: "} {
+	for _, p := range []string{"rpc error: code = Unknown desc = ", "failed to solve: ", "failed to solve with frontend dockerfile.v0: ", "failed to create LLB definition: "} {
 		msg = strings.ReplaceAll(msg, p, "")
 	}
 	return msg
@@ -296,16 +315,20 @@ type solveError struct {
 func (e *solveError) Error() string { return e.msg }
 func (e *solveError) Unwrap() error { return e.err }
 
-// dockerfileError turns a solve error that carries a source location in
-// the Dockerfile into a DockerfileError ("FILE:LINE: RUN: cause"); other
+// dockerfileError turns a solve error into a DockerfileError
+// ("FILE:LINE: RUN: cause") when it can be located in the Dockerfile:
+// from the source range BuildKit attaches (BuildKit 0.9 and later), or
+// else by matching the failed vertices' names (older BuildKit such as
+// Docker Engine 20.10's) against the Dockerfile's instructions. Other
 // errors are wrapped with what was being done.
-func dockerfileError(dockerfile string, err error) error {
+func dockerfileError(dockerfile string, failed []string, err error) error {
+	cause := &solveError{msg: causeMessage(err), err: err}
 	for _, src := range solvererrdefs.Sources(err) {
 		if src.Info == nil || len(src.Ranges) == 0 {
 			continue
 		}
 		line := int(src.Ranges[0].Start.Line)
-		de := &DockerfileError{File: dockerfile, Line: line, Err: &solveError{msg: causeMessage(err), err: err}}
+		de := &DockerfileError{File: dockerfile, Line: line, Err: cause}
 		if lines := strings.Split(string(src.Info.Data), "\n"); line >= 1 && line <= len(lines) {
 			if f := strings.Fields(lines[line-1]); len(f) > 0 {
 				de.Instruction = strings.ToUpper(f[0])
@@ -313,7 +336,44 @@ func dockerfileError(dockerfile string, err error) error {
 		}
 		return de
 	}
-	return fmt.Errorf("building %s: %s", dockerfile, causeMessage(err))
+	if line, instr, ok := locateFailure(dockerfile, failed, cause.msg); ok {
+		return &DockerfileError{File: dockerfile, Line: line, Instruction: instr, Err: cause}
+	}
+	return fmt.Errorf("building %s: %w", dockerfile, cause)
+}
+
+// stepPrefix is the "[stage 2/3] " BuildKit puts before an instruction in
+// a vertex name.
+var stepPrefix = regexp.MustCompile(`^(\[[^\]]*\]\s*)+`)
+
+// locateFailure finds the Dockerfile instruction a failed vertex ran (its
+// name is the instruction's text), or else the FROM whose image the error
+// message names.
+func locateFailure(dockerfile string, failed []string, msg string) (int, string, bool) {
+	f, err := os.Open(dockerfile)
+	if err != nil {
+		return 0, "", false
+	}
+	defer f.Close()
+	parsed, err := parser.Parse(f)
+	if err != nil {
+		return 0, "", false
+	}
+	norm := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	for i := len(failed) - 1; i >= 0; i-- {
+		name := norm(stepPrefix.ReplaceAllString(failed[i], ""))
+		for _, n := range parsed.AST.Children {
+			if norm(n.Original) == name {
+				return n.StartLine, strings.ToUpper(n.Value), true
+			}
+		}
+	}
+	for _, n := range parsed.AST.Children {
+		if strings.EqualFold(n.Value, "from") && n.Next != nil && strings.Contains(msg, n.Next.Value) {
+			return n.StartLine, "FROM", true
+		}
+	}
+	return 0, "", false
 }
 
 // isUnixSocketMissing reports whether addr is a unix socket nobody

@@ -251,13 +251,14 @@ func TestBuildKitErrors(t *testing.T) {
 			for _, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
 					dir := imageDir(t, tc.dockerfile)
-					repo := reg + "/broken/" + strings.ReplaceAll(tc.name, " ", "-")
+					repo := reg + "/broken/" + strings.ReplaceAll(strings.ToLower(tc.name), " ", "-")
 					_, err := bk.Build(context.Background(), build.Target{
 						Context: dir, Ref: repo + ":1", Push: true, Insecure: true,
 					})
 					if err == nil {
 						t.Fatal("Build succeeded, want an error")
 					}
+					t.Logf("error: %v", err)
 					var de *build.DockerfileError
 					if !errors.As(err, &de) {
 						t.Fatalf("error %q is not a *build.DockerfileError", err)
