@@ -19,7 +19,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", s.serveHealth)
 	mux.Handle("/", s.app)
-	return s.instrument(s.hooks(mux)) // hooks: events.go
+	return s.instrument(s.hooks(s.ociAPI(mux))) // hooks (gate, index, events): events.go; ociAPI: manifest.go
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {

@@ -1,0 +1,279 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"regexp"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/distribution/distribution/v3/registry/auth"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/specs-go"
+)
+
+// maxManifestSize is the largest manifest accepted, as in distribution.
+const maxManifestSize = 4 << 20
+
+var specsVersioned = specs.Versioned{SchemaVersion: 2}
+
+// ociAPI is the layer between labreg's mux and distribution (plus the blob
+// fast path) that adds what distribution 3.1.2 lacks: repository names and
+// manifest sizes checked before anything runs, the referrers API and its
+// index, OCI-Subject, and digests other than sha256 (see digest.go).
+type ociAPI struct {
+	s    *Server
+	next http.Handler
+	idx  referrerIndex
+	// drv is distribution's storage under <data>/storage, used to keep
+	// sha512 aliases (digest.go).
+	drv storagedriver.StorageDriver
+	// ac checks credentials for the endpoints served here; nil without
+	// htpasswd. acErr is why it could not be built.
+	ac    auth.AccessController
+	acErr error
+}
+
+// ociAPI wraps next (distribution, or whatever serves /v2/ under us).
+func (s *Server) ociAPI(next http.Handler) http.Handler {
+	a := &ociAPI{s: s, next: next, idx: s.referrerIndex()}
+	a.drv = filesystem.New(filesystem.DriverParameters{
+		RootDirectory: filepath.Join(s.opts.DataDir, "storage"),
+		MaxThreads:    100,
+	})
+	if s.opts.Htpasswd != "" {
+		a.ac, a.acErr = auth.GetAccessController("htpasswd",
+			map[string]any{"realm": s.opts.Realm, "path": s.opts.Htpasswd})
+	}
+	return a
+}
+
+// apiPath is a /v2/ request path split the way distribution routes it.
+type apiPath struct {
+	repo string
+	kind string // manifests, blobs, uploads, tags, referrers
+	ref  string // tag or digest; upload id; "" for tags
+}
+
+var apiRoutes = []struct {
+	kind string
+	re   *regexp.Regexp
+}{
+	{"manifests", regexp.MustCompile(`^/v2/(.+)/manifests/([^/]*)$`)},
+	{"uploads", regexp.MustCompile(`^/v2/(.+)/blobs/uploads/([^/]*)$`)},
+	{"blobs", regexp.MustCompile(`^/v2/(.+)/blobs/([^/]*)$`)},
+	{"tags", regexp.MustCompile(`^/v2/(.+)/tags/list()$`)},
+	{"referrers", regexp.MustCompile(`^/v2/(.+)/referrers/([^/]*)$`)},
+}
+
+func parseAPIPath(p string) (apiPath, bool) {
+	for _, rt := range apiRoutes {
+		if m := rt.re.FindStringSubmatch(p); m != nil {
+			return apiPath{repo: m[1], kind: rt.kind, ref: m[2]}, true
+		}
+	}
+	return apiPath{}, false
+}
+
+func (a *ociAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p, ok := a.guard(w, r)
+	if !ok {
+		return
+	}
+	switch {
+	case p.kind == "referrers":
+		a.serveReferrers(w, r, p.repo, p.ref)
+	case p.kind == "manifests" && r.Method == http.MethodPut:
+		a.putManifest(w, r, p)
+	case p.kind == "manifests" && r.Method == http.MethodDelete:
+		a.deleteManifest(w, r, p)
+	case p.kind == "manifests" || p.kind == "blobs" || p.kind == "uploads":
+		a.digests(w, r, p)
+	default:
+		a.next.ServeHTTP(w, r)
+	}
+}
+
+// authorized checks the request's credentials for action on repo when
+// htpasswd auth is on, and answers 401 with a challenge when they fail.
+func (a *ociAPI) authorized(w http.ResponseWriter, r *http.Request, repo, action string) bool {
+	if a.ac == nil && a.acErr == nil {
+		return true
+	}
+	if a.acErr != nil {
+		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown, a.acErr.Error())
+		return false
+	}
+	_, err := a.ac.Authorized(r, auth.Access{Resource: auth.Resource{Type: "repository", Name: repo}, Action: action})
+	if err == nil {
+		return true
+	}
+	var ch auth.Challenge
+	if errors.As(err, &ch) {
+		ch.SetHeaders(r, w)
+		writeError(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, err.Error())
+		return false
+	}
+	writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnauthorized, err.Error())
+	return false
+}
+
+// writeError answers with status and an OCI error body.
+func writeError(w http.ResponseWriter, status int, code errcode.ErrorCode, detail string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Del("Content-Length")
+	w.WriteHeader(status)
+	var e errcode.Error
+	if detail != "" {
+		e = code.WithDetail(detail)
+	} else {
+		e = code.WithDetail(nil)
+	}
+	json.NewEncoder(w).Encode(errcode.Errors{e})
+}
+
+// putManifest forwards a manifest PUT to distribution with the body read
+// (at most 4 MiB) and, once distribution has stored the manifest, indexes
+// it as a referrer of its subject and answers with OCI-Subject.
+func (a *ociAPI) putManifest(w http.ResponseWriter, r *http.Request, p apiPath) {
+	if r.ContentLength > maxManifestSize {
+		writeError(w, http.StatusRequestEntityTooLarge, errcode.ErrorCodeManifestInvalid,
+			fmt.Sprintf("manifest of %d bytes is over the 4 MiB limit", r.ContentLength))
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxManifestSize+1))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeManifestInvalid, "reading manifest: "+err.Error())
+		return
+	}
+	if len(body) > maxManifestSize {
+		writeError(w, http.StatusRequestEntityTooLarge, errcode.ErrorCodeManifestInvalid,
+			"manifest is over the 4 MiB limit")
+		return
+	}
+	// The digest the manifest is known by: the one in the URL when pushed
+	// by digest (sha512 included), else the canonical sha256.
+	dgst := digest.FromBytes(body)
+	var alias *aliasPut
+	if d, err := digest.Parse(p.ref); err == nil {
+		dgst = d
+		if d.Algorithm() != digest.Canonical {
+			var ok bool
+			if alias, ok = a.manifestAlias(w, r, p, d, body); !ok {
+				return
+			}
+			r = alias.req
+		}
+	}
+	r2 := r.Clone(r.Context())
+	r2.Body = io.NopCloser(bytes.NewReader(body))
+	r2.ContentLength = int64(len(body))
+
+	desc, subject, isReferrer := referrerDescriptor(body, r.Header.Get("Content-Type"), dgst)
+	hw := &hookWriter{ResponseWriter: w, onStatus: func(status int) (int, error) {
+		if status != http.StatusCreated {
+			return status, nil
+		}
+		if alias != nil {
+			if err := alias.commit(r.Context(), a, w); err != nil {
+				return 0, err
+			}
+		}
+		if isReferrer {
+			if err := a.idx.add(p.repo, subject, desc); err != nil {
+				return 0, err
+			}
+			w.Header().Set("OCI-Subject", subject.String())
+		}
+		return status, nil
+	}}
+	a.next.ServeHTTP(hw, r2)
+	if hw.err != nil {
+		a.s.log.Error("manifest PUT", "repo", p.repo, "ref", p.ref, "err", hw.err)
+	}
+}
+
+// deleteManifest forwards a manifest DELETE and, when distribution has
+// deleted a manifest by digest, removes it from the referrers index.
+func (a *ociAPI) deleteManifest(w http.ResponseWriter, r *http.Request, p apiPath) {
+	d, err := digest.Parse(p.ref)
+	if err != nil { // a tag: the manifest stays
+		a.next.ServeHTTP(w, r)
+		return
+	}
+	var alias *aliasDelete
+	if d.Algorithm() != digest.Canonical {
+		var ok bool
+		if alias, ok = a.resolveAlias(w, r, p, d); !ok {
+			return
+		}
+		r = alias.req
+	}
+	hw := &hookWriter{ResponseWriter: w, onStatus: func(status int) (int, error) {
+		if status != http.StatusAccepted {
+			return status, nil
+		}
+		canonical := d
+		if alias != nil {
+			canonical = alias.canonical
+		}
+		errs := []error{a.idx.remove(p.repo, d), a.dropAliases(r.Context(), p.repo, "manifests", canonical)}
+		if d != canonical {
+			errs = append(errs, a.idx.remove(p.repo, canonical))
+		}
+		if err := errors.Join(errs...); err != nil {
+			return 0, err
+		}
+		return status, nil
+	}}
+	a.next.ServeHTTP(hw, r)
+	if hw.err != nil {
+		a.s.log.Error("manifest DELETE", "repo", p.repo, "ref", p.ref, "err", hw.err)
+	}
+}
+
+// hookWriter calls onStatus before the status line goes out, so that the
+// index is written before the client hears of success. When onStatus
+// fails, the client gets a 500 with an OCI error body instead, and what the
+// wrapped handler writes afterwards is dropped.
+type hookWriter struct {
+	http.ResponseWriter
+	onStatus func(int) (int, error)
+	wrote    bool
+	failed   bool
+	err      error
+}
+
+func (h *hookWriter) WriteHeader(status int) {
+	if h.wrote {
+		return
+	}
+	h.wrote = true
+	if status >= 200 && h.onStatus != nil {
+		var err error
+		if status, err = h.onStatus(status); err != nil {
+			h.err, h.failed = err, true
+			writeError(h.ResponseWriter, http.StatusInternalServerError, errcode.ErrorCodeUnknown, err.Error())
+			return
+		}
+	}
+	h.ResponseWriter.WriteHeader(status)
+}
+
+func (h *hookWriter) Write(b []byte) (int, error) {
+	if !h.wrote {
+		h.WriteHeader(http.StatusOK)
+	}
+	if h.failed {
+		return len(b), nil
+	}
+	return h.ResponseWriter.Write(b)
+}
+
+func (h *hookWriter) Unwrap() http.ResponseWriter { return h.ResponseWriter }

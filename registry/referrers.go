@@ -1,0 +1,243 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// The OCI 1.1 referrers API, which distribution 3.1.2 lacks.
+//
+// Every manifest pushed with a `subject` leaves one small JSON file, its
+// descriptor as the referrers API returns it, at
+//
+//	<data>/referrers/<repo>/_subjects/<subject-alg>/<subject-hex>/<alg>-<hex>.json
+//
+// written with temp+rename when distribution has accepted the manifest
+// (before the 201 reaches the client) and removed when the manifest is
+// deleted by digest. Path components of a repository name cannot start
+// with "_", so "_subjects" never collides with a nested repository.
+
+// referrerIndex is the subject -> referrer descriptors index under a
+// directory (<data>/referrers).
+type referrerIndex struct{ dir string }
+
+func (x referrerIndex) repoDir(repo string) string {
+	return filepath.Join(x.dir, filepath.FromSlash(repo))
+}
+
+func (x referrerIndex) subjectDir(repo string, subject digest.Digest) string {
+	return filepath.Join(x.repoDir(repo), "_subjects", subject.Algorithm().String(), subject.Encoded())
+}
+
+func referrerFile(d digest.Digest) string {
+	return d.Algorithm().String() + "-" + d.Encoded() + ".json"
+}
+
+// add records desc as a referrer of subject in repo.
+func (x referrerIndex) add(repo string, subject digest.Digest, desc ocispec.Descriptor) error {
+	dir := x.subjectDir(repo, subject)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("indexing referrer %s of %s: %w", desc.Digest, subject, err)
+	}
+	b, err := json.Marshal(desc)
+	if err != nil {
+		return fmt.Errorf("indexing referrer %s of %s: %w", desc.Digest, subject, err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, referrerFile(desc.Digest)), b); err != nil {
+		return fmt.Errorf("indexing referrer %s of %s: %w", desc.Digest, subject, err)
+	}
+	return nil
+}
+
+// remove drops referrer from every subject's list in repo. A referrer has
+// one subject, but looking it up by name keeps remove independent of the
+// (possibly already deleted) manifest content.
+func (x referrerIndex) remove(repo string, referrer digest.Digest) error {
+	matches, err := filepath.Glob(filepath.Join(x.repoDir(repo), "_subjects", "*", "*", referrerFile(referrer)))
+	if err != nil {
+		return fmt.Errorf("unindexing referrer %s: %w", referrer, err)
+	}
+	var errs []error
+	for _, m := range matches {
+		if err := os.Remove(m); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+		os.Remove(filepath.Dir(m)) // drop the subject dir when it is now empty
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("unindexing referrer %s: %w", referrer, err)
+	}
+	return nil
+}
+
+// list returns the referrers of subject in repo, sorted by digest.
+func (x referrerIndex) list(repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	dir := x.subjectDir(repo, subject)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return []ocispec.Descriptor{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing referrers of %s: %w", subject, err)
+	}
+	out := make([]ocispec.Descriptor, 0, len(ents))
+	for _, e := range ents {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
+			continue // temp files of writes in progress
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing referrers of %s: %w", subject, err)
+		}
+		var d ocispec.Descriptor
+		if err := json.Unmarshal(b, &d); err != nil {
+			return nil, fmt.Errorf("listing referrers of %s: %s: %w", subject, e.Name(), err)
+		}
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(a, b ocispec.Descriptor) int { return strings.Compare(string(a.Digest), string(b.Digest)) })
+	return out, nil
+}
+
+// writeFileAtomic writes b to path through a temp file in the same
+// directory, fsynced, then renamed over path.
+func writeFileAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+	}
+	return err
+}
+
+func (s *Server) referrerIndex() referrerIndex {
+	return referrerIndex{dir: filepath.Join(s.opts.DataDir, "referrers")}
+}
+
+// Referrers returns the descriptors of the manifests in repo whose subject
+// is subject, as the OCI referrers API lists them (artifactType falls back
+// to the config media type). A non-empty artifactType keeps only the
+// descriptors with that artifact type. No referrers is an empty slice.
+func (s *Server) Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]ocispec.Descriptor, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if _, err := reference.WithName(repo); err != nil {
+		return nil, fmt.Errorf("listing referrers: repository %q: %w", repo, err)
+	}
+	if err := subject.Validate(); err != nil {
+		return nil, fmt.Errorf("listing referrers: subject %q: %w", subject, err)
+	}
+	all, err := s.referrerIndex().list(repo, subject)
+	if err != nil || artifactType == "" {
+		return all, err
+	}
+	return slices.DeleteFunc(all, func(d ocispec.Descriptor) bool { return d.ArtifactType != artifactType }), nil
+}
+
+// serveReferrers answers GET /v2/<repo>/referrers/<digest>[?artifactType=].
+// It never answers 404: a subject without referrers has an empty index.
+func (a *ociAPI) serveReferrers(w http.ResponseWriter, r *http.Request, repo, ref string) {
+	w.Header().Set("Docker-Distribution-Api-Version", "registry/2.0")
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		writeError(w, http.StatusMethodNotAllowed, errcode.ErrorCodeUnsupported, "referrers: only GET")
+		return
+	}
+	if !a.authorized(w, r, repo, "pull") {
+		return
+	}
+	subject, err := digest.Parse(ref)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid, err.Error())
+		return
+	}
+	at := r.URL.Query().Get("artifactType")
+	descs, err := a.s.Referrers(r.Context(), repo, subject, at)
+	if err != nil {
+		a.s.log.Error("referrers", "repo", repo, "subject", subject, "err", err)
+		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown, err.Error())
+		return
+	}
+	body, err := json.Marshal(ocispec.Index{
+		Versioned: specsVersioned,
+		MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: descs,
+	})
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown, err.Error())
+		return
+	}
+	if at != "" {
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
+	w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		w.Write(body)
+	}
+}
+
+// manifestFields are the parts of an image manifest or index that the
+// referrers API needs.
+type manifestFields struct {
+	MediaType    string               `json:"mediaType"`
+	ArtifactType string               `json:"artifactType"`
+	Config       *ocispec.Descriptor  `json:"config"`
+	Subject      *ocispec.Descriptor  `json:"subject"`
+	Annotations  map[string]string    `json:"annotations"`
+	Manifests    []ocispec.Descriptor `json:"manifests"`
+}
+
+// referrerDescriptor is the descriptor of a manifest (body, pushed with
+// Content-Type contentType, known by dgst) in a referrers list, and its
+// subject. ok is false when the manifest has no subject.
+func referrerDescriptor(body []byte, contentType string, dgst digest.Digest) (desc ocispec.Descriptor, subject digest.Digest, ok bool) {
+	var m manifestFields
+	if json.Unmarshal(body, &m) != nil || m.Subject == nil || m.Subject.Digest.Validate() != nil {
+		return ocispec.Descriptor{}, "", false
+	}
+	mt := m.MediaType
+	if mt == "" {
+		mt = contentType
+	}
+	at := m.ArtifactType
+	if at == "" && m.Config != nil && mt != ocispec.MediaTypeImageIndex {
+		at = m.Config.MediaType
+	}
+	return ocispec.Descriptor{
+		MediaType:    mt,
+		ArtifactType: at,
+		Digest:       dgst,
+		Size:         int64(len(body)),
+		Annotations:  m.Annotations,
+	}, m.Subject.Digest, true
+}
