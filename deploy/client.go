@@ -1,0 +1,77 @@
+// Package deploy rolls images from a labreg registry out to a Docker Swarm
+// cluster through the Docker Engine API: it creates or updates services with
+// the image digest pinned, forwards registry credentials like
+// `docker service create --with-registry-auth`, watches the rollout per slot
+// (replicated) or per node (global) and reports a rollout as converged only
+// when every task of the new spec runs the requested digest. Paused and
+// rolled-back updates are failures (*RolloutError), unlike the docker CLI
+// (docker/cli#6752).
+//
+// The package never prints to os.Stdout: progress goes to the io.Writer in
+// Options, results are returned as values.
+package deploy
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/moby/moby/client"
+)
+
+// Options configures a Client. The zero value of each field is its default.
+type Options struct {
+	// Registry is the HOST:PORT every node pulls from; short image names
+	// ("myhttpd:green") resolve against it. Required for short names.
+	Registry string
+	// DockerConfigDir is the docker CLI config directory the registry
+	// credentials are read from (config.json and credential helpers).
+	// Default: $DOCKER_CONFIG, else ~/.docker.
+	DockerConfigDir string
+	// Progress receives human-readable rollout progress. Default: discard.
+	Progress io.Writer
+	// Logger receives debug logs (never credentials). Default: discard.
+	Logger *slog.Logger
+	// PollInterval is how often a rollout is polled. Default 100ms.
+	PollInterval time.Duration
+}
+
+// Client deploys services to the swarm the Docker Engine at DOCKER_HOST (or
+// the default socket) manages.
+type Client struct {
+	api  *client.Client
+	opts Options
+}
+
+// New connects to the Docker Engine named by DOCKER_HOST / DOCKER_TLS_VERIFY /
+// DOCKER_CERT_PATH (default: the local socket) and negotiates the API version
+// on first use.
+func New(opts Options) (*Client, error) {
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = 100 * time.Millisecond
+	}
+	api, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return nil, fmt.Errorf("connecting to the Docker Engine: %w", err)
+	}
+	return &Client{api: api, opts: opts}, nil
+}
+
+// Close releases the engine connection.
+func (c *Client) Close() error { return c.api.Close() }
+
+// Ping checks that the engine answers.
+func (c *Client) Ping(ctx context.Context) error {
+	if _, err := c.api.Ping(ctx, client.PingOptions{}); err != nil {
+		return fmt.Errorf("reaching the Docker Engine at %s: %w", c.api.DaemonHost(), err)
+	}
+	return nil
+}

@@ -1,0 +1,333 @@
+package deploy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/api/types/swarm"
+	"github.com/moby/moby/client"
+)
+
+// DeployOptions tunes one Deploy or Rollback. The zero value forwards
+// registry credentials and waits up to 10 minutes.
+type DeployOptions struct {
+	// NoRegistryAuth stops forwarding the docker CLI's credentials for the
+	// image's registry to the swarm (--with-registry-auth=false). Nodes then
+	// pull anonymously. Default: forward when credentials exist.
+	NoRegistryAuth bool
+	// Prepull makes every eligible node pull the image before the rolling
+	// update starts (see Prepull). Default false.
+	Prepull bool
+	// Detach returns after the request without watching the rollout.
+	Detach bool
+	// Timeout bounds the rollout watch. Default 10m.
+	Timeout time.Duration
+}
+
+func (o DeployOptions) timeout() time.Duration {
+	if o.Timeout <= 0 {
+		return 10 * time.Minute
+	}
+	return o.Timeout
+}
+
+// Deploy creates the service s describes, or updates it when it exists,
+// with its image resolved against the registry and pinned to the digest the
+// registry serves now. It returns when every task of the new spec runs that
+// digest, or a *RolloutError when swarm pauses or rolls the update back.
+func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result, error) {
+	res := Result{Service: s.Name}
+	if err := s.Validate(); err != nil {
+		return res, err
+	}
+	image, err := ResolveImage(s.Image, c.opts.Registry)
+	if err != nil {
+		return res, err
+	}
+	host := imageHost(image)
+	auth := ""
+	if !opts.NoRegistryAuth {
+		cr, err := c.lookupCredentials(host)
+		if err != nil {
+			return res, err
+		}
+		c.opts.Logger.Debug("registry auth", "forward", cr.has(), "registry", host)
+		if auth, err = cr.encoded(); err != nil {
+			return res, err
+		}
+	}
+	pinned, err := c.pinDigest(ctx, image, auth)
+	if err != nil {
+		return res, err
+	}
+	res.Image = pinned
+	fmt.Fprintf(c.opts.Progress, "%s: image %s\n", s.Name, pinned)
+
+	nets, err := c.ensureNetworks(ctx, s.Networks)
+	if err != nil {
+		return res, err
+	}
+	secrets, err := c.ensureSecrets(ctx, s.Secrets)
+	if err != nil {
+		return res, err
+	}
+	configs, err := c.ensureConfigs(ctx, s.Configs)
+	if err != nil {
+		return res, err
+	}
+
+	cur, err := c.api.ServiceInspect(ctx, s.Name, client.ServiceInspectOptions{})
+	exists := err == nil
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return res, fmt.Errorf("inspecting service %s: %w", s.Name, err)
+	}
+	if opts.Prepull {
+		base := swarm.ServiceSpec{}
+		if exists {
+			base = cur.Service.Spec
+		}
+		sp := s.apply(base, pinned, nets, configs, secrets)
+		if err := c.prepull(ctx, s.Name, pinned, sp.TaskTemplate.Placement, auth); err != nil {
+			return res, err
+		}
+	}
+	ws := watchSpec{name: s.Name, want: pinned, timeout: opts.timeout()}
+	if !exists {
+		sp := s.apply(swarm.ServiceSpec{}, pinned, nets, configs, secrets)
+		r, err := c.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: sp, EncodedRegistryAuth: auth})
+		if err != nil {
+			return res, fmt.Errorf("creating service %s: %w", s.Name, err)
+		}
+		res.ID, res.Created, res.Warnings = r.ID, true, r.Warnings
+		ws.created = true
+	} else {
+		svc := cur.Service
+		sp := s.apply(svc.Spec, pinned, nets, configs, secrets)
+		r, err := c.api.ServiceUpdate(ctx, svc.ID, client.ServiceUpdateOptions{
+			Version: svc.Version, Spec: sp, EncodedRegistryAuth: auth,
+		})
+		if err != nil {
+			return res, fmt.Errorf("updating service %s: %w", s.Name, err)
+		}
+		res.ID, res.Warnings = svc.ID, r.Warnings
+		ws.before = svc.UpdateStatus
+	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(c.opts.Progress, "%s: warning: %s\n", s.Name, w)
+	}
+	if opts.Detach {
+		return res, nil
+	}
+	ws.id = res.ID
+	wr, err := c.watch(ctx, ws)
+	wr.Created, wr.Warnings = res.Created, res.Warnings
+	return wr, err
+}
+
+// Rollback returns service to its previous spec (`docker service rollback`)
+// with the registry credentials forwarded again, and watches it like
+// Deploy: rollback_paused is a *RolloutError.
+func (c *Client) Rollback(ctx context.Context, service string, opts DeployOptions) (Result, error) {
+	res := Result{Service: service}
+	cur, err := c.api.ServiceInspect(ctx, service, client.ServiceInspectOptions{})
+	if err != nil {
+		return res, fmt.Errorf("inspecting service %s: %w", service, err)
+	}
+	svc := cur.Service
+	if svc.PreviousSpec == nil {
+		return res, fmt.Errorf("service %s has no previous spec to roll back to", service)
+	}
+	auth := ""
+	if !opts.NoRegistryAuth && svc.PreviousSpec.TaskTemplate.ContainerSpec != nil {
+		host := imageHost(svc.PreviousSpec.TaskTemplate.ContainerSpec.Image)
+		cr, err := c.lookupCredentials(host)
+		if err != nil {
+			return res, err
+		}
+		if auth, err = cr.encoded(); err != nil {
+			return res, err
+		}
+	}
+	r, err := c.api.ServiceUpdate(ctx, svc.ID, client.ServiceUpdateOptions{
+		Version: svc.Version, Spec: svc.Spec, EncodedRegistryAuth: auth, Rollback: "previous",
+	})
+	if err != nil {
+		return res, fmt.Errorf("rolling back service %s: %w", service, err)
+	}
+	if svc.PreviousSpec.TaskTemplate.ContainerSpec != nil {
+		fmt.Fprintf(c.opts.Progress, "%s: rolling back to %s\n", svc.Spec.Name, svc.PreviousSpec.TaskTemplate.ContainerSpec.Image)
+	}
+	for _, w := range r.Warnings {
+		fmt.Fprintf(c.opts.Progress, "%s: warning: %s\n", service, w)
+	}
+	if opts.Detach {
+		return Result{Service: svc.Spec.Name, ID: svc.ID}, nil
+	}
+	wr, err := c.watch(ctx, watchSpec{
+		id: svc.ID, name: svc.Spec.Name, rollback: true, before: svc.UpdateStatus, timeout: opts.timeout(),
+	})
+	wr.Warnings = r.Warnings
+	return wr, err
+}
+
+// ensureNetworks creates missing overlay networks and checks the subnet of
+// existing ones.
+func (c *Client) ensureNetworks(ctx context.Context, nets []Network) ([]swarm.NetworkAttachmentConfig, error) {
+	if nets == nil {
+		return nil, nil
+	}
+	out := []swarm.NetworkAttachmentConfig{}
+	for _, n := range nets {
+		ins, err := c.api.NetworkInspect(ctx, n.Name, client.NetworkInspectOptions{})
+		switch {
+		case err == nil:
+			if n.Subnet != "" && !hasSubnet(ins.Network.IPAM, n.Subnet) {
+				return nil, fmt.Errorf("network %s exists without subnet %s (has %v); remove it or drop --subnet", n.Name, n.Subnet, subnets(ins.Network.IPAM))
+			}
+			out = append(out, swarm.NetworkAttachmentConfig{Target: ins.Network.ID})
+		case cerrdefs.IsNotFound(err):
+			o := client.NetworkCreateOptions{Driver: "overlay", Scope: "swarm", Attachable: n.Attachable,
+				Labels: map[string]string{"labreg.created-by": "labreg deploy"}}
+			if n.Subnet != "" {
+				p, err := netip.ParsePrefix(n.Subnet)
+				if err != nil {
+					return nil, fmt.Errorf("network %s: subnet %q is not a CIDR: %w", n.Name, n.Subnet, err)
+				}
+				o.IPAM = &network.IPAM{Driver: "default", Config: []network.IPAMConfig{{Subnet: p}}}
+			}
+			r, err := c.api.NetworkCreate(ctx, n.Name, o)
+			if err != nil {
+				return nil, fmt.Errorf("creating overlay network %s: %w", n.Name, err)
+			}
+			fmt.Fprintf(c.opts.Progress, "network %s: created (overlay %s)\n", n.Name, n.Subnet)
+			out = append(out, swarm.NetworkAttachmentConfig{Target: r.ID})
+		default:
+			return nil, fmt.Errorf("inspecting network %s: %w", n.Name, err)
+		}
+	}
+	return out, nil
+}
+
+func subnets(ipam network.IPAM) []string {
+	var s []string
+	for _, c := range ipam.Config {
+		s = append(s, c.Subnet.String())
+	}
+	return s
+}
+
+func hasSubnet(ipam network.IPAM, want string) bool {
+	for _, s := range subnets(ipam) {
+		if s == want {
+			return true
+		}
+	}
+	return false
+}
+
+// objectName is name-<first 12 hex of the content's sha256>, so a changed
+// file becomes a new swarm object and rolls out with the service.
+func objectName(f File) (string, []byte, error) {
+	data, err := os.ReadFile(f.Path)
+	if err != nil {
+		return "", nil, fmt.Errorf("reading %s for %s: %w", f.Path, f.Name, err)
+	}
+	sum := sha256.Sum256(data)
+	return f.Name + "-" + hex.EncodeToString(sum[:])[:12], data, nil
+}
+
+// ensureSecrets creates the secrets (content-named) that do not exist yet.
+// Secret contents are sent to the engine only; errors name files, never values.
+func (c *Client) ensureSecrets(ctx context.Context, files []File) ([]*swarm.SecretReference, error) {
+	if files == nil {
+		return nil, nil
+	}
+	out := []*swarm.SecretReference{}
+	for _, f := range files {
+		name, data, err := objectName(f)
+		if err != nil {
+			return nil, err
+		}
+		id := ""
+		l, err := c.api.SecretList(ctx, client.SecretListOptions{Filters: make(client.Filters).Add("name", name)})
+		if err != nil {
+			return nil, fmt.Errorf("listing secrets: %w", err)
+		}
+		for _, s := range l.Items {
+			if s.Spec.Name == name {
+				id = s.ID
+			}
+		}
+		if id == "" {
+			r, err := c.api.SecretCreate(ctx, client.SecretCreateOptions{Spec: swarm.SecretSpec{
+				Annotations: swarm.Annotations{Name: name, Labels: map[string]string{"labreg.name": f.Name}},
+				Data:        data,
+			}})
+			if err != nil {
+				return nil, fmt.Errorf("creating secret %s from %s: %w", name, f.Path, err)
+			}
+			id = r.ID
+			fmt.Fprintf(c.opts.Progress, "secret %s: created from %s\n", name, f.Path)
+		}
+		target := f.Target
+		if target == "" {
+			target = f.Name
+		}
+		out = append(out, &swarm.SecretReference{SecretID: id, SecretName: name,
+			File: &swarm.SecretReferenceFileTarget{Name: target, UID: "0", GID: "0", Mode: 0o444}})
+	}
+	return out, nil
+}
+
+// ensureConfigs creates the configs (content-named) that do not exist yet.
+func (c *Client) ensureConfigs(ctx context.Context, files []File) ([]*swarm.ConfigReference, error) {
+	if files == nil {
+		return nil, nil
+	}
+	out := []*swarm.ConfigReference{}
+	for _, f := range files {
+		name, data, err := objectName(f)
+		if err != nil {
+			return nil, err
+		}
+		id := ""
+		l, err := c.api.ConfigList(ctx, client.ConfigListOptions{Filters: make(client.Filters).Add("name", name)})
+		if err != nil {
+			return nil, fmt.Errorf("listing configs: %w", err)
+		}
+		for _, s := range l.Items {
+			if s.Spec.Name == name {
+				id = s.ID
+			}
+		}
+		if id == "" {
+			r, err := c.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
+				Annotations: swarm.Annotations{Name: name, Labels: map[string]string{"labreg.name": f.Name}},
+				Data:        data,
+			}})
+			if err != nil {
+				return nil, fmt.Errorf("creating config %s from %s: %w", name, f.Path, err)
+			}
+			id = r.ID
+			fmt.Fprintf(c.opts.Progress, "config %s: created from %s\n", name, f.Path)
+		}
+		target := f.Target
+		if target == "" {
+			target = "/" + f.Name
+		}
+		out = append(out, &swarm.ConfigReference{ConfigID: id, ConfigName: name,
+			File: &swarm.ConfigReferenceFileTarget{Name: target, UID: "0", GID: "0", Mode: 0o444}})
+	}
+	return out, nil
+}
+
+// errNoPrepull is returned until prepull is implemented for a mode.
+var errNoPrepull = errors.New("prepull not available")

@@ -1,0 +1,248 @@
+package deploy_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/labreg/labreg/internal/testenv"
+	"github.com/labreg/labreg/registry"
+)
+
+// suffix is a random name suffix so parallel CI runs never collide.
+func suffix(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// busyboxLayer is a layer with /bin/busybox (busybox-static) and extra files.
+func busyboxLayer(t testing.TB, files map[string]string) v1.Layer {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	testenv.Require(t, "busybox-static", err == nil, "no /bin/busybox (apt-get install busybox-static)")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, mode int64, data []byte) {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dirs := map[string]bool{}
+	mkdir := func(d string) {
+		if d == "." || dirs[d] {
+			return
+		}
+		dirs[d] = true
+		if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkdir("bin")
+	mkdir("tmp")
+	add("bin/busybox", 0o755, bb)
+	for _, n := range []string{"sh", "cat", "sleep", "false"} {
+		if err := tw.WriteHeader(&tar.Header{Name: "bin/" + n, Linkname: "/bin/busybox", Typeflag: tar.TypeSymlink}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for n, content := range files {
+		mkdir(filepath.Dir(n))
+		add(n, 0o644, []byte(content))
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// pushImage builds a busybox image running entrypoint with files and
+// pushes it to ref; it returns the manifest digest.
+func pushImage(t testing.TB, ref string, auth authn.Authenticator, files map[string]string, entrypoint ...string) string {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, busyboxLayer(t, files))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Entrypoint = entrypoint
+	cf.Config.Env = []string{"PATH=/bin"}
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth == nil {
+		auth = authn.Anonymous
+	}
+	if err := remote.Write(r, img, remote.WithAuth(auth)); err != nil {
+		t.Fatalf("pushing %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
+}
+
+// pageImage is a busybox httpd serving page on port 80.
+func pageImage(t testing.TB, ref string, auth authn.Authenticator, page string) string {
+	// busybox httpd as PID 1 ignores SIGTERM; a shell that exits on TERM
+	// keeps updates from waiting out the 10s stop grace period.
+	return pushImage(t, ref, auth, map[string]string{"www/index.html": page},
+		"/bin/sh", "-c", "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & wait")
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// dockerConfig writes a DOCKER_CONFIG dir; with user set it holds that
+// registry credential.
+func dockerConfig(t testing.TB, reg, user, pass string) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := map[string]any{"auths": map[string]any{}}
+	if user != "" {
+		cfg["auths"] = map[string]any{reg: map[string]string{
+			"auth": base64.StdEncoding.EncodeToString([]byte(user + ":" + pass)),
+		}}
+	}
+	b, _ := json.Marshal(cfg)
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// authRegistry starts a registry with one htpasswd user.
+func authRegistry(t testing.TB, user, pass string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(f, []byte(user+":"+string(h)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := testenv.Registry(t, registry.Options{Htpasswd: f})
+	return addr
+}
+
+// result is one labreg run.
+type result struct {
+	out, err string
+	code     int
+	took     time.Duration
+}
+
+// labreg runs the labreg binary with env added to the environment.
+func labreg(t testing.TB, env []string, args ...string) result {
+	t.Helper()
+	bin := testenv.BuildLabreg(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	start := time.Now()
+	err := cmd.Run()
+	r := result{out: o.String(), err: e.String(), took: time.Since(start)}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("running labreg %v: %v", args, err)
+	}
+	t.Logf("labreg %s (exit %d, %s)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.took.Round(time.Millisecond), r.out, r.err)
+	return r
+}
+
+// removeService removes a service (and waits for its tasks to go) when
+// the test ends.
+func removeService(t testing.TB, docker, name string) {
+	t.Cleanup(func() {
+		exec.Command(docker, "service", "rm", name).Run()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			out, _ := exec.Command(docker, "ps", "-q", "--filter", "label=com.docker.swarm.service.name="+name).Output()
+			if len(bytes.TrimSpace(out)) == 0 {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+}
+
+// get fetches url, retrying briefly while the port comes up.
+func get(t testing.TB, url string) string {
+	t.Helper()
+	var last error
+	c := &http.Client{Timeout: 2 * time.Second}
+	for i := 0; i < 50; i++ {
+		resp, err := c.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return string(b)
+		}
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("GET %s: %v", url, last)
+	return ""
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
