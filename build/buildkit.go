@@ -13,6 +13,7 @@ import (
 	"time"
 
 	dockerconfig "github.com/docker/cli/cli/config"
+	"github.com/docker/cli/cli/config/configfile"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
@@ -40,6 +41,9 @@ type BuildKit struct {
 	c        *client.Client
 	addr     string
 	progress io.Writer
+	// creds overrides the docker CLI config as the source of registry
+	// credentials (WithDockerConfig).
+	creds *configfile.ConfigFile
 	// docker is set when c talks to the Docker Engine's embedded BuildKit:
 	// the image is exported into the engine's image store and pushed with
 	// the Engine API.
@@ -47,6 +51,16 @@ type BuildKit struct {
 }
 
 var _ Engine = (*BuildKit)(nil)
+
+// BuildKitOption configures NewBuildKit and NewDockerBuildKit.
+type BuildKitOption func(*BuildKit)
+
+// WithDockerConfig makes the engine take registry credentials from cfg.
+// Default: the docker CLI config (DOCKER_CONFIG or ~/.docker/config.json,
+// with its credential helpers), read at each Build.
+func WithDockerConfig(cfg *configfile.ConfigFile) BuildKitOption {
+	return func(b *BuildKit) { b.creds = cfg }
+}
 
 // connectTimeout bounds the first round trip to a BuildKit daemon.
 const connectTimeout = 5 * time.Second
@@ -61,7 +75,7 @@ const connectTimeout = 5 * time.Second
 // embedded BuildKit (DOCKER_HOST or the default socket) is used instead
 // and a notice saying so goes to progress. The error names both when
 // neither answers. Close the engine when done.
-func NewBuildKit(ctx context.Context, addr string, progress io.Writer) (*BuildKit, error) {
+func NewBuildKit(ctx context.Context, addr string, progress io.Writer, opts ...BuildKitOption) (*BuildKit, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
@@ -72,13 +86,16 @@ func NewBuildKit(ctx context.Context, addr string, progress io.Writer) (*BuildKi
 		addr = DefaultBuildKitAddr
 	}
 	if addr == DockerAddr {
-		return NewDockerBuildKit(ctx, progress)
+		return NewDockerBuildKit(ctx, progress, opts...)
 	}
 	bk, bkErr := dialBuildkitd(ctx, addr, progress)
 	if bkErr == nil {
+		for _, o := range opts {
+			o(bk)
+		}
 		return bk, nil
 	}
-	bk, dErr := NewDockerBuildKit(ctx, progress)
+	bk, dErr := NewDockerBuildKit(ctx, progress, opts...)
 	if dErr != nil {
 		return nil, fmt.Errorf("no BuildKit to build with: %w; %w", bkErr, dErr)
 	}
@@ -162,7 +179,10 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 	for k, v := range t.BuildArgs {
 		attrs["build-arg:"+k] = v
 	}
-	cfg := dockerconfig.LoadDefaultConfigFile(b.progress)
+	cfg := b.creds
+	if cfg == nil {
+		cfg = dockerconfig.LoadDefaultConfigFile(b.progress)
+	}
 	opt := client.SolveOpt{
 		Frontend:      "dockerfile.v0",
 		FrontendAttrs: attrs,
@@ -348,7 +368,7 @@ var stepPrefix = regexp.MustCompile(`^(\[[^\]]*\]\s*)+`)
 
 // locateFailure finds the Dockerfile instruction a failed vertex ran (its
 // name is the instruction's text), or else the FROM whose image the error
-// message names.
+// message or a failed vertex names.
 func locateFailure(dockerfile string, failed []string, msg string) (int, string, bool) {
 	f, err := os.Open(dockerfile)
 	if err != nil {
@@ -368,8 +388,10 @@ func locateFailure(dockerfile string, failed []string, msg string) (int, string,
 			}
 		}
 	}
+	// A base that cannot be resolved fails in "load metadata for IMAGE".
+	haystack := msg + "\n" + strings.Join(failed, "\n")
 	for _, n := range parsed.AST.Children {
-		if strings.EqualFold(n.Value, "from") && n.Next != nil && strings.Contains(msg, n.Next.Value) {
+		if strings.EqualFold(n.Value, "from") && n.Next != nil && strings.Contains(haystack, n.Next.Value) {
 			return n.StartLine, "FROM", true
 		}
 	}

@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/cli/cli/config/configfile"
+	clitypes "github.com/docker/cli/cli/config/types"
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -21,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/labreg/labreg/build"
 	"github.com/labreg/labreg/internal/testenv"
@@ -30,7 +34,7 @@ import (
 // pushBusybox pushes a runnable busybox image (Debian's static
 // /bin/busybox with /bin/sh etc. linked to it) to reg as busybox:test and
 // returns its reference.
-func pushBusybox(t *testing.T, reg string) string {
+func pushBusybox(t *testing.T, reg string, opts ...remote.Option) string {
 	t.Helper()
 	bin, err := os.ReadFile("/bin/busybox")
 	testenv.Require(t, "busybox", err == nil, "no /bin/busybox (apt-get install busybox-static)")
@@ -93,7 +97,7 @@ func pushBusybox(t *testing.T, reg string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(tag, img); err != nil {
+	if err := remote.Write(tag, img, opts...); err != nil {
 		t.Fatalf("pushing the busybox base: %v", err)
 	}
 	return ref
@@ -140,11 +144,11 @@ func imageDir(t *testing.T, dockerfile string) string {
 // under LABREG_E2E=1) when its daemon is missing.
 var engines = []struct {
 	name string
-	open func(t *testing.T, progress io.Writer) *build.BuildKit
+	open func(t *testing.T, progress io.Writer, opts ...build.BuildKitOption) *build.BuildKit
 }{
-	{"buildkitd", func(t *testing.T, progress io.Writer) *build.BuildKit {
+	{"buildkitd", func(t *testing.T, progress io.Writer, opts ...build.BuildKitOption) *build.BuildKit {
 		addr := testenv.Buildkit(t)
-		bk, err := build.NewBuildKit(context.Background(), addr, progress)
+		bk, err := build.NewBuildKit(context.Background(), addr, progress, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,9 +157,9 @@ var engines = []struct {
 		}
 		return bk
 	}},
-	{"docker-engine", func(t *testing.T, progress io.Writer) *build.BuildKit {
+	{"docker-engine", func(t *testing.T, progress io.Writer, opts ...build.BuildKitOption) *build.BuildKit {
 		testenv.Docker(t)
-		bk, err := build.NewDockerBuildKit(context.Background(), progress)
+		bk, err := build.NewDockerBuildKit(context.Background(), progress, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -323,6 +327,65 @@ func TestBuildKitLayout(t *testing.T) {
 			}
 			if tags, err := remote.List(r); err == nil && len(tags) > 0 {
 				t.Errorf("a no-push build pushed tags %v", tags)
+			}
+		})
+	}
+}
+
+// TestBuildKitAuth builds on a registry with htpasswd auth: BuildKit pulls
+// the base and pushes the result with the credentials of the docker
+// config, and fails clearly without them.
+func TestBuildKitAuth(t *testing.T) {
+	const user, pass = "lab", "s3cret-pass"
+	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			reg, _ := testenv.Registry(t, registry.Options{Htpasswd: htpasswd})
+			base := pushBusybox(t, reg, remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
+			dir := imageDir(t, "FROM "+base+"\nRUN echo authed > /auth.txt\n")
+
+			cfg := configfile.New(filepath.Join(t.TempDir(), "config.json"))
+			cfg.AuthConfigs[reg] = clitypes.AuthConfig{Username: user, Password: pass, ServerAddress: reg}
+			bk := e.open(t, io.Discard, build.WithDockerConfig(cfg))
+			t.Cleanup(func() { bk.Close() })
+			ref := reg + "/private/app:1"
+			res, err := bk.Build(context.Background(), build.Target{Context: dir, Ref: ref, Push: true, Insecure: true})
+			if err != nil {
+				t.Fatalf("Build with credentials: %v", err)
+			}
+			dref, err := name.NewDigest(reg+"/private/app@"+res.Digest, name.Insecure)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := remote.Image(dref, remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
+			if err != nil {
+				t.Fatalf("pulling the built image: %v", err)
+			}
+			if got, ok := imageFile(t, img, "auth.txt"); !ok || got != "authed\n" {
+				t.Errorf("/auth.txt = %q (found %v)", got, ok)
+			}
+
+			anon := e.open(t, io.Discard, build.WithDockerConfig(configfile.New(filepath.Join(t.TempDir(), "config.json"))))
+			t.Cleanup(func() { anon.Close() })
+			_, err = anon.Build(context.Background(), build.Target{Context: dir, Ref: reg + "/private/anon:1", Push: true, Insecure: true})
+			if err == nil {
+				t.Fatal("Build without credentials succeeded on a registry with auth")
+			}
+			t.Logf("error without credentials: %v", err)
+			if msg := strings.ToLower(err.Error()); !strings.Contains(msg, "401") && !strings.Contains(msg, "unauthorized") {
+				t.Errorf("error %q does not say authorization failed", err)
+			}
+			var de *build.DockerfileError
+			if !errors.As(err, &de) || de.Line != 1 || de.Instruction != "FROM" {
+				t.Errorf("error %q is not located at the Dockerfile's FROM (line 1)", err)
 			}
 		})
 	}

@@ -39,7 +39,7 @@ func (d *dockerEngine) Close() error { return d.api.Close() }
 // (upgraded to h2c) and the build session over /session. The Engine is
 // found from DOCKER_HOST (and DOCKER_API_VERSION, DOCKER_CERT_PATH,
 // DOCKER_TLS_VERIFY) or the default socket. Progress goes to progress.
-func NewDockerBuildKit(ctx context.Context, progress io.Writer) (*BuildKit, error) {
+func NewDockerBuildKit(ctx context.Context, progress io.Writer, opts ...BuildKitOption) (*BuildKit, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
@@ -70,7 +70,11 @@ func NewDockerBuildKit(ctx context.Context, progress io.Writer) (*BuildKit, erro
 		api.Close()
 		return nil, fmt.Errorf("connecting to the Docker Engine's BuildKit at %s (BuildKit needs Engine 18.09 or later with the API's /grpc endpoint): %w", api.DaemonHost(), err)
 	}
-	return &BuildKit{c: c, addr: DockerAddr + " " + api.DaemonHost(), progress: progress, docker: &dockerEngine{api: api}}, nil
+	bk := &BuildKit{c: c, addr: DockerAddr + " " + api.DaemonHost(), progress: progress, docker: &dockerEngine{api: api}}
+	for _, o := range opts {
+		o(bk)
+	}
+	return bk, nil
 }
 
 // finish takes the image the "moby" exporter tagged t.Ref in the Engine's
