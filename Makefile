@@ -3,16 +3,28 @@ GO      ?= go
 BIN     ?= bin/labreg
 DATA    ?= $(CURDIR)/.labreg-data
 
-.PHONY: all build up test bench vet fmt clean
+.PHONY: all build up webserver test bench vet fmt clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/labreg
 
-# The main job: start the registry (and UI), build the example images into it.
+# The main job: start the registry (and UI), build the example images
+# (images/) into it, and keep serving until Ctrl-C. LABREG_* variables
+# (LABREG_LISTEN, LABREG_REGISTRY, ...) configure both commands.
 up: build
-	$(BIN) serve --data $(DATA)
+	@$(BIN) serve --data $(DATA) & serve=$$!; \
+	trap 'kill $$serve 2>/dev/null; wait $$serve' INT TERM; \
+	$(BIN) build --wait 60s images/ || { kill $$serve; wait $$serve; exit 1; }; \
+	echo "labreg: example images built; registry still serving (Ctrl-C stops it)" >&2; \
+	wait $$serve
+
+# The example base image's binary, for building images/webserver/1 with
+# `docker build` (labreg build compiles it itself).
+webserver:
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -buildvcs=false -ldflags='-s -w -buildid=' \
+		-o images/webserver/1/webserver ./images/webserver
 
 test:
 	$(GO) test -count=1 -timeout 28m ./...

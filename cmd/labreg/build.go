@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -21,6 +22,7 @@ type buildOptions struct {
 	noPush    bool
 	layout    string
 	engine    string
+	wait      time.Duration
 }
 
 func newBuildCmd(io streams) *cobra.Command {
@@ -51,6 +53,11 @@ Prints one line per image on stdout: <registry>/<repo>:<tag>@sha256:<digest>.`,
 			if err != nil {
 				return err
 			}
+			if o.wait > 0 && o.push {
+				if err := build.WaitRegistry(ctx, c.Client.Registry, true, o.wait); err != nil {
+					return err
+				}
+			}
 			native, err := build.NewNative(build.NativeOptions{Progress: io.Err})
 			if err != nil {
 				return usageError{err}
@@ -75,6 +82,7 @@ Prints one line per image on stdout: <registry>/<repo>:<tag>@sha256:<digest>.`,
 	f.BoolVar(&o.noPush, "no-push", false, "write to an OCI layout (--layout) instead of pushing")
 	f.StringVar(&o.layout, "layout", "oci-layout", "OCI layout directory for --no-push")
 	f.StringVar(&o.engine, "engine", build.ModeAuto, "build engine: auto (native unless the Dockerfile has RUN), native or buildkit")
+	f.DurationVar(&o.wait, "wait", 0, "wait this long for the registry to answer before building (e.g. 60s while it starts)")
 	bindConfig(cmd, "client.", "log.")
 	return cmd
 }
