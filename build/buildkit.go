@@ -197,6 +197,11 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 	var closeOutput func() error
 	switch {
 	case b.docker != nil:
+		if !t.Push {
+			if err := b.docker.checkLayout(t); err != nil {
+				return res, err
+			}
+		}
 		// The classic image store of Docker Engine 20.10 takes images
 		// only through its "moby" exporter; pushing (or saving to a
 		// layout) goes through the Engine API afterwards.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -127,6 +128,24 @@ func imageFile(t *testing.T, img v1.Image, path string) (string, bool) {
 	}
 }
 
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// removeFromEngine deletes ref from the Docker Engine's image store when
+// the test ends: the Docker Engine path leaves what it built there, as
+// docker build does.
+func removeFromEngine(t *testing.T, engine, ref string) {
+	t.Helper()
+	if engine != "docker-engine" {
+		return
+	}
+	t.Cleanup(func() { exec.Command("docker", "image", "rm", "-f", ref).Run() })
+}
+
 // imageDir writes a build context with the given Dockerfile.
 func imageDir(t *testing.T, dockerfile string) string {
 	t.Helper()
@@ -181,8 +200,12 @@ func TestBuildKitRun(t *testing.T) {
 			dir := imageDir(t, "FROM "+base+"\n"+
 				"ARG WHO=nobody\n"+
 				"COPY greeting.txt /greeting.txt\n"+
-				"RUN echo \"hello $WHO\" > /hello.txt && cat /greeting.txt >> /hello.txt\n")
+				"RUN echo \"hello $WHO\" > /hello.txt && cat /greeting.txt >> /hello.txt\n"+
+				"COPY . /ctx/\n")
+			writeFile(t, filepath.Join(dir, "secret.txt"), "not for the image\n")
+			writeFile(t, filepath.Join(dir, ".dockerignore"), "secret.txt\n")
 			ref := reg + "/runs/hello:1.0"
+			removeFromEngine(t, e.name, ref)
 			res, err := bk.Build(ctx, build.Target{
 				Context: dir, Ref: ref, Push: true, Insecure: true,
 				BuildArgs: map[string]string{"WHO": "labreg"},
@@ -210,6 +233,12 @@ func TestBuildKitRun(t *testing.T) {
 			got, ok := imageFile(t, img, "hello.txt")
 			if want := "hello labreg\nfrom the context\n"; !ok || got != want {
 				t.Errorf("/hello.txt in the image = %q (found %v), want %q", got, ok, want)
+			}
+			if _, ok := imageFile(t, img, "ctx/greeting.txt"); !ok {
+				t.Error("COPY . did not copy greeting.txt")
+			}
+			if _, ok := imageFile(t, img, "ctx/secret.txt"); ok {
+				t.Error("COPY . copied secret.txt, which .dockerignore excludes")
 			}
 			cf, err := img.ConfigFile()
 			if err != nil {
@@ -256,6 +285,7 @@ func TestBuildKitErrors(t *testing.T) {
 				t.Run(tc.name, func(t *testing.T) {
 					dir := imageDir(t, tc.dockerfile)
 					repo := reg + "/broken/" + strings.ReplaceAll(strings.ToLower(tc.name), " ", "-")
+					removeFromEngine(t, e.name, repo+":1")
 					_, err := bk.Build(context.Background(), build.Target{
 						Context: dir, Ref: repo + ":1", Push: true, Insecure: true,
 					})
@@ -302,6 +332,7 @@ func TestBuildKitLayout(t *testing.T) {
 			dir := imageDir(t, "FROM "+base+"\nRUN echo offline > /note.txt\n")
 			out := filepath.Join(t.TempDir(), "oci")
 			ref := reg + "/layout/note:1"
+			removeFromEngine(t, e.name, ref)
 			res, err := bk.Build(context.Background(), build.Target{Context: dir, Ref: ref, Layout: out})
 			if err != nil {
 				t.Fatalf("Build: %v", err)
@@ -357,6 +388,8 @@ func TestBuildKitAuth(t *testing.T) {
 			bk := e.open(t, io.Discard, build.WithDockerConfig(cfg))
 			t.Cleanup(func() { bk.Close() })
 			ref := reg + "/private/app:1"
+			removeFromEngine(t, e.name, ref)
+			removeFromEngine(t, e.name, reg+"/private/anon:1")
 			res, err := bk.Build(context.Background(), build.Target{Context: dir, Ref: ref, Push: true, Insecure: true})
 			if err != nil {
 				t.Fatalf("Build with credentials: %v", err)
@@ -389,4 +422,126 @@ func TestBuildKitAuth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBuildKitLayoutArchive writes the OCI layout as a tar archive (a
+// buildkitd feature; the Docker Engine path refuses it by name).
+func TestBuildKitLayoutArchive(t *testing.T) {
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			bk := e.open(t, io.Discard)
+			t.Cleanup(func() { bk.Close() })
+			reg, _ := testenv.Registry(t, registry.Options{})
+			base := pushBusybox(t, reg)
+			dir := imageDir(t, "FROM "+base+"\nRUN echo archived > /note.txt\n")
+			out := filepath.Join(t.TempDir(), "image.tar")
+			ref := reg + "/layout/archive:1"
+			removeFromEngine(t, e.name, ref)
+			res, err := bk.Build(context.Background(), build.Target{Context: dir, Ref: ref, Layout: out})
+			if e.name == "docker-engine" {
+				if err == nil || !strings.Contains(err.Error(), out) {
+					t.Fatalf("Build to %s through the Docker Engine: error %v, want one naming the archive", out, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Build: %v", err)
+			}
+			// Unpack the archive and read it as an OCI layout.
+			unpacked := t.TempDir()
+			f, err := os.Open(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			tr := tar.NewReader(f)
+			for {
+				h, err := tr.Next()
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("reading %s: %v", out, err)
+				}
+				if h.Typeflag != tar.TypeReg {
+					continue
+				}
+				p := filepath.Join(unpacked, filepath.FromSlash(h.Name))
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				b, err := io.ReadAll(tr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, p, string(b))
+			}
+			p, err := layout.FromPath(unpacked)
+			if err != nil {
+				t.Fatalf("%s is not an OCI layout archive: %v", out, err)
+			}
+			h, err := v1.NewHash(res.Digest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := p.Image(h)
+			if err != nil {
+				t.Fatalf("archive has no image %s: %v", res.Digest, err)
+			}
+			if got, ok := imageFile(t, img, "note.txt"); !ok || got != "archived\n" {
+				t.Errorf("/note.txt = %q (found %v)", got, ok)
+			}
+		})
+	}
+}
+
+// TestNewBuildKitAddress checks which BuildKit NewBuildKit reaches: the
+// Docker Engine's when no buildkitd answers (saying so on progress), and
+// an error naming both when neither answers. Not parallel: it sets
+// DOCKER_HOST.
+func TestNewBuildKitAddress(t *testing.T) {
+	testenv.Docker(t)
+	ctx := context.Background()
+	missing := "unix://" + filepath.Join(t.TempDir(), "no-buildkitd.sock")
+
+	t.Run("falls back to the Docker Engine", func(t *testing.T) {
+		var progress bytes.Buffer
+		bk, err := build.NewBuildKit(ctx, missing, &progress)
+		if err != nil {
+			t.Fatalf("NewBuildKit(%s): %v", missing, err)
+		}
+		defer bk.Close()
+		if !strings.HasPrefix(bk.Addr(), build.DockerAddr) {
+			t.Errorf("Addr() = %q, want the Docker Engine", bk.Addr())
+		}
+		if !strings.Contains(progress.String(), missing) || !strings.Contains(progress.String(), "Docker Engine") {
+			t.Errorf("progress does not say buildkitd at %s was skipped for the Docker Engine: %q", missing, progress.String())
+		}
+	})
+	t.Run("docker selects the Docker Engine", func(t *testing.T) {
+		var progress bytes.Buffer
+		bk, err := build.NewBuildKit(ctx, build.DockerAddr, &progress)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bk.Close()
+		if !strings.HasPrefix(bk.Addr(), build.DockerAddr) || progress.Len() != 0 {
+			t.Errorf("Addr() = %q, progress %q; want the Docker Engine, silently", bk.Addr(), progress.String())
+		}
+	})
+	t.Run("neither answers", func(t *testing.T) {
+		noDocker := "unix://" + filepath.Join(t.TempDir(), "no-docker.sock")
+		t.Setenv("DOCKER_HOST", noDocker)
+		_, err := build.NewBuildKit(ctx, missing, io.Discard)
+		if err == nil {
+			t.Fatal("NewBuildKit succeeded with no buildkitd and no Docker Engine")
+		}
+		t.Logf("error: %v", err)
+		for _, want := range []string{missing, strings.TrimPrefix(noDocker, "unix://")} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not name %s", err, want)
+			}
+		}
+	})
 }

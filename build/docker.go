@@ -164,15 +164,23 @@ func registryAuth(ref string, cfg *configfile.ConfigFile) (string, error) {
 	return base64.URLEncoding.EncodeToString(buf), nil
 }
 
+// checkLayout rejects layouts saveLayout cannot write, before building.
+func (d *dockerEngine) checkLayout(t Target) error {
+	if t.Layout == "" {
+		return errors.New("build target is neither pushed nor given an OCI layout to write")
+	}
+	if strings.HasSuffix(t.Layout, ".tar") {
+		return fmt.Errorf("writing %s: through the Docker Engine labreg writes OCI layout directories, not archives (use a buildkitd for archives)", t.Layout)
+	}
+	return nil
+}
+
 // saveLayout exports t.Ref from the Engine (docker save) and appends it to
 // the OCI layout directory t.Layout, returning its manifest digest. The
 // classic store cannot export OCI archives itself.
 func (d *dockerEngine) saveLayout(ctx context.Context, t Target) (string, error) {
-	if t.Layout == "" {
-		return "", errors.New("build target is neither pushed nor given an OCI layout to write")
-	}
-	if strings.HasSuffix(t.Layout, ".tar") {
-		return "", fmt.Errorf("writing %s: the Docker Engine path writes OCI layout directories, not archives", t.Layout)
+	if err := d.checkLayout(t); err != nil {
+		return "", err
 	}
 	tag, err := name.NewTag(t.Ref)
 	if err != nil {
