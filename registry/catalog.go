@@ -395,7 +395,7 @@ func (c *Catalog) refresh(ctx context.Context, e *repoEntry) error {
 			}
 			return err
 		}
-		for d, sz := range sum.blobs {
+		for d, sz := range sum.layers {
 			blobs[d] = sz
 		}
 		if t.pushed.After(last) {

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 
 	"github.com/spf13/cobra"
 
 	"github.com/labreg/labreg/registry"
+	"github.com/labreg/labreg/registry/ui"
 )
 
 func newServeCmd(io streams) *cobra.Command {
@@ -43,9 +45,42 @@ func newServeCmd(io streams) *cobra.Command {
 			if c.Registry.TLSCert != "" {
 				scheme = "https"
 			}
-			fmt.Fprintf(io.Out, "labreg: registry on %s://%s (advertised as %s), data in %s\n",
-				scheme, displayAddr(addr), c.Registry.Advertise, c.Registry.Data)
-			return srv.Serve(ctx)
+			var (
+				web  *ui.UI
+				uiLn net.Listener
+			)
+			where := "no web UI"
+			if c.UI.Listen != "" {
+				if web, err = newWebUI(srv, c.Registry.Advertise, c.UI.ReadOnly, c.Registry.Htpasswd, c.Registry.Realm, c.Registry.Data, settings(c), log); err != nil {
+					return err
+				}
+				if uiLn, err = net.Listen("tcp", c.UI.Listen); err != nil {
+					return fmt.Errorf("web UI cannot listen on %s: %w", c.UI.Listen, err)
+				}
+				where = fmt.Sprintf("web UI on %s://%s", scheme, displayAddr(uiLn.Addr()))
+			}
+			fmt.Fprintf(io.Out, "labreg: registry on %s://%s (advertised as %s), %s, data in %s\n",
+				scheme, displayAddr(addr), c.Registry.Advertise, where, c.Registry.Data)
+			if web == nil {
+				return srv.Serve(ctx)
+			}
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			uiErr := make(chan error, 1)
+			go func() {
+				err := web.Serve(ctx, uiLn, c.Registry.TLSCert, c.Registry.TLSKey)
+				if err != nil {
+					err = fmt.Errorf("web UI: %w", err)
+				}
+				uiErr <- err
+				cancel() // the registry stops with its UI
+			}()
+			err = srv.Serve(ctx)
+			cancel()
+			if e := <-uiErr; err == nil {
+				err = e
+			}
+			return err
 		},
 	}
 	bindConfig(cmd, "registry.", "ui.", "log.")

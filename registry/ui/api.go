@@ -1,0 +1,169 @@
+package ui
+
+import (
+	"encoding/json"
+	"fmt"
+	"mime"
+	"net/http"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/labreg/labreg/registry"
+)
+
+// The JSON API serves the pages' data:
+//
+//	GET    /api/repositories?q=&sort=name|push&page=&per=&empty=1
+//	GET    /api/repositories/<repo>/-/tags?q=&sort=name|created&page=&per=
+//	GET    /api/repositories/<repo>/-/tags/<tag>
+//	GET    /api/repositories/<repo>/-/manifests/<digest>
+//	DELETE /api/repositories/<repo>/-/tags/<tag>          (that tag only)
+//	DELETE /api/repositories/<repo>/-/manifests/<digest>  (digest and its tags)
+//	GET    /api/events?repo=&action=&page=&per=
+//	GET    /api/status
+//	POST   /api/gc  {"dry_run":true,"remove_untagged":false,"remove_empty_repos":false}
+//
+// Errors are OCI-style: {"errors":[{"code":"NOT_FOUND","message":"..."}]}.
+// Writes need no CSRF token: DELETE and a JSON POST cannot be sent
+// cross-site without a CORS preflight, which this API never grants.
+func (u *UI) routesAPI() {
+	u.mux.HandleFunc("GET /api/repositories", u.apiRepos)
+	u.mux.HandleFunc("GET /api/repositories/{rest...}", u.apiRepoGET)
+	u.mux.HandleFunc("DELETE /api/repositories/{rest...}", u.apiRepoDELETE)
+	u.mux.HandleFunc("GET /api/events", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, u.eventsView(r.URL.Query()))
+	})
+	u.mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, u.statusView())
+	})
+	u.mux.HandleFunc("POST /api/gc", u.apiGC)
+	u.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		apiError(w, fmt.Errorf("no API endpoint %s %s: %w", r.Method, r.URL.Path, registry.ErrNotFound))
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func apiError(w http.ResponseWriter, err error) {
+	status := statusOf(err)
+	code := map[int]string{
+		http.StatusNotFound: "NOT_FOUND", http.StatusBadRequest: "BAD_REQUEST",
+		http.StatusForbidden: "DENIED", http.StatusServiceUnavailable: "UNAVAILABLE",
+	}[status]
+	if code == "" {
+		code = "UNKNOWN"
+	}
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", fmt.Sprint(int(registry.RetryAfter.Seconds())))
+	}
+	writeJSON(w, status, map[string]any{"errors": []map[string]string{{"code": code, "message": err.Error()}}})
+}
+
+func (u *UI) apiRepos(w http.ResponseWriter, r *http.Request) {
+	p, err := u.repoPage(r.Context(), repoQuery(r.URL.Query()))
+	if err != nil {
+		apiError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func (u *UI) apiRepoGET(w http.ResponseWriter, r *http.Request) {
+	repo, verb, arg := splitRest(r.PathValue("rest"))
+	ctx := r.Context()
+	switch {
+	case verb == "tags" && arg == "":
+		p, err := u.tagPage(ctx, repo, tagQuery(r.URL.Query()))
+		if err != nil {
+			apiError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, p)
+	case (verb == "tags" || verb == "manifests") && arg != "":
+		d, err := u.opts.Catalog.Resolve(ctx, repo, arg)
+		if err != nil {
+			apiError(w, err)
+			return
+		}
+		v, err := u.imageView(r, repo, d, strings.TrimSuffix(verb, "s"), arg)
+		if err != nil {
+			apiError(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	default:
+		apiError(w, fmt.Errorf("no API endpoint %s: %w", r.URL.Path, registry.ErrNotFound))
+	}
+}
+
+func (u *UI) apiRepoDELETE(w http.ResponseWriter, r *http.Request) {
+	if u.opts.ReadOnly {
+		apiError(w, fmt.Errorf("the UI is read-only (--ui-readonly): %w", errForbidden))
+		return
+	}
+	repo, verb, arg := splitRest(r.PathValue("rest"))
+	ctx := r.Context()
+	switch {
+	case verb == "tags" && arg != "":
+		d, err := u.opts.Catalog.DeleteTag(ctx, repo, arg)
+		if err != nil {
+			apiError(w, err)
+			return
+		}
+		u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Tag: arg, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "api"})
+		writeJSON(w, http.StatusOK, map[string]any{"deleted_tags": []string{arg}, "digest": d})
+	case verb == "manifests" && arg != "":
+		d, err := digest.Parse(arg)
+		if err != nil {
+			apiError(w, fmt.Errorf("digest %q: %v: %w", arg, err, errBadRequest))
+			return
+		}
+		tags, err := u.opts.Catalog.DeleteManifest(ctx, repo, d)
+		if err != nil {
+			apiError(w, err)
+			return
+		}
+		u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "api",
+			Detail: "tags: " + strings.Join(tags, ", ")})
+		writeJSON(w, http.StatusOK, map[string]any{"deleted_tags": tags, "digest": d})
+	default:
+		apiError(w, fmt.Errorf("no API endpoint %s: %w", r.URL.Path, registry.ErrNotFound))
+	}
+}
+
+// GCRequest is the body of POST /api/gc.
+type GCRequest struct {
+	DryRun           bool `json:"dry_run"`
+	RemoveUntagged   bool `json:"remove_untagged"`
+	RemoveEmptyRepos bool `json:"remove_empty_repos"`
+}
+
+func (u *UI) apiGC(w http.ResponseWriter, r *http.Request) {
+	if u.opts.GC == nil || u.opts.ReadOnly {
+		apiError(w, fmt.Errorf("garbage collection is not available in a read-only UI: %w", errForbidden))
+		return
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		apiError(w, fmt.Errorf("POST /api/gc needs Content-Type: application/json: %w", errBadRequest))
+		return
+	}
+	var req GCRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		apiError(w, fmt.Errorf("decoding GC request: %v: %w", err, errBadRequest))
+		return
+	}
+	res, err := u.opts.GC.GC(r.Context(), registry.GCOptions{DryRun: req.DryRun, RemoveUntagged: req.RemoveUntagged, RemoveEmptyRepos: req.RemoveEmptyRepos})
+	if err != nil {
+		apiError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}

@@ -1,0 +1,429 @@
+package ui
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"html/template"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/labreg/labreg/registry"
+)
+
+type pageTemplate struct{ t *template.Template }
+
+var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "error"}
+
+var funcs = template.FuncMap{
+	"size":        humanSize,
+	"when":        when,
+	"short":       shortDigest,
+	"repoURL":     func(repo string) string { return "/r/" + repo },
+	"tagURL":      func(repo, tag string) string { return "/r/" + repo + "/-/tag/" + url.PathEscape(tag) },
+	"manifestURL": func(repo string, d digest.Digest) string { return "/r/" + repo + "/-/manifest/" + d.String() },
+	"join":        strings.Join,
+	"list":        func(s ...string) []string { return s },
+	"add":         func(a, b int) int { return a + b },
+	"pageURL": func(q url.Values, n int) string {
+		v := url.Values{}
+		for k, vs := range q {
+			v[k] = vs
+		}
+		v.Set("page", strconv.Itoa(n))
+		return "?" + v.Encode()
+	},
+	"withQuery": func(q url.Values, k, val string) string {
+		v := url.Values{}
+		for k, vs := range q {
+			v[k] = vs
+		}
+		v.Set(k, val)
+		v.Del("page")
+		return "?" + v.Encode()
+	},
+	"iso": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"sortedKeys": func(m map[string]string) []string {
+		ks := make([]string, 0, len(m))
+		for k := range m {
+			ks = append(ks, k)
+		}
+		sort.Strings(ks)
+		return ks
+	},
+	"setKeys": func(m map[string]struct{}) []string {
+		ks := make([]string, 0, len(m))
+		for k := range m {
+			ks = append(ks, k)
+		}
+		sort.Strings(ks)
+		return ks
+	},
+}
+
+func parsePages() (map[string]*pageTemplate, error) {
+	out := map[string]*pageTemplate{}
+	for _, n := range pageNames {
+		t, err := template.New("").Funcs(funcs).ParseFS(templateFS, "templates/layout.html", "templates/"+n+".html")
+		if err != nil {
+			return nil, fmt.Errorf("ui: parsing template %s: %w", n, err)
+		}
+		out[n] = &pageTemplate{t}
+	}
+	return out, nil
+}
+
+// humanSize is a size in decimal units as docker prints them: 2.1 MB.
+func humanSize(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, i := float64(n), -1
+	for v >= unit && i < 4 {
+		v /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %cB", v, "kMGTP"[i])
+}
+
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "—"
+	}
+	return t.UTC().Format("2006-01-02 15:04 UTC")
+}
+
+func shortDigest(d digest.Digest) string {
+	e := d.Encoded()
+	if len(e) > 12 {
+		e = e[:12]
+	}
+	return e
+}
+
+// page is what every template receives.
+type page struct {
+	Title    string
+	Nav      string
+	CSRF     string
+	ReadOnly bool // the UI offers no deletes
+	Busy     string
+	Flash    string
+	HasGC    bool
+	Query    url.Values
+	Data     any
+}
+
+func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name, title string, data any) {
+	p := page{Title: title, Nav: name, CSRF: csrfToken(w, r), ReadOnly: u.opts.ReadOnly,
+		Flash: r.URL.Query().Get("flash"), HasGC: u.opts.GC != nil && !u.opts.ReadOnly, Query: r.URL.Query(), Data: data}
+	p.Query.Del("flash")
+	if busy, why := u.opts.ReadOnlyState(); busy {
+		p.Busy = why
+	}
+	var b bytes.Buffer
+	if err := u.pages[name].t.ExecuteTemplate(&b, "layout", p); err != nil {
+		u.log.Error("rendering page", "page", name, "err", err)
+		http.Error(w, "rendering page: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(b.Bytes())
+}
+
+func (u *UI) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status := statusOf(err)
+	if status >= 500 {
+		u.log.Error("ui", "path", r.URL.Path, "err", err)
+	}
+	u.render(w, r, status, "error", http.StatusText(status), err.Error())
+}
+
+func statusOf(err error) int {
+	var busy *registry.BusyError
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		return http.StatusNotFound
+	case errors.As(err, &busy):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, errBadRequest):
+		return http.StatusBadRequest
+	case errors.Is(err, errForbidden):
+		return http.StatusForbidden
+	}
+	return http.StatusInternalServerError
+}
+
+var (
+	errBadRequest = errors.New("bad request")
+	errForbidden  = errors.New("forbidden")
+)
+
+func (u *UI) repositories(w http.ResponseWriter, r *http.Request) {
+	p, err := u.repoPage(r.Context(), repoQuery(r.URL.Query()))
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	u.render(w, r, http.StatusOK, "repositories", "Repositories", p)
+}
+
+// splitRest splits "<repo>/-/<verb>/<arg>" (the repo alone has no "/-/":
+// "-" is not a valid path component of a repository name).
+func splitRest(rest string) (repo, verb, arg string) {
+	repo, tail, found := strings.Cut(rest, "/-/")
+	repo = strings.Trim(repo, "/")
+	if !found {
+		return repo, "", ""
+	}
+	verb, arg, _ = strings.Cut(tail, "/")
+	return repo, verb, arg
+}
+
+func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
+	repo, verb, arg := splitRest(r.PathValue("rest"))
+	ctx := r.Context()
+	switch verb {
+	case "":
+		p, err := u.tagPage(ctx, repo, tagQuery(r.URL.Query()))
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		u.render(w, r, http.StatusOK, "tags", repo, p)
+	case "tag", "manifest":
+		d, err := u.opts.Catalog.Resolve(ctx, repo, arg)
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		v, err := u.imageView(r, repo, d, verb, arg)
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		u.render(w, r, http.StatusOK, "image", v.Ref, v)
+	case "delete-manifest":
+		if u.opts.ReadOnly {
+			u.fail(w, r, fmt.Errorf("the UI is read-only (--ui-readonly): %w", errForbidden))
+			return
+		}
+		d, err := digest.Parse(arg)
+		if err != nil {
+			u.fail(w, r, fmt.Errorf("digest %q: %v: %w", arg, err, errBadRequest))
+			return
+		}
+		img, err := u.opts.Catalog.Image(ctx, repo, d)
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		u.render(w, r, http.StatusOK, "confirm", "Delete "+repo+"@"+shortDigest(d), img)
+	default:
+		u.fail(w, r, fmt.Errorf("no page %s: %w", r.URL.Path, registry.ErrNotFound))
+	}
+}
+
+// ImageView is the tag detail page.
+type ImageView struct {
+	*registry.Image
+	Ref       string // repo:tag or repo@digest
+	Tag       string // "" when opened by digest
+	Pull      string
+	Update    string
+	Referrers []Referrer
+}
+
+// Referrer is one manifest whose subject is the image.
+type Referrer struct {
+	Digest       digest.Digest     `json:"digest"`
+	ArtifactType string            `json:"artifact_type"`
+	Size         int64             `json:"size"`
+	Annotations  map[string]string `json:"annotations,omitempty"`
+}
+
+func (u *UI) imageView(r *http.Request, repo string, d digest.Digest, verb, arg string) (*ImageView, error) {
+	img, err := u.opts.Catalog.Image(r.Context(), repo, d)
+	if err != nil {
+		return nil, err
+	}
+	v := &ImageView{Image: img}
+	name := u.opts.Advertise + "/" + repo
+	if verb == "tag" {
+		v.Tag = arg
+		v.Ref = repo + ":" + arg
+		name += ":" + arg
+	} else {
+		v.Ref = repo + "@" + d.String()
+		name += "@" + d.String()
+	}
+	v.Pull = "docker pull " + name
+	v.Update = "docker service update --with-registry-auth --image " + name + " SERVICE"
+	if u.opts.Referrers != nil {
+		descs, err := u.opts.Referrers.Referrers(r.Context(), repo, d, "")
+		if err != nil {
+			u.log.Warn("listing referrers", "repo", repo, "digest", d, "err", err)
+		}
+		for _, ds := range descs {
+			v.Referrers = append(v.Referrers, Referrer{Digest: ds.Digest, ArtifactType: ds.ArtifactType, Size: ds.Size, Annotations: ds.Annotations})
+		}
+	}
+	return v, nil
+}
+
+func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
+	repo, verb, arg := splitRest(r.PathValue("rest"))
+	if u.opts.ReadOnly {
+		u.fail(w, r, fmt.Errorf("the UI is read-only (--ui-readonly): %w", errForbidden))
+		return
+	}
+	if err := checkCSRF(r); err != nil {
+		u.fail(w, r, fmt.Errorf("%v: %w", err, errForbidden))
+		return
+	}
+	ctx := r.Context()
+	switch verb {
+	case "delete-tags":
+		tags := r.PostForm["tag"]
+		if len(tags) == 0 {
+			u.fail(w, r, fmt.Errorf("no tag selected: %w", errBadRequest))
+			return
+		}
+		for _, t := range tags {
+			d, err := u.opts.Catalog.DeleteTag(ctx, repo, t)
+			if err != nil {
+				u.fail(w, r, err)
+				return
+			}
+			u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Tag: t, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "ui"})
+		}
+		redirect(w, r, "/r/"+repo, fmt.Sprintf("Deleted tag %s (other tags on the same digest stay).", strings.Join(tags, ", ")))
+	case "delete-manifest":
+		d, err := digest.Parse(arg)
+		if err != nil {
+			u.fail(w, r, fmt.Errorf("digest %q: %v: %w", arg, err, errBadRequest))
+			return
+		}
+		tags, err := u.opts.Catalog.DeleteManifest(ctx, repo, d)
+		if err != nil {
+			u.fail(w, r, err)
+			return
+		}
+		u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "ui",
+			Detail: "tags: " + strings.Join(tags, ", ")})
+		msg := "Deleted manifest " + shortDigest(d)
+		if len(tags) > 0 {
+			msg += " and its tags " + strings.Join(tags, ", ")
+		}
+		redirect(w, r, "/r/"+repo, msg+". Run garbage collection to free its blobs.")
+	default:
+		u.fail(w, r, fmt.Errorf("no action %s: %w", r.URL.Path, registry.ErrNotFound))
+	}
+}
+
+func redirect(w http.ResponseWriter, r *http.Request, to, flash string) {
+	http.Redirect(w, r, to+"?flash="+url.QueryEscape(flash), http.StatusSeeOther)
+}
+
+// EventsView is the events page.
+type EventsView struct {
+	Events             []registry.Event
+	Total, Page, Pages int
+	Repo, Action       string
+}
+
+func (u *UI) eventsView(v url.Values) *EventsView {
+	per := intParam(v, "per", 100, 1000)
+	page := intParam(v, "page", 1, 1<<30)
+	ev := &EventsView{Repo: v.Get("repo"), Action: v.Get("action"), Page: page}
+	var keep func(registry.Event) bool
+	if ev.Repo != "" || ev.Action != "" {
+		keep = func(e registry.Event) bool {
+			return (ev.Repo == "" || strings.Contains(e.Repo, ev.Repo)) && (ev.Action == "" || e.Action == ev.Action)
+		}
+	}
+	ev.Events, ev.Total = u.opts.History.Page((page-1)*per, per, keep)
+	ev.Pages = max(1, (ev.Total+per-1)/per)
+	return ev
+}
+
+func (u *UI) events(w http.ResponseWriter, r *http.Request) {
+	u.render(w, r, http.StatusOK, "events", "Events", u.eventsView(r.URL.Query()))
+}
+
+// StatusView is the status page.
+type StatusView struct {
+	Version     string    `json:"version"`
+	DataDir     string    `json:"data_dir"`
+	StorageUsed int64     `json:"storage_used"`
+	Advertise   string    `json:"advertise"`
+	UIReadOnly  bool      `json:"ui_readonly"`
+	Busy        string    `json:"read_only_reason,omitempty"`
+	Settings    []Setting `json:"config"`
+}
+
+func (u *UI) statusView() *StatusView {
+	s := &StatusView{Version: u.opts.Version, DataDir: u.opts.DataDir, StorageUsed: u.storageUsed(),
+		Advertise: u.opts.Advertise, UIReadOnly: u.opts.ReadOnly}
+	if busy, why := u.opts.ReadOnlyState(); busy {
+		s.Busy = why
+	}
+	for _, st := range u.opts.Settings {
+		s.Settings = append(s.Settings, redact(st))
+	}
+	return s
+}
+
+func (u *UI) status(w http.ResponseWriter, r *http.Request) {
+	u.render(w, r, http.StatusOK, "status", "Status", u.statusView())
+}
+
+// GCView is the garbage-collection page.
+type GCView struct {
+	Result *registry.GCResult
+	Shown  []registry.GCBlob
+	Opts   registry.GCOptions
+}
+
+func (u *UI) gcForm(w http.ResponseWriter, r *http.Request) {
+	if u.opts.GC == nil || u.opts.ReadOnly {
+		u.fail(w, r, fmt.Errorf("garbage collection is not available in a read-only UI: %w", errForbidden))
+		return
+	}
+	u.render(w, r, http.StatusOK, "gc", "Garbage collection", &GCView{})
+}
+
+func (u *UI) gcRun(w http.ResponseWriter, r *http.Request) {
+	if u.opts.GC == nil || u.opts.ReadOnly {
+		u.fail(w, r, fmt.Errorf("garbage collection is not available in a read-only UI: %w", errForbidden))
+		return
+	}
+	if err := checkCSRF(r); err != nil {
+		u.fail(w, r, fmt.Errorf("%v: %w", err, errForbidden))
+		return
+	}
+	opts := registry.GCOptions{
+		DryRun:           r.PostFormValue("mode") != "run",
+		RemoveUntagged:   r.PostFormValue("untagged") == "1",
+		RemoveEmptyRepos: r.PostFormValue("empty") == "1",
+	}
+	res, err := u.opts.GC.GC(r.Context(), opts)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	v := &GCView{Result: res, Opts: opts, Shown: res.Blobs}
+	if len(v.Shown) > 500 {
+		v.Shown = v.Shown[:500]
+	}
+	u.render(w, r, http.StatusOK, "gc", "Garbage collection", v)
+}

@@ -1,0 +1,259 @@
+// Package ui is labreg's catalog web UI and its JSON API: repositories,
+// tags, image details, deletes, garbage collection, events and status,
+// rendered with html/template from assets embedded in the binary (no CDN,
+// every page readable without JavaScript).
+//
+// It reads the registry through the small interfaces below, which
+// *registry.Server and *registry.Catalog implement in-process; it never
+// talks HTTP to the registry, so a page costs no round trip per tag.
+package ui
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/auth"
+	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // the registry's htpasswd check
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/labreg/labreg/registry"
+)
+
+// Catalog is the registry content the UI shows and deletes
+// (*registry.Catalog).
+type Catalog interface {
+	Repositories(ctx context.Context) ([]registry.Repository, error)
+	Tags(ctx context.Context, repo string) (registry.Repository, []registry.Tag, error)
+	Resolve(ctx context.Context, repo, ref string) (digest.Digest, error)
+	Image(ctx context.Context, repo string, dgst digest.Digest) (*registry.Image, error)
+	DeleteTag(ctx context.Context, repo, tag string) (digest.Digest, error)
+	DeleteManifest(ctx context.Context, repo string, dgst digest.Digest) ([]string, error)
+}
+
+// History is the push/pull/delete history (*registry.EventLog).
+type History interface {
+	Page(offset, limit int, keep func(registry.Event) bool) ([]registry.Event, int)
+	Add(e registry.Event)
+}
+
+// Collector runs garbage collection (*registry.Server).
+type Collector interface {
+	GC(ctx context.Context, opts registry.GCOptions) (*registry.GCResult, error)
+}
+
+// Referrers lists the manifests whose subject is a given manifest
+// (signatures, SBOMs): the registry's OCI referrers API, in-process.
+type Referrers interface {
+	Referrers(ctx context.Context, repo string, subject digest.Digest, artifactType string) ([]ocispec.Descriptor, error)
+}
+
+// Setting is one configuration value shown on the status page.
+type Setting struct{ Key, Value string }
+
+// Options configures the UI. Catalog and History are required.
+type Options struct {
+	Catalog Catalog
+	History History
+	// GC runs garbage collection; nil hides it.
+	GC Collector
+	// Referrers lists referrers on the detail page; nil shows none.
+	Referrers Referrers
+	// ReadOnlyState reports the registry's runtime read-only mode (during
+	// GC) for a banner. Default: never read-only.
+	ReadOnlyState func() (bool, string)
+	// Advertise is the registry's HOST:PORT in the copy-ready commands.
+	Advertise string
+	// ReadOnly hides and refuses deletes and GC. Default false.
+	ReadOnly bool
+	// Htpasswd, when set, makes the UI ask for the same basic-auth
+	// credentials as the registry. Realm defaults to "labreg".
+	Htpasswd, Realm string
+	// Version, DataDir and Settings are shown on the status page; settings
+	// whose key names a secret are redacted.
+	Version  string
+	DataDir  string
+	Settings []Setting
+	// Logger receives errors. Default: discard.
+	Logger *slog.Logger
+}
+
+// UI is the web UI's http.Handler.
+type UI struct {
+	opts  Options
+	mux   *http.ServeMux
+	auth  auth.AccessController
+	pages map[string]*pageTemplate
+	log   *slog.Logger
+
+	duMu   sync.Mutex
+	duAt   time.Time
+	duSize int64
+}
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// New builds the UI.
+func New(opts Options) (*UI, error) {
+	if opts.Catalog == nil || opts.History == nil {
+		return nil, errors.New("ui: Catalog and History are required")
+	}
+	if opts.Realm == "" {
+		opts.Realm = "labreg"
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ReadOnlyState == nil {
+		opts.ReadOnlyState = func() (bool, string) { return false, "" }
+	}
+	u := &UI{opts: opts, log: opts.Logger}
+	if opts.Htpasswd != "" {
+		if _, err := os.Stat(opts.Htpasswd); err != nil {
+			return nil, fmt.Errorf("ui: htpasswd file: %w", err)
+		}
+		ac, err := auth.GetAccessController("htpasswd", map[string]any{"realm": opts.Realm, "path": opts.Htpasswd})
+		if err != nil {
+			return nil, fmt.Errorf("ui: htpasswd: %w", err)
+		}
+		u.auth = ac
+	}
+	var err error
+	if u.pages, err = parsePages(); err != nil {
+		return nil, err
+	}
+	u.mux = http.NewServeMux()
+	static, _ := fs.Sub(staticFS, "static")
+	u.mux.Handle("GET /static/", http.StripPrefix("/static/", cacheForever(http.FileServerFS(static))))
+	u.mux.HandleFunc("GET /{$}", u.repositories)
+	u.mux.HandleFunc("GET /r/{rest...}", u.repoGET)
+	u.mux.HandleFunc("POST /r/{rest...}", u.repoPOST)
+	u.mux.HandleFunc("GET /events", u.events)
+	u.mux.HandleFunc("GET /status", u.status)
+	u.mux.HandleFunc("GET /gc", u.gcForm)
+	u.mux.HandleFunc("POST /gc", u.gcRun)
+	u.routesAPI()
+	return u, nil
+}
+
+func cacheForever(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		h.ServeHTTP(w, r)
+	})
+}
+
+// ServeHTTP checks credentials when htpasswd auth is on, then serves.
+func (u *UI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("X-Frame-Options", "DENY")
+	w.Header().Set("Referrer-Policy", "same-origin")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+	if u.auth != nil {
+		if _, err := u.auth.Authorized(r); err != nil {
+			var ch auth.Challenge
+			if errors.As(err, &ch) {
+				ch.SetHeaders(r, w)
+			}
+			http.Error(w, "authentication required: use the registry's credentials", http.StatusUnauthorized)
+			return
+		}
+	}
+	u.mux.ServeHTTP(w, r)
+}
+
+// user is the authenticated user name, if any.
+func user(r *http.Request) string {
+	n, _, _ := r.BasicAuth()
+	return n
+}
+
+const csrfCookie = "labreg_csrf"
+
+// csrfToken returns the request's CSRF token (double-submit cookie), setting
+// the cookie when it is missing.
+func csrfToken(w http.ResponseWriter, r *http.Request) string {
+	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) == 32 {
+		return c.Value
+	}
+	b := make([]byte, 16)
+	rand.Read(b)
+	tok := hex.EncodeToString(b)
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: tok, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	return tok
+}
+
+// checkCSRF accepts a form POST whose csrf field matches its cookie and
+// whose Origin, when sent, is this host.
+func checkCSRF(r *http.Request) error {
+	if o := r.Header.Get("Origin"); o != "" && o != "null" {
+		if ou, err := url.Parse(o); err != nil || ou.Host != r.Host {
+			return fmt.Errorf("cross-origin request from %s refused", o)
+		}
+	}
+	c, err := r.Cookie(csrfCookie)
+	if err != nil || len(c.Value) != 32 {
+		return errors.New("missing CSRF cookie: reload the page and try again")
+	}
+	if subtle.ConstantTimeCompare([]byte(c.Value), []byte(r.PostFormValue("csrf"))) != 1 {
+		return errors.New("CSRF token mismatch: reload the page and try again")
+	}
+	return nil
+}
+
+var secretKey = regexp.MustCompile(`(?i)secret|password|passwd|token|credential|private`)
+
+// redact hides secret values and credentials in URLs.
+func redact(s Setting) Setting {
+	if secretKey.MatchString(s.Key) && s.Value != "" {
+		if !strings.Contains(s.Key, "htpasswd") { // a path to the file, not a secret
+			return Setting{s.Key, "(redacted)"}
+		}
+	}
+	if u, err := url.Parse(s.Value); err == nil && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			u.User = url.UserPassword(u.User.Username(), "redacted")
+			return Setting{s.Key, u.String()}
+		}
+	}
+	return s
+}
+
+// storageUsed sums the file sizes under the data dir, at most once a minute.
+func (u *UI) storageUsed() int64 {
+	u.duMu.Lock()
+	defer u.duMu.Unlock()
+	if time.Since(u.duAt) < time.Minute {
+		return u.duSize
+	}
+	var n int64
+	filepath.WalkDir(u.opts.DataDir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	u.duAt, u.duSize = time.Now(), n
+	return n
+}
