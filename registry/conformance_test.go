@@ -1,0 +1,297 @@
+package registry_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/labreg/labreg/internal/testenv"
+)
+
+// The OCI distribution-spec conformance suite, pinned. It is a main
+// package (no ginkgo): it reads OCI_* settings, runs every test and writes
+// results/junit.xml; its exit code is not relied on here.
+const (
+	conformancePkg     = "github.com/opencontainers/distribution-spec/conformance"
+	conformanceVersion = "v0.0.0-20260831232431-97274622c111"
+)
+
+// conformanceEnv is the suite's configuration: every API and data set it
+// has that labreg claims, on top of its defaults (which already enable
+// referrers, subject, sha512, non-distributable layers, custom fields,
+// empty blobs...). Left at their defaults (off): sparse manifests (the
+// spec lets a registry reject manifests whose blobs were never pushed;
+// distribution does, and so does labreg) and tag query parameters on
+// manifest PUT (a draft distribution-spec feature).
+var conformanceEnv = []string{
+	"OCI_TLS=disabled",
+	"OCI_VERSION=1.1",
+	"OCI_API_PULL=true",
+	"OCI_API_PUSH=true",
+	"OCI_API_BLOBS_ATOMIC=true",
+	"OCI_API_BLOBS_DELETE=true",
+	"OCI_API_BLOBS_DIGEST_HEADER=true",
+	"OCI_API_BLOBS_MOUNT_ANONYMOUS=true",
+	"OCI_API_BLOBS_UPLOAD_CANCEL=true",
+	"OCI_API_MANIFESTS_ATOMIC=true",
+	"OCI_API_MANIFESTS_DELETE=true",
+	"OCI_API_MANIFESTS_DIGEST_HEADER=true",
+	"OCI_API_TAGS_ATOMIC=true",
+	"OCI_API_TAGS_DELETE=true",
+	"OCI_API_TAGS_LIST=true",
+	"OCI_API_REFERRER=true",
+	"OCI_DATA_IMAGE=true",
+	"OCI_DATA_INDEX=true",
+	"OCI_DATA_INDEX_LIST=true",
+	"OCI_DATA_ARTIFACT=true",
+	"OCI_DATA_SUBJECT=true",
+	"OCI_DATA_SUBJECT_MISSING=true",
+	"OCI_DATA_ARTIFACT_LIST=true",
+	"OCI_DATA_SUBJECT_LIST=true",
+	"OCI_DATA_DATA_FIELD=true",
+	"OCI_DATA_NONDISTRIBUTABLE=true",
+	"OCI_DATA_CUSTOM_FIELDS=true",
+	"OCI_DATA_NO_LAYERS=true",
+	"OCI_DATA_EMPTY_BLOB=true",
+	"OCI_DATA_SHA512=true",
+	"OCI_LOG=warn", // failed tests with their reasons
+}
+
+// TestConformance runs the OCI distribution-spec conformance suite against
+// `labreg serve` with default settings and requires 0 failures. The
+// reference distribution 3.1.2 fails 91 of its tests (referrers, subject,
+// sha512).
+func TestConformance(t *testing.T) {
+	suite := conformanceBinary(t)
+	addr := serveLabreg(t)
+
+	results := filepath.Join(t.TempDir(), "results")
+	cmd := exec.CommandContext(t.Context(), suite)
+	cmd.Dir = t.TempDir() // no oci-conformance.yaml there
+	cmd.Env = append(confEnvWithout(os.Environ(), "OCI_"), conformanceEnv...)
+	cmd.Env = append(cmd.Env, "OCI_REGISTRY="+addr, "OCI_RESULTS_DIR="+results)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	t.Logf("conformance suite ran in %s (exit: %v)", time.Since(start).Round(time.Millisecond), err)
+
+	rep, perr := readJUnit(filepath.Join(results, "junit.xml"))
+	if perr != nil {
+		t.Fatalf("reading the suite's results: %v\nsuite output:\n%s", perr, confTail(out.String(), 4000))
+	}
+	counts := map[string]int{}
+	var failed []string
+	for _, tc := range rep.cases() {
+		counts[tc.Status]++
+		if tc.Status == "failure" || tc.Status == "error" || tc.Failure != nil || tc.Error != nil {
+			failed = append(failed, tc.Name)
+		}
+	}
+	t.Logf("junit.xml: %d tests, %d failures, %d errors, %d skipped, %d disabled; test cases by status: %v",
+		rep.Tests, rep.Failures, rep.Errors, rep.Skipped, rep.Disabled, counts)
+	if n := rep.Failures + rep.Errors; n > 0 || len(failed) > 0 {
+		t.Errorf("%d conformance failures (%d failing test cases):\n  %s\nsuite output:\n%s",
+			n, len(failed), strings.Join(failed, "\n  "), confTail(out.String(), 8000))
+	}
+	// The suite must really have run: a registry that answers nothing
+	// would otherwise "pass" with every test skipped.
+	if rep.Tests < 800 || counts["passed"] < 600 {
+		t.Errorf("suite ran %d tests, %d test cases passed; expected over 800 and 600\n%s",
+			rep.Tests, counts["passed"], confTail(out.String(), 4000))
+	}
+}
+
+// serveLabreg starts `labreg serve` with default settings (only the
+// listen address, data dir and no web UI chosen) and returns HOST:PORT.
+func serveLabreg(t *testing.T) string {
+	t.Helper()
+	bin := testenv.BuildLabreg(t)
+	data := t.TempDir()
+	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--ui-listen", "", "--data", data)
+	cmd.Env = confEnvWithout(os.Environ(), "LABREG_")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr confLog
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting labreg serve: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Errorf("labreg serve did not stop within 20s of SIGINT")
+		}
+		if t.Failed() {
+			t.Logf("labreg serve stderr (tail):\n%s", confTail(stderr.String(), 6000))
+		}
+	})
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case line <- sc.Text():
+			default:
+			}
+		}
+	}()
+	re := regexp.MustCompile(`registry on https?://(\S+)`)
+	select {
+	case l := <-line:
+		m := re.FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("labreg serve printed %q, not where it listens", l)
+		}
+		testenv.WaitHTTP(t, "http://"+m[1]+"/v2/", 10*time.Second)
+		return m[1]
+	case err := <-exited:
+		t.Fatalf("labreg serve exited: %v\n%s", err, stderr.String())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("labreg serve printed nothing in 30s\n%s", stderr.String())
+	}
+	return ""
+}
+
+// conformanceBinary builds the pinned conformance suite in a throwaway
+// module (this needs the Go module proxy) and caches the binary in the
+// user cache dir, keyed by version. A failed build fails the test.
+func conformanceBinary(t *testing.T) string {
+	t.Helper()
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	dir := filepath.Join(cache, "labreg", "oci-conformance-"+conformanceVersion)
+	bin := filepath.Join(dir, "conformance")
+	if st, err := os.Stat(bin); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+		return bin
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mod := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	tmpBin := filepath.Join(dir, fmt.Sprintf(".conformance-%d", os.Getpid()))
+	steps := [][]string{
+		{"go", "mod", "init", "labreg.test/conformance"},
+		{"go", "get", conformancePkg + "@" + conformanceVersion},
+		{"go", "build", "-o", tmpBin, conformancePkg},
+	}
+	for _, s := range steps {
+		cmd := exec.CommandContext(ctx, s[0], s[1:]...)
+		cmd.Dir = mod
+		cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod", "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			os.Remove(tmpBin)
+			t.Fatalf("building the OCI conformance suite: %s: %v\n%s", strings.Join(s, " "), err, out)
+		}
+	}
+	if err := os.Rename(tmpBin, bin); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// junitReport is the part of the suite's junit.xml read here.
+type junitReport struct {
+	XMLName  xml.Name     `xml:"testsuites"`
+	Tests    int          `xml:"tests,attr"`
+	Failures int          `xml:"failures,attr"`
+	Errors   int          `xml:"errors,attr"`
+	Skipped  int          `xml:"skipped,attr"`
+	Disabled int          `xml:"disabled,attr"`
+	Suites   []junitSuite `xml:"testsuite"`
+}
+
+type junitSuite struct {
+	Cases []junitCase `xml:"testcase"`
+}
+
+type junitCase struct {
+	Name    string    `xml:"name,attr"`
+	Status  string    `xml:"status,attr"`
+	Failure *struct{} `xml:"failure"`
+	Error   *struct{} `xml:"error"`
+}
+
+func (r *junitReport) cases() []junitCase {
+	var out []junitCase
+	for _, s := range r.Suites {
+		out = append(out, s.Cases...)
+	}
+	return out
+}
+
+func readJUnit(path string) (*junitReport, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r junitReport
+	if err := xml.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(r.Suites) == 0 {
+		return nil, errors.New(path + ": no test suites")
+	}
+	return &r, nil
+}
+
+// confEnvWithout drops the variables starting with prefix.
+func confEnvWithout(env []string, prefix string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, prefix) {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func confTail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "…" + s[len(s)-n:]
+}
+
+type confLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *confLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *confLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+var _ io.Writer = (*confLog)(nil)
