@@ -138,8 +138,12 @@ func ping(ctx context.Context, c *client.Client) error {
 // "docker" followed by the Engine's address.
 func (b *BuildKit) Addr() string { return b.addr }
 
-// Close ends the connection to BuildKit (and to the Docker Engine).
+// Close ends the connection to BuildKit (and to the Docker Engine). It is
+// safe on a nil *BuildKit, which a failed NewBuildKit returns.
 func (b *BuildKit) Close() error {
+	if b == nil {
+		return nil
+	}
 	err := b.c.Close()
 	if b.docker != nil {
 		err = errors.Join(err, b.docker.Close())
