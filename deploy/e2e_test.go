@@ -1,9 +1,13 @@
 package deploy_test
 
 import (
+	"encoding/base64"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
@@ -69,5 +73,95 @@ func TestBlueGreenRollback(t *testing.T) {
 	r = labreg(t, env, "status", svc)
 	if !strings.Contains(r.out, blue) || !strings.Contains(r.out, "tags: blue") {
 		t.Errorf("status after rollback does not show digest %s with tag blue", blue)
+	}
+}
+
+// TestRegistryAuthForwarding: the registry wants a password and the engine
+// never logged in. With the docker CLI's credentials forwarded (the
+// default) the service runs; with --with-registry-auth=false labreg fails
+// before touching the service, naming the registry and the auth error.
+func TestRegistryAuthForwarding(t *testing.T) {
+	docker := testenv.Swarm(t)
+	reg := authRegistry(t, "lab", "s3cret-pw")
+	id := suffix(t)
+	page := "private page " + id + "\n" // unique content: the node must really pull
+	pageImage(t, reg+"/private:v1", &authn.Basic{Username: "lab", Password: "s3cret-pw"}, page)
+	env := []string{"DOCKER_CONFIG=" + dockerConfig(t, reg, "lab", "s3cret-pw")}
+	port := freePort(t)
+
+	tests := []struct {
+		name     string
+		authFlag string
+		wantCode int
+		wantErr  []string
+	}{
+		{name: "without forwarding", authFlag: "--with-registry-auth=false", wantCode: 1,
+			wantErr: []string{"registry " + reg, "without credentials", "no basic auth credentials", "docker login " + reg}},
+		{name: "forwarded", authFlag: "--with-registry-auth=true", wantCode: 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := "private-" + id
+			removeService(t, docker, svc)
+			r := labreg(t, env, "deploy", svc, "--image", "private:v1", "--advertise", reg, "--progress", "plain",
+				"--publish", fmt.Sprintf("mode=host,%d:80", port), tc.authFlag)
+			if r.code != tc.wantCode {
+				t.Fatalf("exit %d, want %d", r.code, tc.wantCode)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(r.err, w) {
+					t.Errorf("stderr does not say %q", w)
+				}
+			}
+			for _, out := range []string{r.out, r.err} {
+				if strings.Contains(out, "s3cret-pw") || strings.Contains(out, base64.StdEncoding.EncodeToString([]byte("lab:s3cret-pw"))) {
+					t.Errorf("output shows the password")
+				}
+			}
+			if tc.wantCode == 0 {
+				if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got != page {
+					t.Errorf("GET = %q, want %q", got, page)
+				}
+			} else if out, _ := exec.Command(docker, "service", "inspect", svc).CombinedOutput(); !strings.Contains(string(out), "no such service") && !strings.Contains(string(out), "not found") {
+				t.Errorf("service %s exists after a failed pin: %s", svc, out)
+			}
+		})
+	}
+}
+
+// TestFailedUpdateRollsBack: an update to an image whose process exits at
+// once, with --update-failure-action rollback. Swarm rolls back; labreg
+// exits 3 (docker exits 0: docker/cli#6752), names the task error, and the
+// service runs the old digest again when it returns.
+func TestFailedUpdateRollsBack(t *testing.T) {
+	docker := testenv.Swarm(t)
+	reg, _ := testenv.Registry(t, registry.Options{})
+	id := suffix(t)
+	good := pageImage(t, reg+"/app:good", nil, "good "+id+"\n")
+	pushImage(t, reg+"/app:crash", nil, map[string]string{"crash": id}, "/bin/false")
+	svc := "crash-" + id
+	removeService(t, docker, svc)
+	env := []string{"DOCKER_CONFIG=" + dockerConfig(t, reg, "", "")}
+	r := labreg(t, env, "deploy", svc, "--image", "app:good", "--advertise", reg, "--progress", "plain",
+		"--update-failure-action", "rollback", "--update-monitor", "1s", "--update-delay", "0s",
+		"--rollback-monitor", "200ms", "--rollback-delay", "0s")
+	if r.code != 0 {
+		t.Fatalf("deploy good: exit %d", r.code)
+	}
+	r = labreg(t, env, "deploy", svc, "--image", "app:crash", "--advertise", reg, "--progress", "plain")
+	if r.code != 3 {
+		t.Errorf("deploy crash: exit %d, want 3 (rollout rolled back)", r.code)
+	}
+	for _, w := range []string{"rollback completed", "non-zero exit (1)"} {
+		if !strings.Contains(r.err, w) {
+			t.Errorf("deploy crash: error does not say %q", w)
+		}
+	}
+	st := labreg(t, env, "status", svc)
+	if !strings.Contains(st.out, "digest "+good+"  tags: good") {
+		t.Errorf("after the rollback the service does not run the good digest %s", good)
+	}
+	if !strings.Contains(st.out, "replicated 1/1") {
+		t.Errorf("after the rollback 1/1 tasks should run")
 	}
 }

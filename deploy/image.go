@@ -140,6 +140,18 @@ func (c *Client) lookupCredentials(host string) (credentials, error) {
 	return cr, nil
 }
 
+// authHint suggests the fix for an authentication failure.
+func authHint(err error, host string, forwarded bool) string {
+	m := strings.ToLower(err.Error())
+	if !strings.Contains(m, "auth") && !strings.Contains(m, "denied") && !strings.Contains(m, "401") {
+		return ""
+	}
+	if forwarded {
+		return fmt.Sprintf(" (check the credentials: docker login %s)", host)
+	}
+	return fmt.Sprintf(" (run `docker login %s` here and keep --with-registry-auth, or log in on every node)", host)
+}
+
 // pinDigest asks the engine (the way every node will see the registry) for
 // the manifest digest of image and returns "image@sha256:...". encodedAuth
 // is the forwarded credential header, empty for anonymous.
@@ -153,7 +165,7 @@ func (c *Client) pinDigest(ctx context.Context, image, encodedAuth string) (stri
 		if encodedAuth == "" {
 			how = "without credentials (as every node pulls when registry auth is not forwarded)"
 		}
-		return "", fmt.Errorf("registry %s: the engine cannot read %s %s: %w", imageHost(image), image, how, err)
+		return "", fmt.Errorf("registry %s: the engine cannot read %s %s: %w%s", imageHost(image), image, how, err, authHint(err, imageHost(image), encodedAuth != ""))
 	}
 	return image + "@" + res.Descriptor.Digest.String(), nil
 }

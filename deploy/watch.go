@@ -161,6 +161,11 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 		}
 		fail := func(st string) error {
 			e := &RolloutError{Service: ws.name, State: st, Message: msg}
+			if lastFail == nil {
+				// The failed task may have left the up-to-date set already
+				// (swarm rolled the spec back): look at all tasks.
+				lastFail = c.lastFailed(ctx, svc.ID, ws.want)
+			}
 			if lastFail != nil {
 				e.Task, e.TaskErr = describeTask(lastFail, nodes), taskErr(lastFail)
 			}
@@ -171,9 +176,9 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 			switch state {
 			case swarm.UpdateStatePaused:
 				return res, fail(string(state))
-			case swarm.UpdateStateRollbackPaused, swarm.UpdateStateRollbackCompleted:
+			case swarm.UpdateStateRollbackPaused:
 				return res, fail(string(state))
-			case swarm.UpdateStateRollbackStarted:
+			case swarm.UpdateStateRollbackStarted, swarm.UpdateStateRollbackCompleted:
 				if !rollingBack {
 					p.line("rollback", msg)
 				}
@@ -188,6 +193,10 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 
 		running, expected, last := p.update(svc, tl.Items, nodes, want, rollingBack || ws.rollback)
 		converged := expected > 0 && running == expected
+		if rollingBack && converged && state == swarm.UpdateStateRollbackCompleted {
+			// rolled back and running the old image again: report the failure.
+			return res, fail(string(state))
+		}
 		if converged && res.Converged.IsZero() {
 			res.Converged, res.LastRunning, res.Tasks = time.Now(), last, running
 		}
@@ -232,6 +241,29 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 		case <-tick.C:
 		}
 	}
+}
+
+// lastFailed returns the most recent failed or rejected task of service
+// that ran image (any image when image is ""), or nil.
+func (c *Client) lastFailed(ctx context.Context, service, image string) *swarm.Task {
+	tl, err := c.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", service)})
+	if err != nil {
+		return nil
+	}
+	var last *swarm.Task
+	for i := range tl.Items {
+		t := &tl.Items[i]
+		if t.Status.State != swarm.TaskStateFailed && t.Status.State != swarm.TaskStateRejected {
+			continue
+		}
+		if image != "" && taskImage(t) != image {
+			continue
+		}
+		if last == nil || t.Status.Timestamp.After(last.Status.Timestamp) {
+			last = t
+		}
+	}
+	return last
 }
 
 func (c *Client) ctxErr(ctx context.Context, ws watchSpec, err error) error {
