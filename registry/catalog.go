@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"weak"
 
@@ -102,6 +105,9 @@ type tagEntry struct {
 
 // NewCatalog opens the filesystem storage under dataDir/storage.
 func NewCatalog(ctx context.Context, dataDir string) (*Catalog, error) {
+	if _, err := os.Stat(filepath.Join(dataDir, "storage")); err != nil {
+		return nil, fmt.Errorf("no registry storage in %s: %w", dataDir, err)
+	}
 	d, err := filesystem.FromParameters(map[string]any{"rootdirectory": path.Join(dataDir, "storage")})
 	if err != nil {
 		return nil, fmt.Errorf("opening storage in %s: %w", dataDir, err)
@@ -120,6 +126,7 @@ type extras struct {
 	events  *EventLog
 	gate    *gate
 	dataDir string
+	lock    *os.File // shared lock on <data>/.lock: keeps offline GC out
 }
 
 var (
@@ -144,9 +151,18 @@ func (s *Server) ext() *extras {
 		cat.gate = e.gate
 	}
 	e.events = openEventLog(s.opts.DataDir, s.log)
+	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+			s.log.Warn("an offline garbage collection holds the data dir lock", "path", f.Name())
+		}
+		e.lock = f
+	}
 	extrasFor[key] = e
 	runtime.AddCleanup(s, func(k weak.Pointer[Server]) {
 		extrasMu.Lock()
+		if e := extrasFor[k]; e != nil && e.lock != nil {
+			e.lock.Close()
+		}
 		delete(extrasFor, k)
 		extrasMu.Unlock()
 	}, key)

@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -67,6 +71,39 @@ func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	}
 	if !opts.DryRun {
 		s.Events().Add(Event{Action: "gc", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
+			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))})
+	}
+	return res, nil
+}
+
+// ErrInUse is returned by OfflineGC when a server uses the data dir.
+var ErrInUse = errors.New("a labreg server is using this data directory")
+
+// OfflineGC runs garbage collection on a data dir that no server is using
+// (it takes the data dir's lock, which every Server holds shared), and
+// records a "gc" event in its history.
+func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Logger) (*GCResult, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	f, err := os.OpenFile(filepath.Join(dataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("locking data directory %s: %w", dataDir, err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return nil, fmt.Errorf("%s: %w; run gc through its UI instead", dataDir, ErrInUse)
+	}
+	c, err := NewCatalog(ctx, dataDir)
+	if err != nil {
+		return nil, err
+	}
+	res, err := c.GC(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	if !opts.DryRun {
+		openEventLog(dataDir, log).Add(Event{Action: "gc", Via: "offline", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
 			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))})
 	}
 	return res, nil

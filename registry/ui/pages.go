@@ -22,7 +22,7 @@ type pageTemplate struct{ t *template.Template }
 var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "error"}
 
 var funcs = template.FuncMap{
-	"size":        humanSize,
+	"size":        HumanSize,
 	"when":        when,
 	"short":       shortDigest,
 	"repoURL":     func(repo string) string { return "/r/" + repo },
@@ -79,8 +79,8 @@ func parsePages() (map[string]*pageTemplate, error) {
 	return out, nil
 }
 
-// humanSize is a size in decimal units as docker prints them: 2.1 MB.
-func humanSize(n int64) string {
+// HumanSize is a size in decimal units as docker prints them: 2.1 MB.
+func HumanSize(n int64) string {
 	const unit = 1000
 	if n < unit {
 		return fmt.Sprintf("%d B", n)

@@ -64,7 +64,10 @@ type Referrers interface {
 }
 
 // Setting is one configuration value shown on the status page.
-type Setting struct{ Key, Value string }
+type Setting struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
 
 // Options configures the UI. Catalog and History are required.
 type Options struct {

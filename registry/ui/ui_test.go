@@ -124,7 +124,7 @@ type rawManifest struct {
 	mt  types.MediaType
 }
 
-func (r rawManifest) RawManifest() ([]byte, error)         { return r.raw, nil }
+func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
 func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
 
 // pushReferrer pushes an SBOM-like artifact whose subject is subj.
@@ -146,8 +146,8 @@ func pushReferrer(t testing.TB, addr, repo string, subj v1.Descriptor) v1.Hash {
 	ss, _ := sbom.Size()
 	m := map[string]any{
 		"schemaVersion": 2, "mediaType": string(types.OCIManifestSchema1), "artifactType": "application/spdx+json",
-		"config": map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": cd.String(), "size": 2},
-		"layers": []any{map[string]any{"mediaType": "application/spdx+json", "digest": sd.String(), "size": ss}},
+		"config":  map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": cd.String(), "size": 2},
+		"layers":  []any{map[string]any{"mediaType": "application/spdx+json", "digest": sd.String(), "size": ss}},
 		"subject": map[string]any{"mediaType": string(subj.MediaType), "digest": subj.Digest.String(), "size": subj.Size},
 	}
 	raw, _ := json.Marshal(m)
@@ -282,7 +282,7 @@ func TestBrowser(t *testing.T) {
 
 	// Repositories.
 	repos := b.text(t, base+"/", "#repos")
-	mustContain(t, "repositories page", repos, "lab/app", "lab/multi", "lab/xss", humanSize(imageSize(t, app10)+imageSize(t, app19)+imageSize(t, app110)))
+	mustContain(t, "repositories page", repos, "lab/app", "lab/multi", "lab/xss", HumanSize(imageSize(t, app10)+imageSize(t, app19)+imageSize(t, app110)))
 	b.shot(t, "1-repositories")
 	// Filter.
 	filtered := b.text(t, base+"/?q=multi", "#repos")
@@ -297,8 +297,8 @@ func TestBrowser(t *testing.T) {
 	if len(rows) != 3 {
 		t.Fatalf("want 3 rows (1.0+latest grouped, 1.9, 1.10), got %d: %q", len(rows), rows)
 	}
-	mustContain(t, "shared row", rows[0], "1.0", "latest", "2 tags", d10.Hex[:12], humanSize(imageSize(t, app10)), "2026-03-14 09:26 UTC", "linux/amd64")
-	mustContain(t, "second row", rows[1], "1.9", humanSize(imageSize(t, app19)), "2026-03-12 09:26 UTC")
+	mustContain(t, "shared row", rows[0], "1.0", "latest", "2 tags", d10.Hex[:12], HumanSize(imageSize(t, app10)), "2026-03-14 09:26 UTC", "linux/amd64")
+	mustContain(t, "second row", rows[1], "1.9", HumanSize(imageSize(t, app19)), "2026-03-12 09:26 UTC")
 	mustContain(t, "third row (1.9 < 1.10)", rows[2], "1.10", "2026-03-15 09:26 UTC")
 	shared := run(t, b, "shared class", chromedp.Evaluate[int](`document.querySelectorAll("#tags tr.shared").length`))
 	if shared != 1 {
@@ -309,7 +309,7 @@ func TestBrowser(t *testing.T) {
 
 	// Multi-arch index.
 	multi := b.text(t, base+"/r/lab/multi", "#tags")
-	mustContain(t, "index row", multi, "v1", "linux/amd64, linux/arm64", humanSize(imageSize(t, amd)+imageSize(t, arm)))
+	mustContain(t, "index row", multi, "v1", "linux/amd64, linux/arm64", HumanSize(imageSize(t, amd)+imageSize(t, arm)))
 	b.shot(t, "3-index-tags")
 	plats := b.text(t, base+"/r/lab/multi/-/tag/v1", "#manifests")
 	mustContain(t, "index detail", plats, "linux/amd64", "linux/arm64")
@@ -320,7 +320,7 @@ func TestBrowser(t *testing.T) {
 	detail := b.text(t, "", "main")
 	mustContain(t, "detail page", detail,
 		d10.String(), "1.0", "latest", "/bin/busybox", "httpd -f -p 80", "APP_MODE=lab", "/www", "nobody", "80/tcp", "/data", "lab app",
-		"make layer-1", "make layer-2", humanSize(layerSize(t, app10, 0)), humanSize(layerSize(t, app10, 1)),
+		"make layer-1", "make layer-2", HumanSize(layerSize(t, app10, 0)), HumanSize(layerSize(t, app10, 1)),
 		"docker pull registry.lab:5000/lab/app:1.0",
 		"docker service update --with-registry-auth --image registry.lab:5000/lab/app:1.0 SERVICE")
 	df := b.text(t, "", "#dockerfile")

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/labreg/labreg/registry"
+	"github.com/labreg/labreg/registry/ui"
+)
+
+func init() { extraCommands = append(extraCommands, newGCCmd) }
+
+func newGCCmd(io streams) *cobra.Command {
+	var (
+		opts    registry.GCOptions
+		offline bool
+		verbose bool
+	)
+	cmd := &cobra.Command{
+		Use:   "gc",
+		Short: "Remove blobs no manifest references (online: the registry is read-only meanwhile)",
+		Long: `Garbage-collect the registry's storage.
+
+When "labreg serve" runs, gc asks it through its web UI's /api (see "labreg ls
+--help" for the address): the registry turns read-only for the duration —
+pushes get 503 with Retry-After and docker retries — and back.
+When nothing answers there, gc works on the data dir (--data) directly,
+after taking the data dir's lock (a running server holds it, so this never
+runs under a live registry). --offline forces that.
+
+Nothing a manifest references is removed: layers, configs, index children,
+and referrers (signatures, SBOMs).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			var res *registry.GCResult
+			if !offline {
+				cl, err := uiClient(cmd, c, io.Err)
+				if err != nil {
+					return err
+				}
+				res, err = cl.GC(ctx, ui.GCRequest{DryRun: opts.DryRun, RemoveUntagged: opts.RemoveUntagged, RemoveEmptyRepos: opts.RemoveEmptyRepos})
+				if errors.Is(err, ui.ErrUnreachable) {
+					fmt.Fprintf(io.Err, "labreg: no server answers at %s; collecting offline in %s\n", cl.BaseURL, c.Registry.Data)
+					offline = true
+				} else if err != nil {
+					return err
+				}
+			}
+			if offline {
+				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, newLogger(c, io.Err)); err != nil {
+					return err
+				}
+			}
+			verb := "removed"
+			if res.DryRun {
+				verb = "would remove"
+			}
+			if verbose || res.DryRun {
+				tw := tabwriter.NewWriter(io.Out, 2, 4, 2, ' ', 0)
+				for _, r := range res.Repositories {
+					fmt.Fprintf(tw, "repository\t%s\t\n", r)
+				}
+				for _, m := range res.Manifests {
+					fmt.Fprintf(tw, "manifest\t%s@%s\t\n", m.Repo, m.Digest)
+				}
+				for _, b := range res.Blobs {
+					fmt.Fprintf(tw, "blob\t%s\t%s\n", b.Digest, ui.HumanSize(b.Size))
+				}
+				tw.Flush()
+			}
+			fmt.Fprintf(io.Out, "%s %d blobs (%s, %d bytes), %d untagged manifests, %d empty repositories; %d still referenced\n",
+				verb, len(res.Blobs), ui.HumanSize(res.Bytes), res.Bytes, len(res.Manifests), len(res.Repositories), res.Kept)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&opts.DryRun, "dry-run", false, "show what would be removed and how many bytes, remove nothing")
+	cmd.Flags().BoolVar(&opts.RemoveUntagged, "remove-untagged", false, "also remove manifests no tag reaches (directly, as index child or as referrer)")
+	cmd.Flags().BoolVar(&opts.RemoveEmptyRepos, "remove-empty-repos", false, "also remove repositories left without tags or manifests")
+	cmd.Flags().BoolVar(&offline, "offline", false, "work on the data dir directly (fails while a server uses it)")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every removed blob and manifest")
+	cmd.Flags().String("ui-url", "", "URL of the labreg web UI (default http://127.0.0.1:<port of ui.listen>)")
+	bindConfig(cmd, "registry.", "ui.", "client.")
+	return cmd
+}
