@@ -1,11 +1,14 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path"
+	"path/filepath"
 	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
@@ -245,12 +248,15 @@ func (a *ociAPI) upload(w http.ResponseWriter, r *http.Request, p apiPath) {
 		r = r.Clone(r.Context())
 		r.URL.RawQuery = q.Encode()
 	}
-	if alias == "" || alias.Algorithm() == digest.Canonical {
+	if r.Method != http.MethodPut && (alias == "" || alias.Algorithm() == digest.Canonical) {
 		a.next.ServeHTTP(w, r)
 		return
 	}
+	if alias.Algorithm() == digest.Canonical {
+		alias = ""
+	}
 	hw := &hookWriter{ResponseWriter: w, onStatus: func(status int) (int, error) {
-		if status != http.StatusCreated {
+		if status != http.StatusCreated || alias == "" {
 			return status, nil
 		}
 		canonical, err := digest.Parse(w.Header().Get("Docker-Content-Digest"))
@@ -269,4 +275,33 @@ func (a *ociAPI) upload(w http.ResponseWriter, r *http.Request, p apiPath) {
 	if hw.err != nil {
 		a.s.log.Error("blob upload", "repo", p.repo, "digest", alias, "err", hw.err)
 	}
+	if r.Method == http.MethodPut && hw.status == http.StatusBadRequest &&
+		bytes.Contains(hw.errBody, []byte(`"DIGEST_INVALID"`)) {
+		if err := a.dropUpload(p.repo, p.ref); err != nil {
+			a.s.log.Warn("removing failed upload", "repo", p.repo, "upload", p.ref, "err", err)
+		}
+	}
+}
+
+// dropUpload removes an upload whose completion failed its digest check
+// (distribution means to but does not: "error canceling upload after
+// error: already closed"), and the directories it leaves empty, up to the
+// repository: a push with a wrong digest leaves nothing behind. rmdir only
+// removes empty directories, so concurrent uploads to the repository keep
+// theirs.
+func (a *ociAPI) dropUpload(repo, id string) error {
+	if id == "" || strings.ContainsAny(id, `/\`) || id == "." || id == ".." {
+		return nil
+	}
+	root := filepath.Join(a.s.opts.DataDir, "storage", filepath.FromSlash(v2Root), "repositories")
+	dir := filepath.Join(root, filepath.FromSlash(repo), "_uploads", id)
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	for d := filepath.Dir(dir); strings.HasPrefix(d, root+string(filepath.Separator)); d = filepath.Dir(d) {
+		if os.Remove(d) != nil {
+			break // not empty: in use
+		}
+	}
+	return nil
 }

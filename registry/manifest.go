@@ -248,6 +248,9 @@ type hookWriter struct {
 	wrote    bool
 	failed   bool
 	err      error
+	// status is the status sent; errBody the start of an error body.
+	status  int
+	errBody []byte
 }
 
 func (h *hookWriter) WriteHeader(status int) {
@@ -259,10 +262,12 @@ func (h *hookWriter) WriteHeader(status int) {
 		var err error
 		if status, err = h.onStatus(status); err != nil {
 			h.err, h.failed = err, true
+			h.status = http.StatusInternalServerError
 			writeError(h.ResponseWriter, http.StatusInternalServerError, errcode.ErrorCodeUnknown, err.Error())
 			return
 		}
 	}
+	h.status = status
 	h.ResponseWriter.WriteHeader(status)
 }
 
@@ -272,6 +277,9 @@ func (h *hookWriter) Write(b []byte) (int, error) {
 	}
 	if h.failed {
 		return len(b), nil
+	}
+	if h.status >= 400 && len(h.errBody) < 1024 {
+		h.errBody = append(h.errBody, b[:min(len(b), 1024-len(h.errBody))]...)
 	}
 	return h.ResponseWriter.Write(b)
 }
