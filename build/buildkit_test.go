@@ -35,7 +35,7 @@ import (
 // pushBusybox pushes a runnable busybox image (Debian's static
 // /bin/busybox with /bin/sh etc. linked to it) to reg as busybox:test and
 // returns its reference.
-func pushBusybox(t *testing.T, reg string, opts ...remote.Option) string {
+func pushBusybox(t testing.TB, reg string, opts ...remote.Option) string {
 	t.Helper()
 	bin, err := os.ReadFile("/bin/busybox")
 	testenv.Require(t, "busybox", err == nil, "no /bin/busybox (apt-get install busybox-static)")
@@ -128,7 +128,7 @@ func imageFile(t *testing.T, img v1.Image, path string) (string, bool) {
 	}
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
@@ -544,4 +544,55 @@ func TestNewBuildKitAddress(t *testing.T) {
 			}
 		}
 	})
+}
+
+// BenchmarkBuildKitRebuild measures a no-change rebuild + push of a
+// Dockerfile with RUN, whole process each time: `labreg build --engine
+// buildkit` on buildkitd and on the Docker Engine, against the baseline
+// `buildctl build` with the same context and output on the same buildkitd.
+func BenchmarkBuildKitRebuild(b *testing.B) {
+	addr := testenv.Buildkit(b)
+	buildctl := testenv.Tool(b, "buildctl", "built with buildkitd by .ci/run")
+	labreg := testenv.BuildLabreg(b)
+	reg, _ := testenv.Registry(b, registry.Options{})
+	base := pushBusybox(b, reg)
+	dir := b.TempDir()
+	writeFile(b, filepath.Join(dir, "Dockerfile"), "FROM "+base+"\nRUN echo bench > /bench.txt\n")
+
+	cases := []struct {
+		name string
+		args func(ref string) []string
+	}{
+		{"buildctl", func(ref string) []string {
+			return []string{buildctl, "--addr", addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0",
+				"--local", "context=" + dir, "--local", "dockerfile=" + dir,
+				"--output", "type=image,name=" + ref + ",push=true,registry.insecure=true"}
+		}},
+		{"labreg-buildkitd", func(ref string) []string {
+			return []string{labreg, "build", "--engine", "buildkit", "--buildkit-addr", addr, "--registry", reg, "-t", strings.TrimPrefix(ref, reg+"/"), dir}
+		}},
+		{"labreg-docker-engine", func(ref string) []string {
+			return []string{labreg, "build", "--engine", "buildkit", "--buildkit-addr", build.DockerAddr, "--registry", reg, "-t", strings.TrimPrefix(ref, reg+"/"), dir}
+		}},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			ref := reg + "/bench/" + c.name + ":1"
+			if c.name == "labreg-docker-engine" {
+				testenv.Docker(b)
+				b.Cleanup(func() { exec.Command("docker", "image", "rm", "-f", ref).Run() })
+			}
+			run := func() {
+				cmd := exec.Command(c.args(ref)[0], c.args(ref)[1:]...)
+				if out, err := cmd.CombinedOutput(); err != nil {
+					b.Fatalf("%v: %v\n%s", cmd.Args, err, out)
+				}
+			}
+			run() // warm the cache: what is measured is a no-change rebuild
+			b.ResetTimer()
+			for b.Loop() {
+				run()
+			}
+		})
+	}
 }
