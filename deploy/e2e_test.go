@@ -3,7 +3,9 @@ package deploy_test
 import (
 	"encoding/base64"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -163,5 +165,87 @@ func TestFailedUpdateRollsBack(t *testing.T) {
 	}
 	if !strings.Contains(st.out, "replicated 1/1") {
 		t.Errorf("after the rollback 1/1 tasks should run")
+	}
+}
+
+// TestSamsungFile deploys the shipped samsung example: network samsung-*
+// with subnet 10.10.3.0/24, the zone==seoul constraint in the spec, the
+// secret readable at /run/secrets/samsung_admin inside the task and in no
+// output of labreg.
+func TestSamsungFile(t *testing.T) {
+	docker := testenv.Swarm(t)
+	reg, _ := testenv.Registry(t, registry.Options{})
+	id := suffix(t)
+	page := "<title>samsung v1 " + id + "</title>\n"
+	pageImage(t, reg+"/samsung:1.0", nil, page)
+	secret := "pw-" + suffix(t) + suffix(t)
+	secretFile := filepath.Join(t.TempDir(), "admin")
+	if err := os.WriteFile(secretFile, []byte(secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	network := "samsung-" + id
+	port := freePort(t)
+	env := []string{"DOCKER_CONFIG=" + dockerConfig(t, reg, "", ""),
+		"SAMSUNG_NETWORK=" + network, "SAMSUNG_PORT=" + itoa(port), "SAMSUNG_SECRET_FILE=" + secretFile}
+
+	// This single node plays worker1: zone=seoul.
+	host, _ := exec.Command(docker, "info", "--format", "{{.Name}}").Output()
+	node := strings.TrimSpace(string(host))
+	if r := labreg(t, env, "node", "label", node, "zone=seoul"); r.code != 0 {
+		t.Fatalf("node label: exit %d", r.code)
+	}
+	t.Cleanup(func() { labreg(t, env, "node", "label", node, "--rm", "zone") })
+
+	// The example is for one service named samsung; give it a unique name.
+	file := filepath.Join(t.TempDir(), "samsung.yaml")
+	src, err := os.ReadFile(filepath.Join("examples", "samsung.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := "samsung-" + id
+	yml := strings.Replace(string(src), "\n  samsung:\n    image:", "\n  "+svc+":\n    image:", 1)
+	yml = strings.Replace(yml, "replicas: 2", "replicas: 1", 1) // one node, one host port
+	if err := os.WriteFile(file, []byte(yml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	removeService(t, docker, svc)
+	t.Cleanup(func() {
+		exec.Command(docker, "network", "rm", network).Run()
+		out, _ := exec.Command(docker, "secret", "ls", "-q", "--filter", "label=labreg.name=samsung_admin").Output()
+		for _, s := range strings.Fields(string(out)) {
+			exec.Command(docker, "secret", "rm", s).Run()
+		}
+	})
+
+	r := labreg(t, env, "deploy", "-f", file, "--advertise", reg, "--progress", "plain")
+	if r.code != 0 {
+		t.Fatalf("deploy -f: exit %d", r.code)
+	}
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got != page {
+		t.Errorf("GET = %q, want %q", got, page)
+	}
+	out, err := exec.Command(docker, "network", "inspect", network, "--format", "{{.Driver}} {{range .IPAM.Config}}{{.Subnet}}{{end}} {{.Attachable}}").CombinedOutput()
+	if got := strings.TrimSpace(string(out)); err != nil || got != "overlay 10.10.3.0/24 true" {
+		t.Errorf("network %s: %q (%v), want overlay 10.10.3.0/24 attachable", network, got, err)
+	}
+	out, _ = exec.Command(docker, "service", "inspect", svc, "--format", "{{json .Spec.TaskTemplate.Placement.Constraints}}").CombinedOutput()
+	if !strings.Contains(string(out), "node.labels.zone == seoul") {
+		t.Errorf("constraints in the spec: %s", out)
+	}
+	ctr, _ := exec.Command(docker, "ps", "-q", "--filter", "label=com.docker.swarm.service.name="+svc).Output()
+	c := strings.Fields(string(ctr))
+	if len(c) != 1 {
+		t.Fatalf("want one container of %s, got %q", svc, c)
+	}
+	got, err := exec.Command(docker, "exec", c[0], "cat", "/run/secrets/samsung_admin").CombinedOutput()
+	if err != nil || string(got) != secret {
+		t.Errorf("/run/secrets/samsung_admin in the task = %q (%v), want the secret file's content", got, err)
+	}
+	st := labreg(t, env, "status", svc)
+	inspect, _ := exec.Command(docker, "service", "inspect", svc).CombinedOutput()
+	for what, o := range map[string]string{"deploy stdout": r.out, "deploy stderr": r.err, "status": st.out + st.err, "service spec": string(inspect)} {
+		if strings.Contains(o, secret) {
+			t.Errorf("the secret value appears in the %s", what)
+		}
 	}
 }

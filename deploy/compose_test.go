@@ -1,0 +1,102 @@
+package deploy_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/labreg/labreg/deploy"
+)
+
+// TestLoadExamples loads every shipped example and checks what it promises.
+func TestLoadExamples(t *testing.T) {
+	tests := []struct {
+		file  string
+		check func(t *testing.T, s deploy.Spec)
+	}{
+		{"myhttpd.yaml", func(t *testing.T, s deploy.Spec) {
+			if s.Name != "myhttpd" || s.Image != "myhttpd:blue" || s.Replicas == nil || *s.Replicas != 3 {
+				t.Errorf("got %s %s replicas %v", s.Name, s.Image, s.Replicas)
+			}
+			if len(s.Ports) != 1 || s.Ports[0].PublishedPort != 80 || s.Ports[0].TargetPort != 80 || s.Ports[0].PublishMode != "ingress" {
+				t.Errorf("ports %+v, want 80:80 ingress", s.Ports)
+			}
+			if s.Update.FailureAction != "rollback" {
+				t.Errorf("update failure action %q", s.Update.FailureAction)
+			}
+		}},
+		{"samsung.yaml", func(t *testing.T, s deploy.Spec) {
+			if want := []string{"node.labels.zone == seoul", "node.labels.srv != nfs"}; !reflect.DeepEqual(s.Constraints, want) {
+				t.Errorf("constraints %q, want %q", s.Constraints, want)
+			}
+			if len(s.Networks) != 1 || s.Networks[0] != (deploy.Network{Name: "samsung", Subnet: "10.10.3.0/24", Attachable: true}) {
+				t.Errorf("networks %+v", s.Networks)
+			}
+			if len(s.Secrets) != 1 || s.Secrets[0].Name != "samsung_admin" || !filepath.IsAbs(s.Secrets[0].Path) {
+				t.Errorf("secrets %+v", s.Secrets)
+			}
+			if len(s.Ports) != 1 || s.Ports[0].PublishMode != "host" || s.Ports[0].PublishedPort != 8001 {
+				t.Errorf("ports %+v", s.Ports)
+			}
+			if s.EndpointMode != "dnsrr" {
+				t.Errorf("endpoint mode %q", s.EndpointMode)
+			}
+		}},
+		{"web-global.yaml", func(t *testing.T, s deploy.Spec) {
+			if s.Mode != "global" || s.Replicas != nil {
+				t.Errorf("mode %q replicas %v", s.Mode, s.Replicas)
+			}
+			if len(s.Configs) != 1 || s.Configs[0].Target != "/usr/share/nginx/html/index.html" {
+				t.Errorf("configs %+v", s.Configs)
+			}
+		}},
+		{"db.yaml", func(t *testing.T, s deploy.Spec) {
+			if !reflect.DeepEqual(s.Env, []string{"MYSQL_ROOT_PASSWORD_FILE=/run/secrets/db_root"}) {
+				t.Errorf("env %q", s.Env)
+			}
+			if len(s.Secrets) != 1 || s.Secrets[0].Name != "db_root" {
+				t.Errorf("secrets %+v", s.Secrets)
+			}
+			if len(s.Mounts) != 1 || s.Mounts[0].Source != "dbdata" || s.Mounts[0].Target != "/var/lib/mysql" {
+				t.Errorf("mounts %+v", s.Mounts)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.file, func(t *testing.T) {
+			specs, err := deploy.LoadFile(context.Background(), filepath.Join("examples", tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(specs) != 1 {
+				t.Fatalf("%d services, want 1", len(specs))
+			}
+			tc.check(t, specs[0])
+		})
+	}
+}
+
+// TestLoadFileErrors: bad files are refused with the service and what is wrong.
+func TestLoadFileErrors(t *testing.T) {
+	tests := []struct{ name, yaml, want string }{
+		{"no image", "services:\n  a:\n    environment: [A=1]\n", `service "a" has neither an image`},
+		{"external secret", "services:\n  a:\n    image: x\n    secrets: [s]\nsecrets:\n  s:\n    external: true\n", "secret s"},
+		{"bridge network", "services:\n  a:\n    image: x\n    networks: [n]\nnetworks:\n  n:\n    driver: bridge\n", "network n"},
+		{"bad mode", "services:\n  a:\n    image: x\n    deploy:\n      mode: daemonset\n", "daemonset"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "compose.yaml")
+			if err := os.WriteFile(f, []byte(tc.yaml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			_, err := deploy.LoadFile(context.Background(), f)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
