@@ -39,7 +39,7 @@ func (e *DockerfileError) Unwrap() error { return e.Err }
 
 // ErrNeedsRun marks a Dockerfile the native engine cannot build because an
 // instruction (RUN) needs a container.
-var ErrNeedsRun = errors.New("RUN needs a container; build with --engine buildkit")
+var ErrNeedsRun = errors.New("needs a container, which the native engine does not run; build with --engine buildkit or auto")
 
 // Dockerfile is a parsed Dockerfile: its instructions, grouped by stage,
 // each still unexpanded so that it can be evaluated against any environment.

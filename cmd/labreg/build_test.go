@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/labreg/labreg/internal/testenv"
+	"github.com/labreg/labreg/registry"
+)
+
+func registryCatalog(t *testing.T, addr string) []string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/v2/_catalog")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var c struct{ Repositories []string }
+	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
+		t.Fatal(err)
+	}
+	return c.Repositories
+}
+
+func writeFiles(t *testing.T, root string, files map[string]string) {
+	t.Helper()
+	for p, content := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if target, ok := strings.CutPrefix(content, "symlink:"); ok {
+			if err := os.Symlink(target, full); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+var imageLine = regexp.MustCompile(`^(\S+/[a-z0-9._/-]+:[\w.-]+)@sha256:[0-9a-f]{64}$`)
+
+func TestBuildCLI(t *testing.T) {
+	addr, _ := testenv.Registry(t, registry.Options{})
+	dead := freeAddr(t)
+	root := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "secret")
+	os.WriteFile(secret, []byte("password"), 0o600)
+	writeFiles(t, root, map[string]string{
+		"ok/site/1/Dockerfile":      "FROM scratch\nCOPY index.html /www/\n",
+		"ok/site/1/index.html":      "one",
+		"ok/site/2/Dockerfile":      "FROM scratch\nCOPY index.html /www/\n",
+		"ok/site/2/index.html":      "two",
+		"escape/x/1/Dockerfile":     "FROM scratch\nCOPY ../../secret /\n",
+		"abs/x/1/Dockerfile":        "FROM scratch\nCOPY /etc/passwd /\n",
+		"symlink/x/1/Dockerfile":    "FROM scratch\nCOPY secret /\n",
+		"symlink/x/1/secret":        "symlink:" + secret,
+		"missing/x/1/Dockerfile":    "FROM scratch\nLABEL a=b\nCOPY nope.txt /\n",
+		"unknown/x/1/Dockerfile":    "FROM scratch\nCOPYY a /a\n",
+		"run/x/1/Dockerfile":        "FROM scratch\nRUN echo hi\n",
+		"mixed/a/1/Dockerfile":      "FROM scratch\nCOPY f /f\n",
+		"mixed/a/1/f":               "f",
+		"mixed/b/1/Dockerfile":      "FROM scratch\nCOPY nope /\n",
+		"fromdead/x/1/Dockerfile":   "ARG REGISTRY\nFROM ${REGISTRY}/webserver:1\n",
+		"notdockerfile/README.md":   "nothing here",
+		"ok/site/1/.dockerignore":   "*.tmp\n",
+		"ok/site/1/ignored.tmp":     "x",
+		"ok/site/2/sub/.keep":       "",
+		"ok/site/2/sub/index.html2": "",
+	})
+	df := func(p string) string { return filepath.Join(p, "Dockerfile") } // as the user named it
+	tests := []struct {
+		name      string
+		args      []string
+		code      int
+		stderrHas string
+		lines     []string // repo:tag per stdout line
+	}{
+		{"builds a directory of image directories", []string{"ok/site"}, 0, "", []string{"site:1", "site:2"}},
+		{"-t renames", []string{"-t", "other:v9", "ok/site/1"}, 0, "", []string{"other:v9"}},
+		{"context escape with ..", []string{"escape"}, 1, df("escape/x/1") + `:2: COPY: source "../../secret" is outside the build context`, nil},
+		{"absolute source", []string{"abs"}, 1, df("abs/x/1") + `:2: COPY: source "/etc/passwd" is an absolute path`, nil},
+		{"symlink out of the context", []string{"symlink"}, 1, df("symlink/x/1") + `:2: COPY: source "secret" is a symlink to ` + secret + `, outside the build context`, nil},
+		{"missing COPY source", []string{"missing"}, 1, df("missing/x/1") + `:3: COPY: source "nope.txt" not found in build context`, nil},
+		{"unknown instruction", []string{"unknown"}, 1, df("unknown/x/1") + `:2: COPYY: unknown instruction: COPYY`, nil},
+		{"RUN with the native engine", []string{"--engine", "native", "run"}, 1, df("run/x/1") + `:2: RUN: needs a container, which the native engine does not run`, nil},
+		{"one bad image stops all", []string{"mixed"}, 1, df("mixed/b/1") + `:2: COPY: source "nope" not found`, nil},
+		{"unreachable registry", []string{"--registry", dead, "ok/site/1"}, 1, "pushing " + dead + "/site:1", nil},
+		{"base from an unreachable registry", []string{"--registry", dead, "fromdead"}, 1, df("fromdead/x/1") + ":2: FROM: pulling base image " + dead + "/webserver:1", nil},
+		{"no Dockerfile", []string{"notdockerfile"}, 2, "notdockerfile: no Dockerfile in it or below it", nil},
+		{"bad engine", []string{"--engine", "docker", "ok/site/1"}, 2, `--engine "docker": want auto, native or buildkit`, nil},
+		{"-t count", []string{"-t", "a:1", "ok/site"}, 2, "-t given 1 times for 2 image directories", nil},
+		{"bad build-arg", []string{"--build-arg", "NOVALUE", "ok/site/1"}, 2, `--build-arg "NOVALUE": want KEY=VALUE`, nil},
+	}
+	t.Chdir(root)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := registryCatalog(t, addr)
+			args := append([]string{"build", "--registry", addr}, tt.args...)
+			code, out, errs := runCLI(t, args...)
+			if code != tt.code {
+				t.Fatalf("exit code %d, want %d\nstderr: %s", code, tt.code, errs)
+			}
+			if tt.stderrHas != "" && !strings.Contains(errs, tt.stderrHas) {
+				t.Errorf("stderr does not contain %q:\n%s", tt.stderrHas, errs)
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if out == "" {
+				lines = nil
+			}
+			if len(lines) != len(tt.lines) {
+				t.Fatalf("stdout has %d lines, want %d: %q", len(lines), len(tt.lines), out)
+			}
+			for i, l := range lines {
+				m := imageLine.FindStringSubmatch(l)
+				if m == nil || m[1] != addr+"/"+tt.lines[i] {
+					t.Errorf("stdout line %q, want %s/%s@sha256:<digest>", l, addr, tt.lines[i])
+				}
+			}
+			if tt.code != 0 {
+				if after := registryCatalog(t, addr); len(after) != len(before) {
+					t.Errorf("a failed build pushed: catalog %v -> %v", before, after)
+				}
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// freshClone copies the repository's tracked files (as they are in the
+// work tree) into a new directory: what `git clone` gives, uncommitted
+// edits included.
+func freshClone(t *testing.T) string {
+	t.Helper()
+	src := testenv.RepoRoot(t)
+	out, err := exec.Command("git", "-C", src, "ls-files", "-z").Output()
+	if err != nil {
+		t.Skipf("SKIPPED: not a git work tree (%v)", err)
+	}
+	dst := t.TempDir()
+	for _, p := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
+		st, err := os.Lstat(filepath.Join(src, p))
+		if err != nil || !st.Mode().IsRegular() {
+			continue // deleted in the work tree, or a symlink/submodule
+		}
+		data, err := os.ReadFile(filepath.Join(src, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dst, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, p), data, st.Mode().Perm()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// TestMakeUpBuildsServableExampleImages is the README's main command on a
+// fresh clone: `make up` starts the registry, builds images/ into it and
+// keeps serving; the Docker Engine pulls and runs every example image and
+// each serves its page on port 80. A second `labreg build images/` gives
+// the same digests and uploads nothing.
+func TestMakeUpBuildsServableExampleImages(t *testing.T) {
+	docker := testenv.Docker(t)
+	testenv.Tool(t, "make", "apt-get install make")
+	testenv.Tool(t, "go", "install Go")
+	clone := freshClone(t)
+	reg := freeAddr(t)
+	env := append(os.Environ(),
+		"LABREG_LISTEN="+reg, "LABREG_ADVERTISE="+reg, "LABREG_REGISTRY="+reg,
+		"LABREG_UI_LISTEN="+freeAddr(t), "DATA="+filepath.Join(t.TempDir(), "data"))
+	var stdout, stderr syncBuffer
+	up := exec.Command("make", "up")
+	up.Dir, up.Env, up.Stdout, up.Stderr = clone, env, &stdout, &stderr
+	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- up.Wait() }()
+	t.Cleanup(func() {
+		syscall.Kill(-up.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-up.Process.Pid, syscall.SIGKILL)
+		}
+	})
+
+	want := map[string]string{ // image -> text its page must contain
+		"myhttpd:blue":  "<h1>blue</h1>",
+		"myhttpd:green": "<h1>green</h1>",
+		"samsung:1.0":   "<title>Samsung Electronics</title>",
+		"samsung:2.0":   "<title>Samsung Electronics - New Galaxy</title>",
+	}
+	digests := map[string]string{}
+	deadline := time.Now().Add(5 * time.Minute)
+	for len(digests) < 5 {
+		select {
+		case err := <-exited:
+			t.Fatalf("make up exited (%v) before building every image\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("make up did not build 5 images in 5m\nstdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		}
+		for _, l := range strings.Split(stdout.String(), "\n") {
+			if ref, dg, ok := strings.Cut(l, "@"); ok && strings.HasPrefix(ref, reg+"/") {
+				digests[strings.TrimPrefix(ref, reg+"/")] = dg
+			}
+		}
+	}
+	if _, ok := digests["webserver:1"]; !ok {
+		t.Errorf("make up did not build the base image webserver:1: %v", digests)
+	}
+	// Still serving after the build.
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-exited:
+		t.Fatalf("make up exited after building (%v); it must keep serving\nstderr:\n%s", err, stderr.String())
+	default:
+	}
+
+	for img, text := range want {
+		t.Run(img, func(t *testing.T) {
+			ref := reg + "/" + img
+			if out, err := exec.Command(docker, "pull", ref).CombinedOutput(); err != nil {
+				t.Fatalf("docker pull %s: %v\n%s", ref, err, out)
+			}
+			t.Cleanup(func() { exec.Command(docker, "rmi", "-f", ref).Run() })
+			port := freeAddr(t)
+			_, p, _ := net.SplitHostPort(port)
+			cname := fmt.Sprintf("labreg-build-test-%s-%d", strings.NewReplacer(":", "-", ".", "-").Replace(img), time.Now().UnixNano())
+			out, err := exec.Command(docker, "run", "-d", "--rm", "--name", cname, "-p", "127.0.0.1:"+p+":80", ref).CombinedOutput()
+			if err != nil {
+				t.Fatalf("docker run %s: %v\n%s", ref, err, out)
+			}
+			t.Cleanup(func() { exec.Command(docker, "rm", "-f", cname).Run() })
+			testenv.WaitHTTP(t, "http://"+port+"/", 20*time.Second)
+			resp, err := http.Get("http://" + port + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(body), text) {
+				t.Fatalf("GET / on %s = %d %q, want 200 and %q", img, resp.StatusCode, body, text)
+			}
+			if img == "samsung:1.0" && strings.Contains(string(body), "New Galaxy") {
+				t.Fatalf("samsung:1.0 serves the 2.0 page")
+			}
+		})
+	}
+
+	// labreg build images/ again: same digests, no blob uploaded.
+	again := exec.Command(filepath.Join(clone, "bin", "labreg"), "build", "images/")
+	again.Dir, again.Env = clone, env
+	var aout, aerr bytes.Buffer
+	again.Stdout, again.Stderr = &aout, &aerr
+	if err := again.Run(); err != nil {
+		t.Fatalf("labreg build images/ again: %v\n%s", err, aerr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(aout.String()), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("second build printed %d lines, want 5: %q", len(lines), aout.String())
+	}
+	for _, l := range lines {
+		ref, dg, _ := strings.Cut(l, "@")
+		if img := strings.TrimPrefix(ref, reg+"/"); digests[img] != dg {
+			t.Errorf("second build of %s: %s, first %s", img, dg, digests[img])
+		}
+	}
+	if n := strings.Count(aerr.String(), "(0 blobs uploaded)"); n != 5 {
+		t.Errorf("second build: %d of 5 images uploaded nothing:\n%s", n, aerr.String())
+	}
+}
