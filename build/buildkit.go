@@ -325,14 +325,23 @@ func (b *BuildKit) solve(ctx context.Context, opt client.SolveOpt) (*client.Solv
 	return resp, failed, nil
 }
 
-// causeMessage trims the gRPC decoration BuildKit errors carry.
+// causeMessage trims the gRPC decoration BuildKit errors carry and says
+// how to fix the one error a plain-HTTP registry causes.
 func causeMessage(err error) string {
 	msg := err.Error()
 	for _, p := range []string{"rpc error: code = Unknown desc = ", "failed to solve: ", "failed to solve with frontend dockerfile.v0: ", "failed to create LLB definition: "} {
 		msg = strings.ReplaceAll(msg, p, "")
 	}
+	if strings.Contains(msg, "server gave HTTP response to HTTPS client") {
+		msg += httpRegistryHint
+	}
 	return msg
 }
+
+// httpRegistryHint explains plain-HTTP pulls: BuildKit uses plain HTTP on
+// its own only for localhost/127.0.0.0/8 registries; registry.insecure
+// covers pushes, not the FROM images a build pulls.
+const httpRegistryHint = ` (BuildKit pulls over plain HTTP only from localhost and 127.0.0.0/8: for another plain-HTTP registry add [registry."HOST:PORT"] http = true to buildkitd.toml, or "insecure-registries" to the Docker Engine's daemon.json)`
 
 // solveError is a BuildKit error with its message cleaned by causeMessage;
 // errors.As still reaches BuildKit's typed errors through it.

@@ -109,7 +109,11 @@ func (d *dockerEngine) push(ctx context.Context, ref string, cfg *configfile.Con
 			return "", fmt.Errorf("pushing %s with the Docker Engine: %w", ref, err)
 		}
 		if msg.Error != nil {
-			return "", fmt.Errorf("pushing %s with the Docker Engine: %s", ref, msg.Error.Message)
+			m := msg.Error.Message
+			if strings.Contains(m, "server gave HTTP response to HTTPS client") {
+				m += ` (the Docker Engine pushes over plain HTTP only to its "insecure-registries", 127.0.0.0/8 by default: add this registry to them in daemon.json)`
+			}
+			return "", fmt.Errorf("pushing %s with the Docker Engine: %s", ref, m)
 		}
 		if msg.Aux != nil {
 			var aux struct{ Digest string }
