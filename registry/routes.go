@@ -18,7 +18,7 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", s.serveHealth)
-	mux.Handle("/", s.app)
+	mux.Handle("/", s.fastPaths(s.app))
 	return s.instrument(s.hooks(s.ociAPI(mux))) // hooks (gate, index, events): events.go; ociAPI: manifest.go
 }
 

@@ -1,0 +1,194 @@
+package registry
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"time"
+
+	"github.com/distribution/distribution/v3/registry/auth"
+	"github.com/distribution/reference"
+)
+
+// The fast paths serve the hot, simple cases of the blob API straight from
+// the filesystem driver's tree, laid out exactly as distribution lays it out
+// (see distribution's registry/storage/paths.go):
+//
+//	<root>/docker/registry/v2/blobs/sha256/<hh>/<hex>/data
+//	<root>/docker/registry/v2/repositories/<name>/_layers/sha256/<hex>/link
+//	<root>/docker/registry/v2/repositories/<name>/_uploads/<id>/{data,startedat,hashstates/sha256/<offset>}
+//
+// Blob GET/HEAD (fastpath.go) and the data-carrying upload requests PATCH
+// and PUT (upload.go) are handled here. Anything unusual — another storage
+// driver, proxy mode, a missing link, a non-sha256 digest, a malformed
+// header, a failed auth check — falls through, untouched, to distribution,
+// which then answers exactly as it always does.
+
+var (
+	fastBlobPath   = regexp.MustCompile(`^/v2/(` + reference.NameRegexp.String() + `)/blobs/(sha256:[a-f0-9]{64})$`)
+	fastUploadPath = regexp.MustCompile(`^/v2/(` + reference.NameRegexp.String() + `)/blobs/uploads/([a-zA-Z0-9-_.=]+)$`)
+)
+
+// fastPath is the handler in front of distribution's app.
+type fastPath struct {
+	next     http.Handler
+	root     string // <storage root>/docker/registry/v2
+	secret   string // distribution's http.secret: signs upload state
+	headers  http.Header
+	readOnly bool
+	auth     auth.AccessController // nil: no auth configured
+}
+
+// fastPaths wraps distribution's app with the blob fast paths. They are
+// off (next is returned as is) unless storage is the filesystem driver and
+// the registry is not a pull-through cache.
+func (s *Server) fastPaths(next http.Handler) http.Handler {
+	cfg := s.app.Config
+	if cfg == nil || cfg.Storage.Type() != "filesystem" || cfg.Proxy.RemoteURL != "" {
+		return next
+	}
+	root, _ := cfg.Storage.Parameters()["rootdirectory"].(string)
+	if root == "" {
+		return next
+	}
+	fp := &fastPath{
+		next:     next,
+		root:     filepath.Join(root, "docker", "registry", "v2"),
+		secret:   cfg.HTTP.Secret,
+		headers:  cfg.HTTP.Headers,
+		readOnly: s.opts.ReadOnly,
+	}
+	if len(cfg.Auth) > 0 {
+		if cfg.Auth.Type() != "htpasswd" {
+			return next
+		}
+		// The same controller distribution builds from the same options:
+		// requests are authenticated exactly as distribution does it.
+		ac, err := auth.GetAccessController("htpasswd", cfg.Auth.Parameters())
+		if err != nil {
+			s.log.Warn("blob fast paths off: building the htpasswd access controller", "err", err)
+			return next
+		}
+		fp.auth = ac
+	}
+	return fp
+}
+
+func (fp *fastPath) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if fp.serve(w, r) {
+		return
+	}
+	fp.next.ServeHTTP(w, r)
+}
+
+// serve handles r and reports true, or reports false having written
+// nothing and read nothing of the body.
+func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
+	if r.URL.RawPath != "" { // escaped path: let distribution's router decide
+		return false
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		m := fastBlobPath.FindStringSubmatch(r.URL.Path)
+		if m == nil || len(m[1]) > reference.NameTotalLengthMax {
+			return false
+		}
+		return fp.serveBlob(w, r, m[1], m[len(m)-1])
+	case http.MethodPatch, http.MethodPut:
+		if fp.readOnly {
+			return false
+		}
+		m := fastUploadPath.FindStringSubmatch(r.URL.Path)
+		if m == nil || len(m[1]) > reference.NameTotalLengthMax {
+			return false
+		}
+		return fp.serveUpload(w, r, m[1], m[len(m)-1])
+	}
+	return false
+}
+
+// authorized asks the access controller distribution would ask, for the
+// access records distribution would ask for (app.go appendAccessRecords).
+// Any refusal falls through so that distribution renders the challenge.
+func (fp *fastPath) authorized(r *http.Request, repo string) bool {
+	if fp.auth == nil {
+		return true
+	}
+	res := auth.Resource{Type: "repository", Name: repo}
+	access := []auth.Access{{Resource: res, Action: "pull"}}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		access = append(access, auth.Access{Resource: res, Action: "push"})
+	}
+	grant, err := fp.auth.Authorized(r, access...)
+	return err == nil && grant != nil
+}
+
+// commonHeaders are the headers distribution's app puts on every response.
+func (fp *fastPath) commonHeaders(h http.Header) {
+	for k, vs := range fp.headers {
+		for _, v := range vs {
+			h.Add(k, v)
+		}
+	}
+	h.Add("Docker-Distribution-API-Version", "registry/2.0")
+}
+
+func (fp *fastPath) repoDir(name string) string {
+	return filepath.Join(fp.root, "repositories", filepath.FromSlash(name))
+}
+
+func (fp *fastPath) blobData(hex string) string {
+	return filepath.Join(fp.root, "blobs", "sha256", hex[:2], hex, "data")
+}
+
+// serveBlob serves a committed blob after distribution's access check:
+// the repository's layer link must exist and name the digest.
+func (fp *fastPath) serveBlob(w http.ResponseWriter, r *http.Request, name, dgst string) bool {
+	hex := dgst[len("sha256:"):]
+	link, err := os.ReadFile(filepath.Join(fp.repoDir(name), "_layers", "sha256", hex, "link"))
+	if err != nil || string(link) != dgst {
+		return false
+	}
+	f, err := os.Open(fp.blobData(hex))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return false
+	}
+	if !fp.authorized(r, name) {
+		return false
+	}
+	h := w.Header()
+	fp.commonHeaders(h)
+	h.Set("ETag", `"`+dgst+`"`) // If-None-Match is handled by ServeContent
+	h.Set("Cache-Control", "max-age=31536000")
+	h.Set("Docker-Content-Digest", dgst)
+	h.Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, dgst, time.Time{}, copyFile{f})
+	return true
+}
+
+// copyFile hides *os.File from net/http, which then copies the blob with
+// read/write instead of sendfile: on loopback and virtio networking,
+// sendfile measured 0.6–0.8× of plain copies here (BenchmarkBlobPull's
+// fileserver baseline uses sendfile; compare its MB/s to labreg's).
+type copyFile struct{ f *os.File }
+
+func (c copyFile) Read(p []byte) (int, error)                { return c.f.Read(p) }
+func (c copyFile) Seek(off int64, whence int) (int64, error) { return c.f.Seek(off, whence) }
+
+// writeFastError writes an OCI error body, as distribution's errcode does.
+func writeFastError(w http.ResponseWriter, status int, code, message string, detail any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{
+		{"code": code, "message": message, "detail": detail},
+	}})
+}
+
+var _ io.ReadSeeker = copyFile{}

@@ -1,0 +1,334 @@
+package registry
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// uploadState is distribution's blobUploadState (handlers/hmac.go), the
+// signed "_state" query parameter of every upload URL. Field names and
+// order are the JSON distribution signs and parses.
+type uploadState struct {
+	Name      string
+	UUID      string
+	Offset    int64
+	StartedAt time.Time
+}
+
+// unpackUploadState checks the HMAC-SHA256 and decodes the state, as
+// distribution's hmacKey.unpackUploadState does.
+func unpackUploadState(secret, token string) (uploadState, bool) {
+	var st uploadState
+	b, err := base64.URLEncoding.DecodeString(token)
+	if err != nil {
+		return st, false
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	if len(b) < mac.Size() {
+		return st, false
+	}
+	mac.Write(b[mac.Size():])
+	if !hmac.Equal(mac.Sum(nil), b[:mac.Size()]) {
+		return st, false
+	}
+	return st, json.Unmarshal(b[mac.Size():], &st) == nil
+}
+
+func packUploadState(secret string, st uploadState) string {
+	p, _ := json.Marshal(st)
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(p)
+	return base64.URLEncoding.EncodeToString(append(mac.Sum(nil), p...))
+}
+
+var contentRange = regexp.MustCompile(`^([0-9]+)-([0-9]+)$`)
+
+// checkRange applies distribution's Content-Range/Content-Length check:
+// when both are given the range must start at the current size.
+func checkRange(r *http.Request, size int64) bool {
+	cr, cl := r.Header.Get("Content-Range"), r.Header.Get("Content-Length")
+	if cr == "" || cl == "" {
+		return true
+	}
+	m := contentRange.FindStringSubmatch(cr)
+	if m == nil {
+		return false
+	}
+	start, err1 := strconv.ParseInt(m[1], 10, 64)
+	end, err2 := strconv.ParseInt(m[2], 10, 64)
+	n, err3 := strconv.ParseInt(cl, 10, 64)
+	return err1 == nil && err2 == nil && err3 == nil && start <= end && start == size && n == end-start+1
+}
+
+// serveUpload handles PATCH (append the body) and PUT (append the body,
+// verify the digest, commit) on an upload that distribution created with
+// POST. It hashes the data once while writing it, in a second goroutine,
+// and stores the hash state where distribution's resumable digest looks
+// for it, so either side can take over the upload at any request.
+func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id string) bool {
+	q := r.URL.Query()
+	st, ok := unpackUploadState(fp.secret, q.Get("_state"))
+	if !ok || st.Name != name || st.UUID != id {
+		return false
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "" && ct != "application/octet-stream" {
+		return false
+	}
+	var want string
+	if r.Method == http.MethodPut {
+		want = q.Get("digest")
+		if !fastDigest.MatchString(want) {
+			return false // missing, malformed, other algorithm: distribution answers
+		}
+	}
+	dir := filepath.Join(fp.repoDir(name), "_uploads", id)
+	if _, err := os.Stat(filepath.Join(dir, "startedat")); err != nil {
+		return false
+	}
+	dataPath := filepath.Join(dir, "data")
+	var size int64
+	if fi, err := os.Stat(dataPath); err == nil {
+		size = fi.Size()
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if size != st.Offset || !checkRange(r, size) {
+		return false
+	}
+	h := sha256.New()
+	if size > 0 {
+		b, err := os.ReadFile(filepath.Join(dir, "hashstates", "sha256", strconv.FormatInt(size, 10)))
+		if err != nil || h.(encoding.BinaryUnmarshaler).UnmarshalBinary(b) != nil {
+			return false // no hash state at this offset: distribution re-hashes
+		}
+	}
+	if !fp.authorized(r, name) {
+		return false
+	}
+
+	// From here on this request is ours.
+	hd := w.Header()
+	fp.commonHeaders(hd)
+	f, err := os.OpenFile(dataPath, os.O_WRONLY|os.O_CREATE, 0o666)
+	if err != nil {
+		writeFastError(w, http.StatusInternalServerError, "UNKNOWN", "unknown error", "opening upload data: "+err.Error())
+		return true
+	}
+	defer f.Close()
+	n, err := appendHashed(f, size, h, r.Body)
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		// Leave the upload as it was before this request, so that the
+		// client can retry with the same upload URL.
+		f.Truncate(size)
+		writeFastError(w, http.StatusBadRequest, "BLOB_UPLOAD_INVALID", "blob upload invalid",
+			"writing upload data: "+err.Error())
+		return true
+	}
+	size += n
+
+	if r.Method == http.MethodPatch {
+		if err := storeHashState(dir, size, h); err != nil {
+			writeFastError(w, http.StatusInternalServerError, "UNKNOWN", "unknown error", err.Error())
+			return true
+		}
+		st.Offset = size
+		end := size
+		if end > 0 {
+			end--
+		}
+		hd.Set("Location", "/v2/"+name+"/blobs/uploads/"+id+"?_state="+packUploadState(fp.secret, st))
+		hd.Set("Docker-Upload-UUID", id)
+		hd.Set("Content-Length", "0")
+		hd.Set("Range", fmt.Sprintf("0-%d", end))
+		w.WriteHeader(http.StatusAccepted)
+		return true
+	}
+
+	got := "sha256:" + hex.EncodeToString(h.Sum(nil))
+	if got != want {
+		// distribution cancels the upload when the commit fails.
+		f.Close()
+		os.RemoveAll(dir)
+		writeFastError(w, http.StatusBadRequest, "DIGEST_INVALID", "provided digest did not match uploaded content",
+			map[string]any{"Digest": want, "Reason": "content does not match digest"})
+		return true
+	}
+	if err := fp.commit(dir, dataPath, name, got); err != nil {
+		writeFastError(w, http.StatusInternalServerError, "UNKNOWN", "unknown error", err.Error())
+		return true
+	}
+	hd.Set("Location", "/v2/"+name+"/blobs/"+got)
+	hd.Set("Content-Length", "0")
+	hd.Set("Docker-Content-Digest", got)
+	w.WriteHeader(http.StatusCreated)
+	return true
+}
+
+var fastDigest = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
+
+// commit does what distribution's blobWriter.Commit does after the
+// digest is verified: move the data into the blob store (unless the blob
+// is already there), link it into the repository, remove the upload.
+func (fp *fastPath) commit(dir, dataPath, name, dgst string) error {
+	hx := dgst[len("sha256:"):]
+	blob := fp.blobData(hx)
+	if _, err := os.Stat(blob); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(blob), 0o777); err != nil {
+			return fmt.Errorf("committing blob %s: %w", dgst, err)
+		}
+		if err := os.Rename(dataPath, blob); err != nil {
+			return fmt.Errorf("committing blob %s: %w", dgst, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("committing blob %s: %w", dgst, err)
+	}
+	link := filepath.Join(fp.repoDir(name), "_layers", "sha256", hx, "link")
+	if err := putFile(link, []byte(dgst)); err != nil {
+		return fmt.Errorf("linking blob %s into %s: %w", dgst, name, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("removing upload %s: %w", filepath.Base(dir), err)
+	}
+	return nil
+}
+
+// storeHashState writes the sha256 state at offset where distribution's
+// resumable digest (blobwriter_resumable.go) finds it.
+func storeHashState(dir string, offset int64, h hash.Hash) error {
+	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		return fmt.Errorf("saving hash state: %w", err)
+	}
+	p := filepath.Join(dir, "hashstates", "sha256", strconv.FormatInt(offset, 10))
+	if err := putFile(p, b); err != nil {
+		return fmt.Errorf("saving hash state: %w", err)
+	}
+	return nil
+}
+
+// putFile writes a small file the way distribution's filesystem driver
+// PutContent does: to a temporary name, fsynced, renamed into place.
+func putFile(p string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o777); err != nil {
+		return err
+	}
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	tmp := p + "." + hex.EncodeToString(rnd[:]) + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
+}
+
+const (
+	uploadBufSize  = 256 << 10 // read, write and hash in 256 KiB pieces (they stay in cache)
+	uploadBufs     = 4         // pieces in flight between writer and hasher
+	writebackChunk = 8 << 20   // start writeback every 8 MiB
+)
+
+var uploadBufPool = sync.Pool{New: func() any { b := make([]byte, uploadBufSize); return &b }}
+
+// appendHashed writes src to f at offset off and feeds the same bytes to h
+// in a second goroutine, so that receiving, writing and hashing overlap.
+// It starts writeback of the written data as it goes (Linux), so that the
+// final fsync has little left to wait for.
+func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, error) {
+	free := make(chan *[]byte, uploadBufs)
+	for range uploadBufs {
+		free <- uploadBufPool.Get().(*[]byte)
+	}
+	full := make(chan []byte, uploadBufs)
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		for b := range full {
+			h.Write(b)
+			bp := b[:cap(b)]
+			free <- &bp
+		}
+	}()
+	var n int64
+	var err error
+	flushed := off
+	for {
+		bp := <-free
+		m, rerr := fill(src, *bp)
+		if m > 0 {
+			if _, werr := f.WriteAt((*bp)[:m], off+n); werr != nil {
+				free <- bp
+				err = werr
+				break
+			}
+			n += int64(m)
+			full <- (*bp)[:m]
+			if off+n-flushed >= writebackChunk {
+				startWriteback(f, flushed, off+n-flushed)
+				flushed = off + n
+			}
+		} else {
+			free <- bp
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			err = fmt.Errorf("reading request body: %w", rerr)
+			break
+		}
+	}
+	close(full)
+	<-hashed
+	for range uploadBufs {
+		uploadBufPool.Put(<-free)
+	}
+	return n, err
+}
+
+// fill reads into b until it is full or src fails; unlike io.ReadFull it
+// passes io.EOF through as is, so that a truncated body (which net/http
+// reports as io.ErrUnexpectedEOF) stays an error.
+func fill(src io.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := src.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
