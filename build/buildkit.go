@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/exporter/containerimage/exptypes"
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
 	"github.com/moby/buildkit/session"
 	"github.com/moby/buildkit/session/auth/authprovider"
 	solvererrdefs "github.com/moby/buildkit/solver/errdefs"
@@ -71,10 +73,10 @@ const connectTimeout = 5 * time.Second
 //
 // addr is a buildkitd address (unix://, tcp://, docker-container://…; the
 // CLI passes --buildkit-addr), or DockerAddr. Empty means $BUILDKIT_HOST,
-// and DefaultBuildKitAddr when that is unset. When no buildkitd answers there, the Docker Engine's
-// embedded BuildKit (DOCKER_HOST or the default socket) is used instead
-// and a notice saying so goes to progress. The error names both when
-// neither answers. Close the engine when done.
+// and DefaultBuildKitAddr when that is unset. When no buildkitd answers
+// there, the Docker Engine's embedded BuildKit (DOCKER_HOST or the default
+// socket) is used instead and a notice saying so goes to progress. The
+// error names both when neither answers. Close the engine when done.
 func NewBuildKit(ctx context.Context, addr string, progress io.Writer, opts ...BuildKitOption) (*BuildKit, error) {
 	if progress == nil {
 		progress = io.Discard
@@ -230,7 +232,10 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 		err = errors.Join(err, closeOutput())
 	}
 	if err != nil {
-		return res, dockerfileError(dockerfile, failed, err)
+		if closeOutput != nil {
+			os.Remove(t.Layout) // a partial archive
+		}
+		return res, dockerfileError(dockerfile, t.BuildArgs, failed, err)
 	}
 	if b.docker != nil {
 		return b.docker.finish(ctx, t, cfg, b.progress)
@@ -317,6 +322,9 @@ func (b *BuildKit) solve(ctx context.Context, opt client.SolveOpt) (*client.Solv
 		// The display must drain its channel to the end even when ectx
 		// is cancelled, so it gets the parent context.
 		_, err := display.UpdateFrom(context.WithoutCancel(ctx), displayCh)
+		for range displayCh {
+			// A display that stopped early must not block the solve.
+		}
 		return err
 	})
 	if err := eg.Wait(); err != nil {
@@ -359,7 +367,7 @@ func (e *solveError) Unwrap() error { return e.err }
 // else by matching the failed vertices' names (older BuildKit such as
 // Docker Engine 20.10's) against the Dockerfile's instructions. Other
 // errors are wrapped with what was being done.
-func dockerfileError(dockerfile string, failed []string, err error) error {
+func dockerfileError(dockerfile string, buildArgs map[string]string, failed []string, err error) error {
 	cause := &solveError{msg: causeMessage(err), err: err}
 	for _, src := range solvererrdefs.Sources(err) {
 		if src.Info == nil || len(src.Ranges) == 0 {
@@ -374,7 +382,7 @@ func dockerfileError(dockerfile string, failed []string, err error) error {
 		}
 		return de
 	}
-	if line, instr, ok := locateFailure(dockerfile, failed, cause.msg); ok {
+	if line, instr, ok := locateFailure(dockerfile, buildArgs, failed, cause.msg); ok {
 		return &DockerfileError{File: dockerfile, Line: line, Instruction: instr, Err: cause}
 	}
 	return fmt.Errorf("building %s: %w", dockerfile, cause)
@@ -385,9 +393,10 @@ func dockerfileError(dockerfile string, failed []string, err error) error {
 var stepPrefix = regexp.MustCompile(`^(\[[^\]]*\]\s*)+`)
 
 // locateFailure finds the Dockerfile instruction a failed vertex ran (its
-// name is the instruction's text), or else the FROM whose image the error
+// name is the instruction's text), or else the FROM whose image (with
+// build args and ARG defaults before the first FROM expanded) the error
 // message or a failed vertex names.
-func locateFailure(dockerfile string, failed []string, msg string) (int, string, bool) {
+func locateFailure(dockerfile string, buildArgs map[string]string, failed []string, msg string) (int, string, bool) {
 	f, err := os.Open(dockerfile)
 	if err != nil {
 		return 0, "", false
@@ -408,9 +417,32 @@ func locateFailure(dockerfile string, failed []string, msg string) (int, string,
 	}
 	// A base that cannot be resolved fails in "load metadata for IMAGE".
 	haystack := msg + "\n" + strings.Join(failed, "\n")
+	args := map[string]string{}
+	lex := shell.NewLex(parsed.EscapeToken)
+	sawFrom := false
 	for _, n := range parsed.AST.Children {
-		if strings.EqualFold(n.Value, "from") && n.Next != nil && strings.Contains(haystack, n.Next.Value) {
-			return n.StartLine, "FROM", true
+		switch {
+		case strings.EqualFold(n.Value, "arg") && !sawFrom:
+			for a := n.Next; a != nil; a = a.Next {
+				k, v, _ := strings.Cut(a.Value, "=")
+				args[k] = v
+			}
+		case strings.EqualFold(n.Value, "from") && n.Next != nil:
+			if !sawFrom {
+				sawFrom = true
+				maps.Copy(args, buildArgs)
+			}
+			img := n.Next.Value
+			env := make([]string, 0, len(args))
+			for k, v := range args {
+				env = append(env, k+"="+v)
+			}
+			if expanded, _, err := lex.ProcessWord(img, shell.EnvsFromSlice(env)); err == nil {
+				img = expanded
+			}
+			if img != "" && strings.Contains(haystack, img) {
+				return n.StartLine, "FROM", true
+			}
 		}
 	}
 	return 0, "", false

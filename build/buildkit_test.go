@@ -278,8 +278,10 @@ func TestBuildKitErrors(t *testing.T) {
 				want       string // in the error message
 			}{
 				{"failing RUN", "FROM " + base + "\nRUN echo ok\nRUN echo boom && exit 3\n", 3, "exit code: 3"},
+				{"failing RUN over two lines", "FROM " + base + "\n# a comment\nRUN echo two && \\\n    exit 5\n", 3, "exit code: 5"},
 				{"missing command", "FROM " + base + "\n\nRUN no-such-command\n", 3, "exit code: 127"},
 				{"missing base", "FROM " + reg + "/nothing:here\nRUN true\n", 1, "nothing:here"},
+				{"missing base from ARG", "ARG REG=" + reg + "\nARG NAME=nothing\n\nFROM ${REG}/$NAME:there\nRUN true\n", 4, "nothing:there"},
 			}
 			for _, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
