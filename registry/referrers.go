@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -83,7 +85,8 @@ func (x referrerIndex) remove(repo string, referrer digest.Digest) error {
 	return nil
 }
 
-// list returns the referrers of subject in repo, sorted by digest.
+// list returns the referrers of subject in repo, sorted by digest, as
+// recorded; Server.Referrers checks them against storage.
 func (x referrerIndex) list(repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
 	dir := x.subjectDir(repo, subject)
 	ents, err := os.ReadDir(dir)
@@ -156,11 +159,117 @@ func (s *Server) Referrers(ctx context.Context, repo string, subject digest.Dige
 	if err := subject.Validate(); err != nil {
 		return nil, fmt.Errorf("listing referrers: subject %q: %w", subject, err)
 	}
-	all, err := s.referrerIndex().list(repo, subject)
-	if err != nil || artifactType == "" {
-		return all, err
+	idx := s.referrerIndex()
+	if err := s.scanReferrers(ctx, idx, repo); err != nil {
+		return nil, err
 	}
-	return slices.DeleteFunc(all, func(d ocispec.Descriptor) bool { return d.ArtifactType != artifactType }), nil
+	all, err := idx.list(repo, subject)
+	if err != nil {
+		return nil, err
+	}
+	// Drop what is no longer in the repository: a manifest removed
+	// behind the index's back (garbage collection, a crash between the
+	// delete and the index update).
+	return slices.DeleteFunc(all, func(d ocispec.Descriptor) bool {
+		if artifactType != "" && d.ArtifactType != artifactType {
+			return true
+		}
+		_, err := os.Stat(s.storagePath(linkPath(repo, "manifests", d.Digest)))
+		return errors.Is(err, fs.ErrNotExist)
+	}), nil
+}
+
+// storagePath is the file of a path of distribution's storage driver.
+func (s *Server) storagePath(p string) string {
+	return filepath.Join(s.opts.DataDir, "storage", filepath.FromSlash(p))
+}
+
+// scanReferrers indexes the manifests of repo that have a subject, once
+// per repository (then <data>/referrers/<repo>/_scanned exists): for data
+// written by distribution without labreg, or an index that was removed.
+// Manifests pushed through labreg are indexed as they are pushed.
+func (s *Server) scanReferrers(ctx context.Context, idx referrerIndex, repo string) error {
+	marker := filepath.Join(idx.repoDir(repo), "_scanned")
+	if _, err := os.Stat(marker); err == nil {
+		return nil
+	}
+	revs := s.storagePath(linkDir(repo, "manifests"))
+	algs, err := os.ReadDir(revs)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // no such repository (yet): nothing to scan, nothing to write
+	}
+	if err != nil {
+		return fmt.Errorf("scanning %s for referrers: %w", repo, err)
+	}
+	// A manifest pushed by sha512 has two revisions: the sha512 alias
+	// (listed under the digest it was pushed by) and its sha256.
+	var found []digest.Digest
+	aliased := map[digest.Digest]bool{}
+	for _, alg := range algs {
+		hexes, err := os.ReadDir(filepath.Join(revs, alg.Name()))
+		if err != nil {
+			return fmt.Errorf("scanning %s for referrers: %w", repo, err)
+		}
+		for _, hx := range hexes {
+			d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), hx.Name())
+			if d.Validate() != nil {
+				continue
+			}
+			found = append(found, d)
+			if d.Algorithm() != digest.Canonical {
+				if link, err := os.ReadFile(s.storagePath(linkPath(repo, "manifests", d))); err == nil {
+					aliased[digest.Digest(strings.TrimSpace(string(link)))] = true
+				}
+			}
+		}
+	}
+	for _, d := range found {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if aliased[d] {
+			continue
+		}
+		body, err := s.manifestContent(repo, d)
+		if err != nil {
+			continue // deleted meanwhile, or not a manifest we can read
+		}
+		if desc, subject, ok := referrerDescriptor(body, "", d); ok {
+			if err := idx.add(repo, subject, desc); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(marker), 0o755); err != nil {
+		return fmt.Errorf("scanning %s for referrers: %w", repo, err)
+	}
+	return writeFileAtomic(marker, nil)
+}
+
+// manifestContent reads the manifest d of repo through its revision link.
+func (s *Server) manifestContent(repo string, d digest.Digest) ([]byte, error) {
+	link, err := os.ReadFile(s.storagePath(linkPath(repo, "manifests", d)))
+	if err != nil {
+		return nil, err
+	}
+	c, err := digest.Parse(strings.TrimSpace(string(link)))
+	if err != nil {
+		return nil, err
+	}
+	hx := c.Encoded()
+	f, err := os.Open(s.storagePath(path.Join(v2Root, "blobs", c.Algorithm().String(), hx[:2], hx, "data")))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if c.Algorithm().FromBytes(b) != c {
+		return nil, fmt.Errorf("manifest %s: content does not match", c)
+	}
+	return b, nil
 }
 
 // serveReferrers answers GET /v2/<repo>/referrers/<digest>[?artifactType=].
