@@ -94,6 +94,7 @@ type repoEntry struct {
 	name  string
 	tags  map[string]tagEntry
 	dirty bool            // re-list every tag
+	gone  bool            // the repository does not exist (any more)
 	stale map[string]bool // re-read these tags only
 	sum   Repository
 }
@@ -317,8 +318,20 @@ feed:
 // fresh returns the entries of the index, refreshing those touched since
 // the last read. Call without c.mu held.
 func (c *Catalog) fresh(ctx context.Context, only string) ([]*repoEntry, error) {
-	if err := c.load(ctx); err != nil {
-		return nil, err
+	c.mu.Lock()
+	loaded := c.loaded
+	if !loaded && only != "" {
+		// One repository's page need not wait for the whole index.
+		if _, ok := c.repos[only]; !ok {
+			c.repos[only] = &repoEntry{name: only, tags: map[string]tagEntry{}, dirty: true}
+			c.sorted = false
+		}
+	}
+	c.mu.Unlock()
+	if !loaded && only == "" {
+		if err := c.load(ctx); err != nil {
+			return nil, err
+		}
 	}
 	c.mu.Lock()
 	var work []*repoEntry
@@ -340,6 +353,12 @@ func (c *Catalog) fresh(ctx context.Context, only string) ([]*repoEntry, error) 
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for _, e := range work {
+		if e.gone && c.repos[e.name] == e {
+			delete(c.repos, e.name)
+			c.sorted = false
+		}
+	}
 	if !c.sorted {
 		c.names = c.names[:0]
 		for n := range c.repos {
@@ -379,6 +398,13 @@ func (c *Catalog) refresh(ctx context.Context, e *repoEntry) error {
 		names, err = repo.Tags(ctx).All(ctx)
 		if err != nil && !isRepoUnknown(err) && !isPathNotFound(err) {
 			return fmt.Errorf("listing tags of %s: %w", e.name, err)
+		}
+		if err != nil {
+			// No tags directory: does the repository exist at all?
+			_, serr := c.driver.Stat(ctx, "/docker/registry/v2/repositories/"+e.name)
+			c.mu.Lock()
+			e.gone = isPathNotFound(serr)
+			c.mu.Unlock()
 		}
 	} else {
 		for n, t := range old {

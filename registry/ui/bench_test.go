@@ -1,0 +1,273 @@
+package ui
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/distribution/distribution/v3/manifest/schema2"
+	"github.com/distribution/distribution/v3/registry/storage"
+	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+	"github.com/distribution/reference"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/labreg/labreg/internal/testenv"
+	"github.com/labreg/labreg/registry"
+)
+
+// benchFill writes repos repositories of 3 tags and one repository
+// "big/app" of bigTags tags into dataDir through distribution's storage
+// API, in parallel. Every tag is its own image (its own config with its own
+// created date) over one shared 1 kB layer, so sizes and dates must be read
+// per manifest.
+func benchFill(b *testing.B, dataDir string, repos, bigTags int) {
+	ctx := context.Background()
+	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": filepath.Join(dataDir, "storage")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ns, err := storage.NewRegistry(ctx, drv, storage.EnableDelete)
+	if err != nil {
+		b.Fatal(err)
+	}
+	layer := make([]byte, 1000)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	put := func(repoName string, tags []string, seq int) error {
+		named, err := reference.WithName(repoName)
+		if err != nil {
+			return err
+		}
+		repo, err := ns.Repository(ctx, named)
+		if err != nil {
+			return err
+		}
+		bs := repo.Blobs(ctx)
+		ld, err := bs.Put(ctx, schema2.MediaTypeLayer, layer)
+		if err != nil {
+			return err
+		}
+		ms, err := repo.Manifests(ctx)
+		if err != nil {
+			return err
+		}
+		for i, tag := range tags {
+			cfg, _ := json.Marshal(map[string]any{
+				"created": base.Add(time.Duration(seq*len(tags)+i) * time.Second), "os": "linux", "architecture": "amd64",
+				"rootfs":  map[string]any{"type": "layers", "diff_ids": []string{ld.Digest.String()}},
+				"config":  map[string]any{"Cmd": []string{"/app", repoName, tag}},
+				"history": []any{map[string]any{"created_by": "COPY app /app # buildkit"}},
+			})
+			cd, err := bs.Put(ctx, schema2.MediaTypeImageConfig, cfg)
+			if err != nil {
+				return err
+			}
+			m, err := schema2.FromStruct(schema2.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: schema2.MediaTypeManifest,
+				Config: cd, Layers: []ocispec.Descriptor{ld}})
+			if err != nil {
+				return err
+			}
+			d, err := ms.Put(ctx, m)
+			if err != nil {
+				return err
+			}
+			_, payload, _ := m.Payload()
+			if err := repo.Tags(ctx).Tag(ctx, tag, ocispec.Descriptor{Digest: d, MediaType: schema2.MediaTypeManifest, Size: int64(len(payload))}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	big := make([]string, bigTags)
+	for i := range big {
+		big[i] = fmt.Sprintf("1.%d", i)
+	}
+	if err := put("big/app", big, 0); err != nil {
+		b.Fatal(err)
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= repos {
+					return
+				}
+				if err := put(fmt.Sprintf("team%03d/svc%05d", i%100, i), []string{"1.0", "1.1", "latest"}, i+1000); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		b.Fatal(err)
+	default:
+	}
+}
+
+func benchUI(b *testing.B, srv *registry.Server) *UI {
+	u, err := New(Options{Catalog: srv.Catalog(), History: srv.Events(), GC: srv, Advertise: "bench:5000", DataDir: srv.DataDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return u
+}
+
+func benchGet(b *testing.B, h http.Handler, path string) int {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	if rec.Code != 200 {
+		b.Fatalf("GET %s: %d %s", path, rec.Code, rec.Body.String())
+	}
+	return rec.Body.Len()
+}
+
+// BenchmarkPages measures server time for the repositories page and a
+// 1,000-tag page (sizes and dates shown) over 10,000 repositories x 3 tags
+// plus one repository of 1,000 tags: warm (index and digest cache built),
+// cold (first view on a freshly started server), and the baseline — what a
+// UI that reads the /v2/ API needs for the same page (one round trip per
+// repository, manifest and config).
+// LABREG_UI_BENCH_REPOS changes the 10,000.
+func BenchmarkPages(b *testing.B) {
+	repos := 10000
+	if n, err := strconv.Atoi(os.Getenv("LABREG_UI_BENCH_REPOS")); err == nil {
+		repos = n
+	}
+	// tmpfs when there is one: distribution's filesystem driver fsyncs
+	// every link, which makes filling 31,000 tags on a disk take long.
+	dir, err := os.MkdirTemp("/dev/shm", "labreg-ui-bench-")
+	if err != nil {
+		dir = b.TempDir()
+	} else {
+		b.Cleanup(func() { os.RemoveAll(dir) })
+	}
+	b.Logf("data dir %s", dir)
+	start := time.Now()
+	benchFill(b, dir, repos, 1000)
+	b.Logf("filled %d repositories x 3 tags + 1 x 1000 tags in %s", repos, time.Since(start).Round(time.Millisecond))
+	addr, srv := testenv.Registry(b, registry.Options{DataDir: dir})
+	u := benchUI(b, srv)
+	const reposPage, tagsPage = "/", "/r/big/app?per=1000"
+
+	b.Run("repositories/cold", func(b *testing.B) {
+		for b.Loop() {
+			c, err := registry.NewCatalog(context.Background(), dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cu, _ := New(Options{Catalog: c, History: srv.Events(), DataDir: dir})
+			benchGet(b, cu, reposPage)
+		}
+	})
+	b.Run("tags1000/cold", func(b *testing.B) {
+		for b.Loop() {
+			c, err := registry.NewCatalog(context.Background(), dir)
+			if err != nil {
+				b.Fatal(err)
+			}
+			cu, _ := New(Options{Catalog: c, History: srv.Events(), DataDir: dir})
+			benchGet(b, cu, tagsPage)
+		}
+	})
+	benchGet(b, u, reposPage) // builds the index
+	b.Run("repositories/warm", func(b *testing.B) {
+		var n int
+		for b.Loop() {
+			n = benchGet(b, u, reposPage)
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/page")
+		b.ReportMetric(float64(n), "html-bytes")
+	})
+	b.Run("repositories-sorted-by-push/warm", func(b *testing.B) {
+		for b.Loop() {
+			benchGet(b, u, "/?sort=push")
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/page")
+	})
+	b.Run("tags1000/warm", func(b *testing.B) {
+		var n int
+		for b.Loop() {
+			n = benchGet(b, u, tagsPage)
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/page")
+		b.ReportMetric(float64(n), "html-bytes")
+	})
+	b.Run("tags1000-sorted-by-created/warm", func(b *testing.B) {
+		for b.Loop() {
+			benchGet(b, u, tagsPage+"&sort=created")
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/page")
+	})
+
+	// Baseline: the same pages read through the registry API over HTTP.
+	base := "http://" + addr + "/v2/"
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	fetch := func(url string, accept string, out any) {
+		req, _ := http.NewRequest("GET", url, nil)
+		if accept != "" {
+			req.Header.Set("Accept", accept)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("GET %s: %s", url, resp.Status)
+		}
+		if out == nil {
+			io.Copy(io.Discard, resp.Body)
+			return
+		}
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			b.Fatal(err)
+		}
+	}
+	imageOf := func(repo, tag string) {
+		var m struct{ Config ocispec.Descriptor }
+		fetch(base+repo+"/manifests/"+tag, schema2.MediaTypeManifest, &m)
+		fetch(base+repo+"/blobs/"+m.Config.Digest.String(), "", nil)
+	}
+	b.Run("repositories/baseline-v2-api", func(b *testing.B) {
+		for b.Loop() { // first 50 names, their tags, each tag's manifest and config
+			var cat struct{ Repositories []string }
+			fetch(base+"_catalog?n=50", "", &cat)
+			for _, r := range cat.Repositories {
+				var tl struct{ Tags []string }
+				fetch(base+r+"/tags/list", "", &tl)
+				for _, t := range tl.Tags {
+					imageOf(r, t)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/page")
+	})
+	b.Run("tags1000/baseline-v2-api", func(b *testing.B) {
+		for b.Loop() {
+			var tl struct{ Tags []string }
+			fetch(base+"big/app/tags/list", "", &tl)
+			for _, t := range tl.Tags {
+				imageOf("big/app", t)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/page")
+	})
+}
