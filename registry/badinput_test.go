@@ -159,6 +159,9 @@ func biDo(t *testing.T, method, url string, body []byte, chunked bool) (int, htt
 	if err != nil {
 		t.Fatal(err)
 	}
+	if strings.Contains(url, "/manifests/") {
+		req.Header.Set("Accept", ociManifest+", application/vnd.oci.image.index.v1+json")
+	}
 	if method == "PUT" && strings.Contains(url, "/manifests/") {
 		req.Header.Set("Content-Type", ociManifest)
 	} else if body != nil {
