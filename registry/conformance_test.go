@@ -188,7 +188,9 @@ func conformanceBinary(t *testing.T) string {
 		return bin
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
+		t.Logf("no cache for the conformance suite (%v): building it for this run only", err)
+		dir = t.TempDir()
+		bin = filepath.Join(dir, "conformance")
 	}
 	mod := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)

@@ -318,12 +318,11 @@ func (a *ociAPI) serveReferrers(w http.ResponseWriter, r *http.Request, repo, re
 // manifestFields are the parts of an image manifest or index that the
 // referrers API needs.
 type manifestFields struct {
-	MediaType    string               `json:"mediaType"`
-	ArtifactType string               `json:"artifactType"`
-	Config       *ocispec.Descriptor  `json:"config"`
-	Subject      *ocispec.Descriptor  `json:"subject"`
-	Annotations  map[string]string    `json:"annotations"`
-	Manifests    []ocispec.Descriptor `json:"manifests"`
+	MediaType    string              `json:"mediaType"`
+	ArtifactType string              `json:"artifactType"`
+	Config       *ocispec.Descriptor `json:"config"`
+	Subject      *ocispec.Descriptor `json:"subject"`
+	Annotations  map[string]string   `json:"annotations"`
 }
 
 // referrerDescriptor is the descriptor of a manifest (body, pushed with
