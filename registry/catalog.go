@@ -12,7 +12,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 	"weak"
 
@@ -127,7 +126,7 @@ type extras struct {
 	events  *EventLog
 	gate    *gate
 	dataDir string
-	lock    *os.File // shared lock on <data>/.lock: keeps offline GC out
+	lock    *os.File // <data>/.lock, locked shared while writes run (see gate)
 }
 
 var (
@@ -153,10 +152,8 @@ func (s *Server) ext() *extras {
 	}
 	e.events = openEventLog(s.opts.DataDir, s.log)
 	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
-			s.log.Warn("an offline garbage collection holds the data dir lock", "path", f.Name())
-		}
 		e.lock = f
+		e.gate.lock = f
 	}
 	extrasFor[key] = e
 	runtime.AddCleanup(s, func(k weak.Pointer[Server]) {

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -330,5 +333,35 @@ func TestCatalogFollowsTheRegistry(t *testing.T) {
 	ev2, n2 := srv2.Events().Page(0, 10, func(e registry.Event) bool { return e.Action == "push" })
 	if n2 != 2 || ev2[0].Tag != "latest" || ev2[1].Tag != "1.0" {
 		t.Errorf("push events after restart: %d %+v", n2, ev2)
+	}
+}
+
+func TestOfflineGCExcludesWrites(t *testing.T) {
+	dir := t.TempDir()
+	addr, _ := testenv.Registry(t, registry.Options{DataDir: dir})
+	catPush(t, addr+"/off/x:1", catImage(t, 100))
+	// An offline GC holds the data dir's lock exclusively meanwhile.
+	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("an idle server holds the lock: %v", err)
+	}
+	resp, err := http.Post("http://"+addr+"/v2/off/x/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || !strings.Contains(string(body), "offline garbage collection") {
+		t.Errorf("push during offline GC: %d %s", resp.StatusCode, body)
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	catPush(t, addr+"/off/x:2", catImage(t, 100))
+	res, err := registry.OfflineGC(context.Background(), dir, registry.GCOptions{}, nil)
+	if err != nil || len(res.Blobs) != 0 {
+		t.Errorf("offline GC beside an idle server: %+v %v", res, err)
 	}
 }

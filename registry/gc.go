@@ -76,12 +76,16 @@ func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	return res, nil
 }
 
-// ErrInUse is returned by OfflineGC when a server uses the data dir.
-var ErrInUse = errors.New("a labreg server is using this data directory")
+// ErrInUse is returned by OfflineGC when a server is writing to the data dir.
+var ErrInUse = errors.New("a labreg server is writing to this data directory")
 
-// OfflineGC runs garbage collection on a data dir that no server is using
-// (it takes the data dir's lock, which every Server holds shared), and
-// records a "gc" event in its history.
+// OfflineGC runs garbage collection directly on a data dir, holding the
+// data dir's lock exclusively: a server on the same data dir holds it
+// shared while it writes, so OfflineGC fails while a write is in flight,
+// and a running server refuses writes (503, retryable) until OfflineGC
+// ends. A running server's UI index does not see what OfflineGC removed
+// until it restarts: prefer Server.GC (the UI's /api/gc). It records a
+// "gc" event in the data dir's history.
 func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Logger) (*GCResult, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -92,7 +96,7 @@ func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Lo
 	}
 	defer f.Close()
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		return nil, fmt.Errorf("%s: %w; run gc through its UI instead", dataDir, ErrInUse)
+		return nil, fmt.Errorf("%s: %w; try again, or run gc through its UI", dataDir, ErrInUse)
 	}
 	c, err := NewCatalog(ctx, dataDir)
 	if err != nil {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -21,6 +23,9 @@ type gate struct {
 	reason   string
 	inflight int
 	idle     chan struct{} // closed when inflight drops to 0 while closing
+	// lock, when set, is <data>/.lock: held shared while writes are in
+	// flight, so that an offline GC (exclusive) and writes exclude each other.
+	lock *os.File
 }
 
 func newGate() *gate { return &gate{} }
@@ -35,6 +40,11 @@ func (g *gate) enter() (bool, string) {
 	if g.closed {
 		return false, g.reason
 	}
+	if g.inflight == 0 && g.lock != nil {
+		if err := syscall.Flock(int(g.lock.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+			return false, "offline garbage collection"
+		}
+	}
 	g.inflight++
 	return true, ""
 }
@@ -46,6 +56,9 @@ func (g *gate) leave() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.inflight--
+	if g.inflight == 0 && g.lock != nil {
+		syscall.Flock(int(g.lock.Fd()), syscall.LOCK_UN)
+	}
 	if g.inflight == 0 && g.idle != nil {
 		close(g.idle)
 		g.idle = nil

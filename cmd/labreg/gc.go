@@ -28,8 +28,9 @@ When "labreg serve" runs, gc asks it through its web UI's /api (see "labreg ls
 --help" for the address): the registry turns read-only for the duration —
 pushes get 503 with Retry-After and docker retries — and back.
 When nothing answers there, gc works on the data dir (--data) directly,
-after taking the data dir's lock (a running server holds it, so this never
-runs under a live registry). --offline forces that.
+after taking the data dir's lock (a server holds it while it writes, so this never
+runs beside a write in flight, and the server refuses pushes with 503 until it
+ends). --offline forces that.
 
 Nothing a manifest references is removed: layers, configs, index children,
 and referrers (signatures, SBOMs).`,
