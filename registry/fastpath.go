@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -9,8 +8,10 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/distribution/v3/registry/auth"
 	"github.com/distribution/reference"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // The fast paths serve the hot, simple cases of the blob API straight from
@@ -40,6 +41,7 @@ type fastPath struct {
 	headers  http.Header
 	readOnly bool
 	auth     auth.AccessController // nil: no auth configured
+	served   *prometheus.CounterVec
 }
 
 // fastPaths wraps distribution's app with the blob fast paths. They are
@@ -60,7 +62,12 @@ func (s *Server) fastPaths(next http.Handler) http.Handler {
 		secret:   cfg.HTTP.Secret,
 		headers:  cfg.HTTP.Headers,
 		readOnly: s.opts.ReadOnly,
+		served: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "labreg_fastpath_requests_total",
+			Help: "Blob requests served by the fast paths (the rest go to distribution), by kind: blob, upload.",
+		}, []string{"kind"}),
 	}
+	_ = s.metrics.Register(fp.served)
 	if len(cfg.Auth) > 0 {
 		if cfg.Auth.Type() != "htpasswd" {
 			return next
@@ -96,7 +103,7 @@ func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
 		if m == nil || len(m[1]) > reference.NameTotalLengthMax {
 			return false
 		}
-		return fp.serveBlob(w, r, m[1], m[len(m)-1])
+		return fp.count("blob", fp.serveBlob(w, r, m[1], m[len(m)-1]))
 	case http.MethodPatch, http.MethodPut:
 		if fp.readOnly {
 			return false
@@ -105,9 +112,16 @@ func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
 		if m == nil || len(m[1]) > reference.NameTotalLengthMax {
 			return false
 		}
-		return fp.serveUpload(w, r, m[1], m[len(m)-1])
+		return fp.count("upload", fp.serveUpload(w, r, m[1], m[len(m)-1]))
 	}
 	return false
+}
+
+func (fp *fastPath) count(kind string, served bool) bool {
+	if served {
+		fp.served.WithLabelValues(kind).Inc()
+	}
+	return served
 }
 
 // authorized asks the access controller distribution would ask, for the
@@ -182,13 +196,10 @@ type copyFile struct{ f *os.File }
 func (c copyFile) Read(p []byte) (int, error)                { return c.f.Read(p) }
 func (c copyFile) Seek(off int64, whence int) (int64, error) { return c.f.Seek(off, whence) }
 
-// writeFastError writes an OCI error body, as distribution's errcode does.
-func writeFastError(w http.ResponseWriter, status int, code, message string, detail any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{
-		{"code": code, "message": message, "detail": detail},
-	}})
+// writeFastError writes an OCI error body with the status distribution
+// gives that code.
+func writeFastError(w http.ResponseWriter, code errcode.ErrorCode, detail any) {
+	_ = errcode.ServeJSON(w, code.WithDetail(detail))
 }
 
 var _ io.ReadSeeker = copyFile{}

@@ -19,6 +19,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 )
 
 // uploadState is distribution's blobUploadState (handlers/hmac.go), the
@@ -127,7 +129,7 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 	fp.commonHeaders(hd)
 	f, err := os.OpenFile(dataPath, os.O_WRONLY|os.O_CREATE, 0o666)
 	if err != nil {
-		writeFastError(w, http.StatusInternalServerError, "UNKNOWN", "unknown error", "opening upload data: "+err.Error())
+		writeFastError(w, errcode.ErrorCodeUnknown, "opening upload data: "+err.Error())
 		return true
 	}
 	defer f.Close()
@@ -139,15 +141,15 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 		// Leave the upload as it was before this request, so that the
 		// client can retry with the same upload URL.
 		f.Truncate(size)
-		writeFastError(w, http.StatusBadRequest, "BLOB_UPLOAD_INVALID", "blob upload invalid",
-			"writing upload data: "+err.Error())
+		// A body that ends early (the client went away) is a size error.
+		writeFastError(w, errcode.ErrorCodeSizeInvalid, "writing upload data: "+err.Error())
 		return true
 	}
 	size += n
 
 	if r.Method == http.MethodPatch {
 		if err := storeHashState(dir, size, h); err != nil {
-			writeFastError(w, http.StatusInternalServerError, "UNKNOWN", "unknown error", err.Error())
+			writeFastError(w, errcode.ErrorCodeUnknown, err.Error())
 			return true
 		}
 		st.Offset = size
@@ -168,12 +170,11 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 		// distribution cancels the upload when the commit fails.
 		f.Close()
 		os.RemoveAll(dir)
-		writeFastError(w, http.StatusBadRequest, "DIGEST_INVALID", "provided digest did not match uploaded content",
-			map[string]any{"Digest": want, "Reason": "content does not match digest"})
+		writeFastError(w, errcode.ErrorCodeDigestInvalid, fmt.Sprintf("content does not match digest %s", want))
 		return true
 	}
 	if err := fp.commit(dir, dataPath, name, got); err != nil {
-		writeFastError(w, http.StatusInternalServerError, "UNKNOWN", "unknown error", err.Error())
+		writeFastError(w, errcode.ErrorCodeUnknown, err.Error())
 		return true
 	}
 	hd.Set("Location", "/v2/"+name+"/blobs/"+got)
