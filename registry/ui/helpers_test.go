@@ -1,12 +1,19 @@
 package ui
 
 import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/crypto/bcrypt"
 
+	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
 )
 
@@ -63,6 +70,51 @@ func TestSplitRestAndRedact(t *testing.T) {
 	} {
 		if got := redact(tc.in); got != tc.want {
 			t.Errorf("redact(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestBasicAuth(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(file, []byte("lab:"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, srv := testenv.Registry(t, registry.Options{Htpasswd: file})
+	u, err := New(Options{Catalog: srv.Catalog(), History: srv.Events(), Htpasswd: file, DataDir: srv.DataDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(u)
+	defer hs.Close()
+	for _, tc := range []struct {
+		user, pass string
+		want       int
+	}{
+		{"", "", 401},
+		{"lab", "wrong", 401},
+		{"nobody", "s3cret", 401},
+		{"lab", "s3cret", 200},
+	} {
+		for _, path := range []string{"/", "/api/repositories", "/static/style.css"} {
+			req, _ := http.NewRequest("GET", hs.URL+path, nil)
+			if tc.user != "" {
+				req.SetBasicAuth(tc.user, tc.pass)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("%s as %q/%q: %d, want %d", path, tc.user, tc.pass, resp.StatusCode, tc.want)
+			}
+			if tc.want == 401 && !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Basic") {
+				t.Errorf("%s: no basic-auth challenge: %q", path, resp.Header.Get("WWW-Authenticate"))
+			}
 		}
 	}
 }
