@@ -463,11 +463,14 @@ func (e *evaluator) copy(ctx context.Context, st *stage, code, from string, srcs
 			entries = append(entries, le)
 		}
 	}
-	fmt.Fprintf(e.progress, "%s: %s\n", e.name, code)
+	start := time.Now()
 	l, err := writeLayer(entries, e.epoch, st.layerMT, e.tmpDir)
 	if err != nil {
 		return err
 	}
+	size, _ := l.Size()
+	fmt.Fprintf(e.progress, "%s: %s (%d files, %s compressed, %s)\n", e.name, code, len(entries),
+		humanSize(size), time.Since(start).Round(time.Millisecond))
 	diffID, _ := l.DiffID()
 	st.cfg.RootFS.Type = "layers"
 	st.cfg.RootFS.DiffIDs = append(st.cfg.RootFS.DiffIDs, diffID)
@@ -675,4 +678,14 @@ func untar(f srcFile, dest string, uid, gid int, chown bool) ([]layerEntry, bool
 		out = append(out, le)
 	}
 	return out, len(out) > 0, nil
+}
+
+func humanSize(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }

@@ -2,6 +2,7 @@ package build
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -77,22 +78,43 @@ func writeLayer(entries []layerEntry, epoch time.Time, mt types.MediaType, tmpDi
 		buf = &bytes.Buffer{}
 		out = buf
 	}
+	// Two goroutines share the work: this one reads files, writes the tar
+	// stream and hashes it (the diff ID); the other compresses, hashes the
+	// result (the digest) and stores it.
 	compressed := sha256.New()
 	counter := &countWriter{}
-	zw, _ := gzip.NewWriterLevel(io.MultiWriter(out, compressed, counter), gzip.BestSpeed)
-	uncompressed := sha256.New()
-	tw := tar.NewWriter(io.MultiWriter(zw, uncompressed))
-	for _, n := range names {
-		e := byName[n]
-		if err := writeEntry(tw, e, epoch); err != nil {
-			return nil, err
+	pr, pw := io.Pipe()
+	zdone := make(chan error, 1)
+	go func() {
+		zw, _ := gzip.NewWriterLevel(io.MultiWriter(out, compressed, counter), gzip.BestSpeed)
+		_, err := io.CopyBuffer(zw, pr, make([]byte, 1<<20))
+		if cerr := zw.Close(); err == nil {
+			err = cerr
 		}
+		pr.CloseWithError(err)
+		zdone <- err
+	}()
+	uncompressed := sha256.New()
+	bw := bufio.NewWriterSize(pw, 1<<20)
+	tw := tar.NewWriter(io.MultiWriter(bw, uncompressed))
+	werr := func() error {
+		for _, n := range names {
+			if err := writeEntry(tw, byName[n], epoch); err != nil {
+				return err
+			}
+		}
+		if err := tw.Close(); err != nil {
+			return fmt.Errorf("writing layer: %w", err)
+		}
+		return bw.Flush()
+	}()
+	pw.CloseWithError(werr)
+	zerr := <-zdone
+	if werr != nil {
+		return nil, werr
 	}
-	if err := tw.Close(); err != nil {
-		return nil, fmt.Errorf("writing layer: %w", err)
-	}
-	if err := zw.Close(); err != nil {
-		return nil, fmt.Errorf("compressing layer: %w", err)
+	if zerr != nil {
+		return nil, fmt.Errorf("compressing layer: %w", zerr)
 	}
 	l := &blobLayer{
 		digest:    hashOf(compressed),
