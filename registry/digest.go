@@ -50,7 +50,11 @@ func linkPath(repo, kind string, d digest.Digest) string {
 
 // readAlias returns the digest the link of d in repo points to.
 func (a *ociAPI) readAlias(ctx context.Context, repo, kind string, d digest.Digest) (digest.Digest, error) {
-	b, err := a.drv.GetContent(ctx, linkPath(repo, kind, d))
+	return readLink(ctx, a.drv, repo, kind, d)
+}
+
+func readLink(ctx context.Context, drv storagedriver.StorageDriver, repo, kind string, d digest.Digest) (digest.Digest, error) {
+	b, err := drv.GetContent(ctx, linkPath(repo, kind, d))
 	if err != nil {
 		return "", err
 	}
