@@ -119,7 +119,8 @@ func (x referrerIndex) list(repo string, subject digest.Digest) ([]ocispec.Descr
 }
 
 // writeFileAtomic writes b to path through a temp file in the same
-// directory, fsynced, then renamed over path.
+// directory, fsynced, then renamed over path, and fsyncs the directory so
+// that the rename survives a crash.
 func writeFileAtomic(path string, b []byte) error {
 	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
 	if err != nil {
@@ -137,8 +138,14 @@ func writeFileAtomic(path string, b []byte) error {
 	}
 	if err != nil {
 		os.Remove(f.Name())
+		return err
 	}
-	return err
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (s *Server) referrerIndex() referrerIndex {
