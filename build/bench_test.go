@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -198,12 +199,17 @@ func BenchmarkNativeUnchanged(b *testing.B) {
 	runTimed(b, root, nil, labreg, "build", "--registry", reg, filepath.Join(root, "images", "webserver"))
 	blue := filepath.Join(root, "images", "myhttpd", "blue")
 	runTimed(b, root, nil, labreg, "build", "--registry", reg, blue)
-	var worst time.Duration
+	times := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if d := runTimed(b, root, nil, labreg, "build", "--registry", reg, blue); d > worst {
-			worst = d
-		}
+		times = append(times, runTimed(b, root, nil, labreg, "build", "--registry", reg, blue))
 	}
-	b.ReportMetric(float64(worst.Microseconds())/1000, "worst-ms")
+	b.StopTimer()
+	slices.Sort(times)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	// On a shared machine the median includes waiting for a CPU; the best
+	// run is what the process itself costs.
+	b.ReportMetric(ms(times[0]), "best-ms")
+	b.ReportMetric(ms(times[len(times)/2]), "median-ms")
+	b.ReportMetric(ms(times[len(times)-1]), "worst-ms")
 }
