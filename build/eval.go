@@ -47,19 +47,22 @@ type evaluator struct {
 }
 
 type stage struct {
-	name    string
-	index   int
-	base    v1.Image // nil for scratch (and in dry mode)
-	cfg     *v1.ConfigFile
-	adds    []mutate.Addendum
-	vars    *envList // ENV and ARG values, for expansion
-	shell   []string
-	cmdSet  bool
-	layerMT types.MediaType
-	oci     bool
-	img     v1.Image
-	fs      map[string]*fsEntry // flattened filesystem, for COPY --from
-	users   map[string][2]int
+	name   string
+	index  int
+	base   v1.Image // nil for scratch (and in dry mode)
+	cfg    *v1.ConfigFile
+	adds   []mutate.Addendum
+	vars   *envList // ENV and ARG values, for expansion
+	shell  []string
+	cmdSet bool
+	// envUnknown: planning without the base image, whose ENV may define
+	// variables the Dockerfile uses.
+	envUnknown bool
+	layerMT    types.MediaType
+	oci        bool
+	img        v1.Image
+	fs         map[string]*fsEntry // flattened filesystem, for COPY --from
+	users      map[string][2]int
 }
 
 type fsEntry struct {
@@ -107,7 +110,7 @@ func (e *evaluator) from(ctx context.Context, i int, sn *stageNodes) (*stage, er
 	st := &stage{name: sn.name, index: i, vars: newEnvList(), shell: []string{"/bin/sh", "-c"}}
 	if prev := e.stageByName(baseName); prev != nil && e.dry {
 		st.cfg = prev.cfg.DeepCopy()
-		st.layerMT, st.oci = prev.layerMT, prev.oci
+		st.layerMT, st.oci, st.envUnknown = prev.layerMT, prev.oci, prev.envUnknown
 	} else if prev != nil {
 		img, err := prev.image()
 		if err != nil {
@@ -126,6 +129,7 @@ func (e *evaluator) from(ctx context.Context, i int, sn *stageNodes) (*stage, er
 	} else if e.dry {
 		st.cfg = &v1.ConfigFile{}
 		st.layerMT, st.oci = types.OCILayer, true
+		st.envUnknown = true
 	} else {
 		fmt.Fprintf(e.progress, "%s: FROM %s\n", e.name, baseName)
 		img, err := e.resolve(ctx, baseName)
@@ -134,6 +138,9 @@ func (e *evaluator) from(ctx context.Context, i int, sn *stageNodes) (*stage, er
 		}
 		if err := st.setBase(img, e.dry); err != nil {
 			return nil, e.df.errAt(sn.from, fmt.Errorf("base image %s: %w", baseName, err))
+		}
+		if len(st.cfg.Config.OnBuild) > 0 {
+			return nil, e.df.errAt(sn.from, fmt.Errorf("base image %s has ONBUILD triggers, which the native engine does not run; use --engine buildkit", baseName))
 		}
 	}
 	if st.cfg.OS == "" {
@@ -415,8 +422,8 @@ func (e *evaluator) copy(ctx context.Context, st *stage, code, from string, srcs
 		}
 	} else {
 		for _, s := range srcs {
-			if len(unmatched) > 0 && e.dry && strings.Contains(s, "$") {
-				continue // depends on the base image's ENV: checked when building
+			if e.dry && st.envUnknown && len(unmatched) > 0 {
+				continue // may use the base image's ENV: checked when building
 			}
 			got, err := e.ctxDir.resolve(s, e.dry)
 			if err != nil {

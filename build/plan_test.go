@@ -101,6 +101,12 @@ func TestPlanErrors(t *testing.T) {
 		{"bad EXPOSE", map[string]string{
 			"Dockerfile": "FROM scratch\nEXPOSE 80/foo\n",
 		}, `:2: EXPOSE: invalid port "80/foo"`},
+		{"a variable the base image may define is checked at build time", map[string]string{
+			"Dockerfile": "FROM localhost:5000/base:1 AS b\nFROM b\nCOPY ${FROM_BASE}.txt /\n",
+		}, ""},
+		{"with FROM scratch every variable is known", map[string]string{
+			"Dockerfile": "FROM scratch\nCOPY ${UNSET}.txt /\n",
+		}, `:2: COPY: source ".txt" not found in build context`},
 		{"RUN plans fine (BuildKit builds it)", map[string]string{
 			"Dockerfile": "FROM scratch\nRUN true\n",
 		}, ""},
