@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -87,6 +88,56 @@ type Catalog struct {
 	sorted   bool
 	sums     map[digest.Digest]*Summary
 	sumsLock sync.Mutex
+	// cache is <data>/catalog-cache.jsonl: summaries by digest, kept across
+	// restarts (content is immutable, so an entry never goes stale).
+	cache     string
+	cacheOnce sync.Once
+}
+
+// cachedSummary is one line of the summary cache file.
+type cachedSummary struct {
+	Digest digest.Digest           `json:"d"`
+	S      *Summary                `json:"s"`
+	Blobs  map[digest.Digest]int64 `json:"b"`
+	Layers map[digest.Digest]int64 `json:"l"`
+}
+
+// loadCache reads the summary cache file once.
+func (c *Catalog) loadCache() {
+	c.cacheOnce.Do(func() {
+		f, err := os.Open(c.cache)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64<<10), 4<<20)
+		c.sumsLock.Lock()
+		defer c.sumsLock.Unlock()
+		for sc.Scan() {
+			var cs cachedSummary
+			if json.Unmarshal(sc.Bytes(), &cs) != nil || cs.S == nil || cs.Digest.Validate() != nil {
+				continue // a torn last line after a crash
+			}
+			cs.S.blobs, cs.S.layers = cs.Blobs, cs.Layers
+			c.sums[cs.Digest] = cs.S
+		}
+	})
+}
+
+// saveSummary appends one summary to the cache file; failures only cost
+// the next start a re-read.
+func (c *Catalog) saveSummary(d digest.Digest, s *Summary) {
+	b, err := json.Marshal(cachedSummary{Digest: d, S: s, Blobs: s.blobs, Layers: s.layers})
+	if err != nil || c.cache == "" {
+		return
+	}
+	f, err := os.OpenFile(c.cache, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return
+	}
+	f.Write(append(b, '\n'))
+	f.Close()
 }
 
 type repoEntry struct {
@@ -116,7 +167,8 @@ func NewCatalog(ctx context.Context, dataDir string) (*Catalog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening storage in %s: %w", dataDir, err)
 	}
-	return &Catalog{ns: ns, driver: d, repos: map[string]*repoEntry{}, sums: map[digest.Digest]*Summary{}}, nil
+	return &Catalog{ns: ns, driver: d, repos: map[string]*repoEntry{}, sums: map[digest.Digest]*Summary{},
+		cache: filepath.Join(dataDir, "catalog-cache.jsonl")}, nil
 }
 
 // extras is the per-Server state of the catalog, events and read-only
@@ -201,6 +253,10 @@ func (c *Catalog) Touch(repo, tag string) {
 	}
 	e.stale[tag] = true
 }
+
+// Warm builds the index now (a server calls it at start so that the first
+// page view after a restart finds it ready).
+func (c *Catalog) Warm(ctx context.Context) error { return c.load(ctx) }
 
 // Reload drops the repository index (not the digest cache); the next read
 // rebuilds it from storage.
@@ -551,6 +607,7 @@ func (c *Catalog) readConfig(ctx context.Context, repo distribution.Repository, 
 
 // summary returns the cached summary of dgst, reading it from repo on a miss.
 func (c *Catalog) summary(ctx context.Context, repo distribution.Repository, dgst digest.Digest) (*Summary, error) {
+	c.loadCache()
 	c.sumsLock.Lock()
 	s, ok := c.sums[dgst]
 	c.sumsLock.Unlock()
@@ -625,6 +682,7 @@ func (c *Catalog) summary(ctx context.Context, repo distribution.Repository, dgs
 	c.sumsLock.Lock()
 	c.sums[dgst] = s
 	c.sumsLock.Unlock()
+	c.saveSummary(dgst, s)
 	return s, nil
 }
 

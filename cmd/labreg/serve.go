@@ -66,6 +66,11 @@ func newServeCmd(io streams) *cobra.Command {
 			}
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
+			go func() { // the first page view after a restart finds the index built
+				if err := srv.Catalog().Warm(ctx); err != nil && ctx.Err() == nil {
+					log.Warn("building the catalog index", "err", err)
+				}
+			}()
 			uiErr := make(chan error, 1)
 			go func() {
 				err := web.Serve(ctx, uiLn, c.Registry.TLSCert, c.Registry.TLSKey)

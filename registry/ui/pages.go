@@ -199,7 +199,16 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
-		u.render(w, r, http.StatusOK, "tags", repo, p)
+		v := &tagsView{TagPage: p, Rows: make([]template.HTML, 0, len(p.Groups))}
+		for _, g := range p.Groups {
+			row, err := u.tagRow(repo, g)
+			if err != nil {
+				u.fail(w, r, err)
+				return
+			}
+			v.Rows = append(v.Rows, row)
+		}
+		u.render(w, r, http.StatusOK, "tags", repo, v)
 	case "tag", "manifest":
 		d, err := u.opts.Catalog.Resolve(ctx, repo, arg)
 		if err != nil {
@@ -231,6 +240,52 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 	default:
 		u.fail(w, r, fmt.Errorf("no page %s: %w", r.URL.Path, registry.ErrNotFound))
 	}
+}
+
+// tagsView is the tags page: rows are rendered once per repository,
+// digest and set of tags (what a row shows) and kept.
+type tagsView struct {
+	*TagPage
+	Rows []template.HTML
+}
+
+type rowData struct {
+	Repo     string
+	ReadOnly bool
+	G        TagGroup
+}
+
+// maxRows bounds the rendered-row cache.
+const maxRows = 100_000
+
+func (u *UI) tagRow(repo string, g TagGroup) (template.HTML, error) {
+	var k strings.Builder
+	k.WriteString(repo)
+	k.WriteByte(0)
+	k.WriteString(string(g.Digest))
+	for _, t := range g.Tags {
+		k.WriteByte(0)
+		k.WriteString(t.Name)
+	}
+	key := k.String()
+	u.rowsMu.Lock()
+	row, ok := u.rows[key]
+	u.rowsMu.Unlock()
+	if ok {
+		return row, nil
+	}
+	var b bytes.Buffer
+	if err := u.pages["tags"].t.ExecuteTemplate(&b, "tagrow", rowData{Repo: repo, ReadOnly: u.opts.ReadOnly, G: g}); err != nil {
+		return "", fmt.Errorf("rendering tag row: %w", err)
+	}
+	row = template.HTML(b.String()) // html/template escaped it
+	u.rowsMu.Lock()
+	if len(u.rows) >= maxRows {
+		clear(u.rows)
+	}
+	u.rows[key] = row
+	u.rowsMu.Unlock()
+	return row, nil
 }
 
 // ImageView is the tag detail page.

@@ -16,6 +16,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"html/template"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -104,6 +105,9 @@ type UI struct {
 	pages map[string]*pageTemplate
 	log   *slog.Logger
 
+	rowsMu sync.Mutex
+	rows   map[string]template.HTML
+
 	duMu   sync.Mutex
 	duAt   time.Time
 	duSize int64
@@ -129,7 +133,7 @@ func New(opts Options) (*UI, error) {
 	if opts.ReadOnlyState == nil {
 		opts.ReadOnlyState = func() (bool, string) { return false, "" }
 	}
-	u := &UI{opts: opts, log: opts.Logger}
+	u := &UI{opts: opts, log: opts.Logger, rows: map[string]template.HTML{}}
 	if opts.Htpasswd != "" {
 		if _, err := os.Stat(opts.Htpasswd); err != nil {
 			return nil, fmt.Errorf("ui: htpasswd file: %w", err)
