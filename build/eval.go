@@ -476,7 +476,7 @@ func (e *evaluator) copy(ctx context.Context, st *stage, code, from string, srcs
 		return err
 	}
 	size, _ := l.Size()
-	fmt.Fprintf(e.progress, "%s: %s (%d files, %s compressed, %s)\n", e.name, code, len(entries),
+	fmt.Fprintf(e.progress, "%s: %s (%d entries, %s compressed, %s)\n", e.name, code, len(entries),
 		humanSize(size), time.Since(start).Round(time.Millisecond))
 	diffID, _ := l.DiffID()
 	st.cfg.RootFS.Type = "layers"
