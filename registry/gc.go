@@ -197,7 +197,7 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			return nil, fmt.Errorf("removing empty repository %s: %w", p.name, err)
 		}
 	}
-	if err := storage.MarkAndSweep(ctx, c.driver, c.ns, storage.GCOpts{Quiet: true}); err != nil {
+	if err := storage.MarkAndSweep(ctx, c.driver, withAliases(c.ns, c.driver), storage.GCOpts{Quiet: true}); err != nil {
 		return nil, fmt.Errorf("garbage collection: %w", err)
 	}
 	// Count what actually went.
