@@ -150,7 +150,9 @@ func (s *Server) hooks(next http.Handler) http.Handler {
 			return
 		}
 		ev := Event{Repo: repo, Addr: r.RemoteAddr, Via: "registry"}
-		ev.User, _, _ = r.BasicAuth()
+		if s.opts.Htpasswd != "" { // else the name is unverified
+			ev.User, _, _ = r.BasicAuth()
+		}
 		if d, err := digest.Parse(ref); err == nil {
 			ev.Digest = d
 		} else {

@@ -478,8 +478,35 @@ func TestForms(t *testing.T) {
 	if _, err := remote.Head(mustRef(t, f.addr+"/r/one:a")); err != nil {
 		t.Fatalf("tag deleted by a refused request: %v", err)
 	}
+	// The API deletes one tag; its twin on the same digest stays.
+	push(t, f.addr, "r/one:b", img)
+	req, _ := http.NewRequest("DELETE", f.ui.URL+"/api/repositories/r/one/-/tags/b", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("API delete of r/one:b: %d", resp.StatusCode)
+	}
+	if _, err := remote.Head(mustRef(t, f.addr+"/r/one:b")); err == nil {
+		t.Error("r/one:b survived its delete")
+	}
+	if _, err := remote.Head(mustRef(t, f.addr+"/r/one:a")); err != nil {
+		t.Errorf("r/one:a went with r/one:b: %v", err)
+	}
+	var page TagPage
+	resp, err = http.Get(f.ui.URL + "/api/repositories/r/one/-/tags")
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&page)
+	resp.Body.Close()
+	if page.Total != 1 || len(page.Groups) != 1 || page.Groups[0].Tags[0].Name != "a" || page.Groups[0].Size != imageSize(t, img) {
+		t.Errorf("API tags after the delete: %+v", page)
+	}
 	// The read-only UI shows no delete controls.
-	resp, err := http.Get(ro.ui.URL + "/r/r/one")
+	resp, err = http.Get(ro.ui.URL + "/r/r/one")
 	if err != nil {
 		t.Fatal(err)
 	}
