@@ -1,7 +1,9 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/labreg/labreg/registry"
 )
 
 // Node is an extra swarm worker: a second dockerd in its own network
@@ -156,4 +160,37 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// WorkerRegistry starts an in-process labreg registry like Registry, but
+// listening on every address, so that worker nodes reach it at
+// Node.HostIP:PORT while the host pushes through 127.0.0.1:PORT. It returns
+// the PORT; the registry stops when the test ends.
+func WorkerRegistry(t testing.TB, opts registry.Options) (string, *registry.Server) {
+	t.Helper()
+	if opts.DataDir == "" {
+		opts.DataDir = t.TempDir()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := registry.New(ctx, opts)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	addr, err := srv.Listen("0.0.0.0:0")
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	_, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port, srv
 }

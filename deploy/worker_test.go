@@ -1,0 +1,368 @@
+package deploy_test
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/api/types/swarm"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/labreg/labreg/deploy"
+	"github.com/labreg/labreg/internal/testenv"
+	"github.com/labreg/labreg/registry"
+)
+
+// TestWorkers checks on two real extra swarm nodes (testenv.Worker: a
+// dockerd in its own network namespace, joined as a worker, never logged in
+// to any registry) what the single-node tests cannot: forwarded registry
+// credentials reach the workers, a rolling update and a rollback converge on
+// every node, --prepull pulls on every eligible node, and a global service
+// runs one task per worker.
+//
+// Tasks run on the workers only (node.role==worker): the manager's engine
+// trusts 127.0.0.0/8 registries over plain HTTP, the workers trust
+// testenv.WorkerSubnet, so the registry listens on every address and is
+// advertised as w1.HostIP:PORT while the test pushes through 127.0.0.1:PORT.
+// The manager's engine cannot read that address, so images are given
+// pinned by digest (Deploy then skips asking the engine for the digest).
+//
+// The workers join the swarm shared by the whole package: no t.Parallel.
+func TestWorkers(t *testing.T) {
+	docker := testenv.Swarm(t)
+	const user, pass = "lab", "w0rker-s3cret"
+	port, _ := testenv.WorkerRegistry(t, registry.Options{Htpasswd: htpasswd(t, user, pass)})
+	local := "127.0.0.1:" + port
+	w1 := testenv.Worker(t, "w1")
+	w2 := testenv.Worker(t, "w2")
+	workers := []*testenv.Node{w1, w2}
+	adv := w1.HostIP + ":" + port // every worker routes to the host's addresses
+	// The deploying process is logged in (DOCKER_CONFIG); the workers are not.
+	dockerCfg := dockerConfig(t, adv, user, pass)
+	t.Setenv("DOCKER_CONFIG", dockerCfg)
+
+	id := suffix(t)
+	cred := &authn.Basic{Username: user, Password: pass}
+	img := func(repo, tag, page string) string {
+		d := pageImage(t, local+"/"+repo+":"+tag, cred, page)
+		return adv + "/" + repo + ":" + tag + "@" + d
+	}
+	blueRef := img("web", "blue", "blue "+id+"\n")
+	greenRef := img("web", "green", "green "+id+"\n")
+	_, blue, _ := strings.Cut(blueRef, "@")
+	_, green, _ := strings.Cut(greenRef, "@")
+	secretsShown := func(t *testing.T, outs ...string) {
+		t.Helper()
+		b64 := base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))
+		for _, o := range outs {
+			if strings.Contains(o, pass) || strings.Contains(o, b64) {
+				t.Errorf("output shows the registry password")
+			}
+		}
+	}
+	zero, one, two := time.Duration(0), uint64(1), uint64(2)
+	fast := deploy.UpdatePolicy{Parallelism: &one, Delay: &zero, Monitor: 500 * time.Millisecond}
+	hostPort := func(p int) []swarm.PortConfig {
+		return []swarm.PortConfig{{Protocol: network.TCP, TargetPort: 80,
+			PublishedPort: uint32(p), PublishMode: swarm.PortConfigPublishModeHost}}
+	}
+
+	t.Run("auth forwarding", func(t *testing.T) {
+		page := "private " + id + "\n" // unique: the worker must really pull it
+		ref := img("private", "v1", page)
+		// The control: the worker cannot pull on its own (a docker CLI
+		// without a login, or it would send its credentials with the pull).
+		pull := exec.Command(docker, "-H", w1.Socket, "pull", ref)
+		pull.Env = append(os.Environ(), "DOCKER_CONFIG="+dockerConfig(t, adv, "", ""))
+		if out, err := pull.CombinedOutput(); err == nil {
+			t.Fatalf("worker %s pulled %s without credentials: the registry does not check auth\n%s", w1.Name, ref, out)
+		}
+		p := freePort(t)
+		spec := func(name string) deploy.Spec {
+			return deploy.Spec{Name: name, Image: ref, Replicas: &one, Ports: hostPort(p),
+				Constraints: []string{"node.role==worker", "node.hostname==" + w1.Name}}
+		}
+
+		t.Run("not forwarded", func(t *testing.T) {
+			svc := "wanon-" + id
+			removeService(t, docker, svc)
+			dc, prog := client(t, adv)
+			_, err := dc.Deploy(t.Context(), spec(svc), deploy.DeployOptions{NoRegistryAuth: true, Timeout: 90 * time.Second})
+			t.Logf("progress:\n%s", prog)
+			var re *deploy.RolloutError
+			if !errors.As(err, &re) {
+				t.Fatalf("Deploy without forwarded credentials: err = %v, want a *deploy.RolloutError", err)
+			}
+			t.Logf("error: %v", err)
+			msg := err.Error()
+			for _, want := range []string{svc, adv, "private:v1", w1.Name} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("error does not name %q", want)
+				}
+			}
+			if !regexp.MustCompile(`(?i)auth|credential|login|denied|unauthorized`).MatchString(msg) {
+				t.Errorf("error does not say that the worker lacked registry credentials")
+			}
+			if c := containers(t, docker, w1, svc); len(c) != 0 {
+				t.Errorf("worker %s runs %v without credentials", w1.Name, c)
+			}
+			secretsShown(t, msg, prog.String())
+		})
+
+		t.Run("forwarded", func(t *testing.T) {
+			svc := "wcred-" + id
+			removeService(t, docker, svc)
+			dc, prog := client(t, adv)
+			res, err := dc.Deploy(t.Context(), spec(svc), deploy.DeployOptions{Timeout: 90 * time.Second})
+			t.Logf("progress:\n%s", prog)
+			if err != nil {
+				t.Fatalf("Deploy with forwarded credentials: %v", err)
+			}
+			if res.Tasks != 1 || res.Image != ref {
+				t.Errorf("result: %d tasks of %s, want 1 of %s", res.Tasks, res.Image, ref)
+			}
+			if got := get(t, fmt.Sprintf("http://%s:%d/", w1.IP, p)); got != page {
+				t.Errorf("GET from worker %s = %q, want %q", w1.Name, got, page)
+			}
+			if c := containers(t, docker, w1, svc); len(c) != 1 || c[0] != ref {
+				t.Errorf("worker %s runs %v, want one task of %s", w1.Name, c, ref)
+			}
+			secretsShown(t, prog.String())
+		})
+	})
+
+	t.Run("rolling update and rollback", func(t *testing.T) {
+		svc := "wroll-" + id
+		removeService(t, docker, svc)
+		p := freePort(t)
+		dc, prog := client(t, adv)
+		opts := deploy.DeployOptions{Timeout: 2 * time.Minute}
+		// One host port per node: swarm places the two replicas on the two workers.
+		_, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: blueRef, Replicas: &two,
+			Constraints: []string{"node.role==worker"}, Ports: hostPort(p), Update: fast, Rollback: fast}, opts)
+		if err != nil {
+			t.Fatalf("deploy blue: %v\n%s", err, prog)
+		}
+		onEveryWorker(t, docker, workers, svc, blueRef, p, "blue "+id+"\n")
+
+		prog.Reset()
+		res, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: greenRef}, opts)
+		t.Logf("green progress:\n%s", prog)
+		if err != nil {
+			t.Fatalf("deploy green: %v", err)
+		}
+		if res.Tasks != 2 {
+			t.Errorf("green: %d tasks run it, want 2", res.Tasks)
+		}
+		for _, slot := range []string{"1/2", "2/2"} {
+			if !progressLine(prog.String(), svc, slot, "running", green) {
+				t.Errorf("green progress has no line %q running %s", slot, green[:19])
+			}
+		}
+		onEveryWorker(t, docker, workers, svc, greenRef, p, "green "+id+"\n")
+
+		prog.Reset()
+		if _, err := dc.Rollback(t.Context(), svc, opts); err != nil {
+			t.Fatalf("rollback: %v\n%s", err, prog)
+		}
+		t.Logf("rollback progress:\n%s", prog)
+		for _, slot := range []string{"1/2", "2/2"} {
+			if !progressLine(prog.String(), svc, slot, "running", blue) {
+				t.Errorf("rollback progress has no line %q running %s", slot, blue[:19])
+			}
+		}
+		onEveryWorker(t, docker, workers, svc, blueRef, p, "blue "+id+"\n")
+		secretsShown(t, prog.String())
+	})
+
+	t.Run("prepull", func(t *testing.T) {
+		svc := "wpre-" + id
+		removeService(t, docker, svc)
+		p := freePort(t)
+		dc, prog := client(t, adv)
+		opts := deploy.DeployOptions{Timeout: 2 * time.Minute}
+		pre := img("pre", "v2", "prepulled "+id+"\n") // new on both workers
+		_, preDigest, _ := strings.Cut(pre, "@")
+		if _, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: blueRef, Replicas: &two,
+			Constraints: []string{"node.role==worker"}, Ports: hostPort(p), Update: fast}, opts); err != nil {
+			t.Fatalf("deploy blue: %v\n%s", err, prog)
+		}
+		prog.Reset()
+		opts.Prepull = true
+		_, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: pre}, opts)
+		t.Logf("prepull progress:\n%s", prog)
+		if err != nil && strings.Contains(err.Error(), "prepull not available") {
+			t.Skipf("SKIPPED: the deploy package does not implement --prepull yet: %v", err)
+		}
+		if err != nil {
+			t.Fatalf("deploy with prepull: %v", err)
+		}
+		// Every eligible node reported its pull, with a duration, before the
+		// first task of the new image showed up in the rollout.
+		out := prog.String()
+		firstTask := len(out)
+		if m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(svc) + ` \d+/2: .*` + regexp.QuoteMeta(preDigest[:19])).FindStringIndex(out); m != nil {
+			firstTask = m[0]
+		}
+		dur := regexp.MustCompile(`\b\d+(\.\d+)?(ns|µs|us|ms|s|m)\b`)
+		for _, w := range workers {
+			found := false
+			for _, l := range strings.Split(out[:firstTask], "\n") {
+				if strings.Contains(l, w.Name) && dur.MatchString(l) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("no pull time for worker %s before the rolling update", w.Name)
+			}
+		}
+		onEveryWorker(t, docker, workers, svc, pre, p, "prepulled "+id+"\n")
+	})
+
+	t.Run("global", func(t *testing.T) {
+		svc := "wglobal-" + id
+		removeService(t, docker, svc)
+		p := freePort(t)
+		dc, prog := client(t, adv)
+		// A delay between nodes longer than the monitor: a watch that only
+		// counts updated nodes would report convergence after the first.
+		slow := deploy.UpdatePolicy{Parallelism: &one, Delay: ptr(2 * time.Second), Monitor: 300 * time.Millisecond}
+		res, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: blueRef, Mode: "global",
+			Constraints: []string{"node.role==worker"}, Ports: hostPort(p), Update: slow}, deploy.DeployOptions{Timeout: 2 * time.Minute})
+		t.Logf("progress:\n%s", prog)
+		if err != nil {
+			t.Fatalf("deploy global blue: %v", err)
+		}
+		if res.Tasks != 2 {
+			t.Errorf("global blue: %d tasks, want one per worker (2)", res.Tasks)
+		}
+		for _, w := range workers {
+			if !progressLine(prog.String(), svc, w.Name, "running", blue) {
+				t.Errorf("progress has no line for node %s running %s", w.Name, blue[:19])
+			}
+		}
+		onEveryWorker(t, docker, workers, svc, blueRef, p, "blue "+id+"\n")
+
+		// The update through the CLI, as a user types it.
+		r := labreg(t, []string{"DOCKER_CONFIG=" + dockerCfg}, "deploy", svc, "--image", greenRef,
+			"--advertise", adv, "--constraint", "node.role==worker", "--progress", "plain")
+		if r.code != 0 {
+			t.Fatalf("labreg deploy green: exit %d", r.code)
+		}
+		for _, w := range workers {
+			if !progressLine(r.err, svc, w.Name, "running", green) {
+				t.Errorf("labreg deploy: stderr has no line for node %s running %s", w.Name, green[:19])
+			}
+		}
+		if !strings.Contains(r.out, greenRef) || !strings.Contains(r.out, "2 tasks running") {
+			t.Errorf("labreg deploy: stdout does not say that 2 tasks run %s", greenRef)
+		}
+		onEveryWorker(t, docker, workers, svc, greenRef, p, "green "+id+"\n")
+		secretsShown(t, r.out, r.err, prog.String())
+	})
+}
+
+// htpasswd writes an htpasswd file with one bcrypt user.
+func htpasswd(t testing.TB, user, pass string) string {
+	t.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "htpasswd")
+	if err := os.WriteFile(f, []byte(user+":"+string(h)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// lockedBuffer is a progress writer safe to read while a rollout writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *lockedBuffer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reset()
+}
+
+// client is a deploy client for the registry advertised at adv whose
+// progress goes to the returned buffer.
+func client(t testing.TB, adv string) (*deploy.Client, *lockedBuffer) {
+	t.Helper()
+	prog := &lockedBuffer{}
+	dc, err := deploy.New(deploy.Options{Registry: adv, Progress: prog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dc.Close() })
+	return dc, prog
+}
+
+// progressLine reports whether progress has a line "SVC ID: STATE DIGEST…"
+// (ID a slot "1/2" or a node name) with the short digest of digest.
+func progressLine(progress, svc, id, state, digest string) bool {
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(svc+" "+id+": "+state) + `\s+` + regexp.QuoteMeta(digest[:19]))
+	return re.MatchString(progress)
+}
+
+// containers lists the images of svc's running containers on node n, as
+// the node's own engine sees them.
+func containers(t testing.TB, docker string, n *testenv.Node, svc string) []string {
+	t.Helper()
+	out, err := exec.Command(docker, "-H", n.Socket, "ps", "-q", "--filter", "label=com.docker.swarm.service.name="+svc).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker ps on %s: %v: %s", n.Name, err, out)
+	}
+	ids := strings.Fields(string(out))
+	if len(ids) == 0 {
+		return nil
+	}
+	// .Config.Image is the task's image as the engine ran it, digest included.
+	out, err = exec.Command(docker, append([]string{"-H", n.Socket, "inspect", "--format", "{{.Config.Image}}"}, ids...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("docker inspect on %s: %v: %s", n.Name, err, out)
+	}
+	return strings.Fields(string(out))
+}
+
+// onEveryWorker checks that each worker's engine runs exactly one task of
+// svc, with image ref, and that its host-mode port serves page.
+func onEveryWorker(t testing.TB, docker string, workers []*testenv.Node, svc, ref string, port int, page string) {
+	t.Helper()
+	for _, w := range workers {
+		if c := containers(t, docker, w, svc); len(c) != 1 || c[0] != ref {
+			t.Errorf("worker %s runs %v, want one task of %s", w.Name, c, ref)
+		}
+		if got := get(t, fmt.Sprintf("http://%s:%d/", w.IP, port)); got != page {
+			t.Errorf("GET from worker %s = %q, want %q", w.Name, got, page)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
