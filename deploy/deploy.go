@@ -201,6 +201,13 @@ func (c *Client) ensureNetworks(ctx context.Context, nets []Network) ([]swarm.Ne
 				if err != nil {
 					return nil, fmt.Errorf("network %s: subnet %q is not a CIDR: %w", n.Name, n.Subnet, err)
 				}
+				// swarm accepts an overlapping overlay but never schedules
+				// its tasks (they stay "new"): refuse it here.
+				if other, err := c.subnetUser(ctx, p); err != nil {
+					return nil, err
+				} else if other != "" {
+					return nil, fmt.Errorf("network %s: subnet %s overlaps network %s", n.Name, n.Subnet, other)
+				}
 				o.IPAM = &network.IPAM{Driver: "default", Config: []network.IPAMConfig{{Subnet: p}}}
 			}
 			r, err := c.api.NetworkCreate(ctx, n.Name, o)
@@ -214,6 +221,22 @@ func (c *Client) ensureNetworks(ctx context.Context, nets []Network) ([]swarm.Ne
 		}
 	}
 	return out, nil
+}
+
+// subnetUser names a swarm network whose subnet overlaps p, or "".
+func (c *Client) subnetUser(ctx context.Context, p netip.Prefix) (string, error) {
+	l, err := c.api.NetworkList(ctx, client.NetworkListOptions{Filters: make(client.Filters).Add("scope", "swarm")})
+	if err != nil {
+		return "", fmt.Errorf("listing networks: %w", err)
+	}
+	for _, n := range l.Items {
+		for _, cfg := range n.IPAM.Config {
+			if cfg.Subnet.IsValid() && cfg.Subnet.Overlaps(p) {
+				return n.Name, nil
+			}
+		}
+	}
+	return "", nil
 }
 
 func subnets(ipam network.IPAM) []string {

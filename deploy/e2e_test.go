@@ -208,14 +208,18 @@ func TestSamsungFile(t *testing.T) {
 	if err := os.WriteFile(file, []byte(yml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	removeService(t, docker, svc)
+	// Cleanups run last-registered first: the service goes before its
+	// network and secret (a left-over network would hold 10.10.3.0/24).
 	t.Cleanup(func() {
-		exec.Command(docker, "network", "rm", network).Run()
+		if out, err := exec.Command(docker, "network", "rm", network).CombinedOutput(); err != nil {
+			t.Errorf("removing network %s: %v: %s", network, err, out)
+		}
 		out, _ := exec.Command(docker, "secret", "ls", "-q", "--filter", "label=labreg.name=samsung_admin").Output()
 		for _, s := range strings.Fields(string(out)) {
 			exec.Command(docker, "secret", "rm", s).Run()
 		}
 	})
+	removeService(t, docker, svc)
 
 	r := labreg(t, env, "deploy", "-f", file, "--advertise", reg, "--progress", "plain")
 	if r.code != 0 {
@@ -240,6 +244,12 @@ func TestSamsungFile(t *testing.T) {
 	got, err := exec.Command(docker, "exec", c[0], "cat", "/run/secrets/samsung_admin").CombinedOutput()
 	if err != nil || string(got) != secret {
 		t.Errorf("/run/secrets/samsung_admin in the task = %q (%v), want the secret file's content", got, err)
+	}
+	// A second overlay on 10.10.3.0/24 would never schedule: refused.
+	o := labreg(t, env, "deploy", "other-"+id, "--image", "samsung:1.0", "--advertise", reg,
+		"--network", "other-"+id, "--subnet", "10.10.3.0/24")
+	if o.code == 0 || !strings.Contains(o.err, "overlaps network "+network) {
+		t.Errorf("overlapping subnet: exit %d, want an error naming network %s", o.code, network)
 	}
 	st := labreg(t, env, "status", svc)
 	inspect, _ := exec.Command(docker, "service", "inspect", svc).CombinedOutput()

@@ -205,28 +205,33 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 			verifying = false
 		}
 		if converged && !rollingBack {
+			mon := 5 * time.Second
+			cfg := svc.Spec.UpdateConfig
+			if ws.rollback {
+				cfg = svc.Spec.RollbackConfig
+			}
+			if cfg != nil && cfg.Monitor > 0 {
+				mon = cfg.Monitor
+			}
+			// Done when swarm says so, or (like the docker CLI) when every
+			// task has stayed running for the update monitor period, the
+			// window in which swarm would still act on a failure.
+			stable := time.Since(res.Converged) >= mon
 			done := false
 			switch {
 			case ws.rollback:
-				done = state == swarm.UpdateStateRollbackCompleted
+				done = state == swarm.UpdateStateRollbackCompleted || (state == swarm.UpdateStateRollbackStarted && stable)
 			case us == nil, state == swarm.UpdateStateCompleted:
 				done = true
+			case state == swarm.UpdateStateUpdating:
+				done = stable
 			}
 			if done {
 				p.line("verify", fmt.Sprintf("Service %s converged: %d/%d tasks run %s", ws.name, running, expected, shortImage(want)))
 				return res, nil
 			}
 			if !verifying {
-				mon := 5 * time.Second
-				if cfg := svc.Spec.UpdateConfig; ws.rollback {
-					cfg = svc.Spec.RollbackConfig
-					if cfg != nil && cfg.Monitor > 0 {
-						mon = cfg.Monitor
-					}
-				} else if cfg != nil && cfg.Monitor > 0 {
-					mon = cfg.Monitor
-				}
-				p.line("verify", fmt.Sprintf("all %d tasks run %s; swarm confirms after its %s update monitor", running, shortImage(want), mon))
+				p.line("verify", fmt.Sprintf("all %d tasks run %s; waiting %s to verify that they are stable", running, shortImage(want), mon))
 				verifying = true
 			}
 		}
