@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -351,6 +350,3 @@ func (c *Client) ensureConfigs(ctx context.Context, files []File) ([]*swarm.Conf
 	}
 	return out, nil
 }
-
-// errNoPrepull is returned until prepull is implemented for a mode.
-var errNoPrepull = errors.New("prepull not available")

@@ -259,3 +259,28 @@ func TestSamsungFile(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepull: --prepull makes every eligible node pull the new image
+// (with the forwarded credentials) before the service is created, prints
+// the pull time per node and leaves no helper service behind.
+func TestPrepull(t *testing.T) {
+	docker := testenv.Swarm(t)
+	reg := authRegistry(t, "lab", "pw-prepull")
+	id := suffix(t)
+	pageImage(t, reg+"/pre:v1", &authn.Basic{Username: "lab", Password: "pw-prepull"}, "prepull "+id+"\n")
+	env := []string{"DOCKER_CONFIG=" + dockerConfig(t, reg, "lab", "pw-prepull")}
+	svc := "pre-" + id
+	removeService(t, docker, svc)
+	r := labreg(t, env, "deploy", svc, "--image", "pre:v1", "--advertise", reg, "--progress", "plain", "--prepull")
+	if r.code != 0 {
+		t.Fatalf("deploy --prepull: exit %d", r.code)
+	}
+	host, _ := exec.Command(docker, "info", "--format", "{{.Name}}").Output()
+	if want := "prepull: " + strings.TrimSpace(string(host)) + " pulled in "; !strings.Contains(r.err, want) {
+		t.Errorf("progress does not say %q", want)
+	}
+	out, _ := exec.Command(docker, "service", "ls", "-q", "--filter", "label=labreg.prepull="+svc).Output()
+	if len(strings.TrimSpace(string(out))) != 0 {
+		t.Errorf("prepull job left behind: %s", out)
+	}
+}
