@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	stdio "io"
 	"strings"
 	"time"
 
@@ -23,6 +24,7 @@ type buildOptions struct {
 	layout    string
 	engine    string
 	wait      time.Duration
+	progress  string
 }
 
 func newBuildCmd(io streams) *cobra.Command {
@@ -58,16 +60,28 @@ Prints one line per image on stdout: <registry>/<repo>:<tag>@sha256:<digest>.`,
 					return err
 				}
 			}
-			native, err := build.NewNative(build.NativeOptions{Progress: io.Err})
+			var progress stdio.Writer = stdio.Discard
+			switch o.progress {
+			case "plain":
+				progress = io.Err
+			case "auto":
+				if isTerminal(io.Err) {
+					progress = io.Err
+				}
+			case "none":
+			default:
+				return usageError{fmt.Errorf("--progress %q: want auto, plain or none", o.progress)}
+			}
+			native, err := build.NewNative(build.NativeOptions{Progress: progress})
 			if err != nil {
 				return usageError{err}
 			}
 			b := &build.Builder{
 				Native:   native,
 				Mode:     o.engine,
-				Progress: io.Err,
+				Progress: progress,
 				BuildKit: func(ctx context.Context) (build.Engine, error) {
-					return build.NewBuildKit(ctx, c.Client.BuildkitAddr, io.Err)
+					return build.NewBuildKit(ctx, c.Client.BuildkitAddr, progress)
 				},
 			}
 			return b.Build(ctx, targets, func(r build.Result) {
@@ -82,6 +96,7 @@ Prints one line per image on stdout: <registry>/<repo>:<tag>@sha256:<digest>.`,
 	f.BoolVar(&o.noPush, "no-push", false, "write to an OCI layout (--layout) instead of pushing")
 	f.StringVar(&o.layout, "layout", "oci-layout", "OCI layout directory for --no-push")
 	f.StringVar(&o.engine, "engine", build.ModeAuto, "build engine: auto (native unless the Dockerfile has RUN), native or buildkit")
+	f.StringVar(&o.progress, "progress", "auto", "progress on stderr: auto (when it is a terminal), plain (always) or none")
 	f.DurationVar(&o.wait, "wait", 0, "wait this long for the registry to answer before building (e.g. 60s while it starts)")
 	bindConfig(cmd, "client.", "log.")
 	return cmd

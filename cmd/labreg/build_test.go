@@ -104,6 +104,7 @@ func TestBuildCLI(t *testing.T) {
 	}{
 		{"builds a directory of image directories", []string{"ok/site"}, 0, "", []string{"site:1", "site:2"}},
 		{"-t renames", []string{"-t", "other:v9", "ok/site/1"}, 0, "", []string{"other:v9"}},
+		{"--progress plain reports each step", []string{"--progress", "plain", "ok/site/1"}, 0, "site:1: COPY index.html /www/ (", []string{"site:1"}},
 		{"context escape with ..", []string{"escape"}, 1, df("escape/x/1") + `:2: COPY: source "../../secret" is outside the build context`, nil},
 		{"absolute source", []string{"abs"}, 1, df("abs/x/1") + `:2: COPY: source "/etc/passwd" is an absolute path`, nil},
 		{"symlink out of the context", []string{"symlink"}, 1, df("symlink/x/1") + `:2: COPY: source "secret" is a symlink to ` + secret + `, outside the build context`, nil},
@@ -126,6 +127,9 @@ func TestBuildCLI(t *testing.T) {
 			code, out, errs := runCLI(t, args...)
 			if code != tt.code {
 				t.Fatalf("exit code %d, want %d\nstderr: %s", code, tt.code, errs)
+			}
+			if tt.code == 0 && tt.stderrHas == "" && errs != "" {
+				t.Errorf("stderr is not a terminal: no progress unless asked, got %q", errs)
 			}
 			if tt.stderrHas != "" && !strings.Contains(errs, tt.stderrHas) {
 				t.Errorf("stderr does not contain %q:\n%s", tt.stderrHas, errs)
@@ -298,7 +302,7 @@ func TestMakeUpBuildsServableExampleImages(t *testing.T) {
 	}
 
 	// labreg build images/ again: same digests, no blob uploaded.
-	again := exec.Command(filepath.Join(clone, "bin", "labreg"), "build", "images/")
+	again := exec.Command(filepath.Join(clone, "bin", "labreg"), "build", "--progress", "plain", "images/")
 	again.Dir, again.Env = clone, env
 	var aout, aerr bytes.Buffer
 	again.Stdout, again.Stderr = &aout, &aerr
