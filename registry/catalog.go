@@ -90,8 +90,9 @@ type Catalog struct {
 	sumsLock sync.Mutex
 	// cache is <data>/catalog-cache.jsonl: summaries by digest, kept across
 	// restarts (content is immutable, so an entry never goes stale).
-	cache     string
-	cacheOnce sync.Once
+	cache      string
+	cacheOnce  sync.Once
+	cacheReady chan struct{} // closed when the cache file is read
 }
 
 // cachedSummary is one line of the summary cache file.
@@ -102,9 +103,21 @@ type cachedSummary struct {
 	Layers map[digest.Digest]int64 `json:"l"`
 }
 
-// loadCache reads the summary cache file once.
-func (c *Catalog) loadCache() {
+// startCache starts reading the summary cache file, once. Building the
+// whole index waits for it; one repository's page does not (reading its
+// manifests is quicker than reading every summary).
+func (c *Catalog) startCache() {
 	c.cacheOnce.Do(func() {
+		go func() {
+			c.loadCache()
+			close(c.cacheReady)
+		}()
+	})
+}
+
+// loadCache reads the summary cache file.
+func (c *Catalog) loadCache() {
+	{
 		f, err := os.Open(c.cache)
 		if err != nil {
 			return
@@ -120,9 +133,11 @@ func (c *Catalog) loadCache() {
 				continue // a torn last line after a crash
 			}
 			cs.S.blobs, cs.S.layers = cs.Blobs, cs.Layers
-			c.sums[cs.Digest] = cs.S
+			if _, ok := c.sums[cs.Digest]; !ok {
+				c.sums[cs.Digest] = cs.S
+			}
 		}
-	})
+	}
 }
 
 // saveSummary appends one summary to the cache file; failures only cost
@@ -168,7 +183,7 @@ func NewCatalog(ctx context.Context, dataDir string) (*Catalog, error) {
 		return nil, fmt.Errorf("opening storage in %s: %w", dataDir, err)
 	}
 	return &Catalog{ns: ns, driver: d, repos: map[string]*repoEntry{}, sums: map[digest.Digest]*Summary{},
-		cache: filepath.Join(dataDir, "catalog-cache.jsonl")}, nil
+		cache: filepath.Join(dataDir, "catalog-cache.jsonl"), cacheReady: make(chan struct{})}, nil
 }
 
 // extras is the per-Server state of the catalog, events and read-only
@@ -293,6 +308,12 @@ func (c *Catalog) load(ctx context.Context) error {
 		close(ch)
 		c.mu.Unlock()
 	}()
+	c.startCache()
+	select {
+	case <-c.cacheReady:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 
 	var names []string
 	err := c.ns.(distribution.RepositoryEnumerator).Enumerate(ctx, func(name string) error {
@@ -371,6 +392,7 @@ feed:
 // fresh returns the entries of the index, refreshing those touched since
 // the last read. Call without c.mu held.
 func (c *Catalog) fresh(ctx context.Context, only string) ([]*repoEntry, error) {
+	c.startCache()
 	c.mu.Lock()
 	loaded := c.loaded
 	if !loaded && only != "" {
@@ -607,7 +629,6 @@ func (c *Catalog) readConfig(ctx context.Context, repo distribution.Repository, 
 
 // summary returns the cached summary of dgst, reading it from repo on a miss.
 func (c *Catalog) summary(ctx context.Context, repo distribution.Repository, dgst digest.Digest) (*Summary, error) {
-	c.loadCache()
 	c.sumsLock.Lock()
 	s, ok := c.sums[dgst]
 	c.sumsLock.Unlock()

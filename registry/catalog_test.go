@@ -300,6 +300,8 @@ func TestCatalogFollowsTheRegistry(t *testing.T) {
 		t.Fatalf("fresh registry lists %v, %v", repos, err)
 	}
 	img := catImage(t, 2000)
+	keep := catImage(t, 1500)
+	catPush(t, addr+"/follow/keep:1", keep)
 	d := catPush(t, addr+"/follow/me:1.0", img)
 	catPush(t, addr+"/follow/me:latest", img)
 	if err := pullable(t, addr+"/follow/me:latest"); err != nil {
@@ -331,8 +333,25 @@ func TestCatalogFollowsTheRegistry(t *testing.T) {
 	}
 	_, srv2 := testenv.Registry(t, registry.Options{DataDir: dir})
 	ev2, n2 := srv2.Events().Page(0, 10, func(e registry.Event) bool { return e.Action == "push" })
-	if n2 != 2 || ev2[0].Tag != "latest" || ev2[1].Tag != "1.0" {
+	if n2 != 3 || ev2[0].Tag != "latest" || ev2[1].Tag != "1.0" {
 		t.Errorf("push events after restart: %d %+v", n2, ev2)
+	}
+	// Sizes and dates after a restart come from the summary cache file.
+	if _, err := os.Stat(filepath.Join(dir, "catalog-cache.jsonl")); err != nil {
+		t.Errorf("no summary cache: %v", err)
+	}
+	if _, _, err := srv.Catalog().Tags(ctx, "follow/keep"); err != nil {
+		t.Fatal(err)
+	}
+	km, _ := keep.Manifest()
+	cf, _ := keep.ConfigFile()
+	repos, err := srv2.Catalog().Repositories(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ktags, err := srv2.Catalog().Tags(ctx, "follow/keep")
+	if err != nil || len(repos) != 2 || len(ktags) != 1 || ktags[0].Size != km.Config.Size+km.Layers[0].Size || !ktags[0].Created.Equal(cf.Created.Time) {
+		t.Errorf("after restart: repos %+v, tags %+v, %v", repos, ktags, err)
 	}
 }
 
