@@ -554,7 +554,7 @@ func tagLinkPath(repo, tag string) string {
 func (c *Catalog) repository(ctx context.Context, name string) (distribution.Repository, error) {
 	named, err := reference.WithName(name)
 	if err != nil {
-		return nil, fmt.Errorf("repository name %q: %w", name, err)
+		return nil, fmt.Errorf("repository name %q: %v: %w", name, err, ErrNotFound)
 	}
 	r, err := c.ns.Repository(ctx, named)
 	if err != nil {

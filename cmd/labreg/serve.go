@@ -51,7 +51,7 @@ func newServeCmd(io streams) *cobra.Command {
 			)
 			where := "no web UI"
 			if c.UI.Listen != "" {
-				if web, err = newWebUI(srv, c.Registry.Advertise, c.UI.ReadOnly, c.Registry.Htpasswd, c.Registry.Realm, c.Registry.Data, settings(c), log); err != nil {
+				if web, err = newWebUI(srv, c.Registry.Advertise, c.UI.ReadOnly || c.Registry.ReadOnly, c.Registry.Htpasswd, c.Registry.Realm, c.Registry.Data, settings(c), log); err != nil {
 					return err
 				}
 				if uiLn, err = net.Listen("tcp", c.UI.Listen); err != nil {
