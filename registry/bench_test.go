@@ -20,9 +20,47 @@ import (
 // benchBlobSize is the blob the benchmarks move: 256 MiB, as in issue 2.
 const benchBlobSize = 256 << 20
 
-// benchFile writes benchBlobSize pseudo-random bytes into dir and returns
-// the file's path and sha256 digest. dir is on the disk the registry uses
-// (t.TempDir: on this machine /tmp is ext4, not tmpfs).
+// benchDir returns a temporary directory on a real disk: b.TempDir(),
+// unless that is on tmpfs (memory), then one under the package directory.
+func benchDir(b *testing.B) string {
+	b.Helper()
+	dir := b.TempDir()
+	if fsType(dir) != "tmpfs" {
+		return dir
+	}
+	dir, err := os.MkdirTemp(".", ".bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	abs, _ := filepath.Abs(dir)
+	b.Logf("%s is on tmpfs; benchmarking on %s (%s)", os.TempDir(), abs, fsType(abs))
+	return abs
+}
+
+// fsType is the type of the file system holding dir, from /proc/mounts
+// ("" where there is none).
+func fsType(dir string) string {
+	b, err := os.ReadFile("/proc/mounts")
+	if err != nil {
+		return ""
+	}
+	best, typ := "", ""
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		mp := f[1]
+		if (dir == mp || strings.HasPrefix(dir, strings.TrimSuffix(mp, "/")+"/")) && len(mp) >= len(best) {
+			best, typ = mp, f[2]
+		}
+	}
+	return typ
+}
+
+// benchFile writes size pseudo-random bytes into dir and returns the
+// file's path and sha256 digest.
 func benchFile(tb testing.TB, dir string, size int64) (string, string) {
 	tb.Helper()
 	p := filepath.Join(dir, "blob")
@@ -246,8 +284,8 @@ func reportRates(b *testing.B, bytesPerOp int64, names []string, ds []time.Durat
 // from a plain http.FileServer of the same file (baseline, sendfile), from
 // distribution's bare app and from labreg.
 func BenchmarkBlobPull(b *testing.B) {
-	dataDir := b.TempDir()
-	path, dgst := benchFile(b, b.TempDir(), benchBlobSize)
+	dataDir := benchDir(b)
+	path, dgst := benchFile(b, benchDir(b), benchBlobSize)
 	labreg, plain := benchRegistry(b, dataDir)
 	if err := pushBlob(labreg, "bench/pull", path, dgst, false); err != nil {
 		b.Fatal(err)
@@ -281,8 +319,8 @@ func BenchmarkBlobPull(b *testing.B) {
 // streamed (POST + chunked PATCH + PUT, as docker does), to distribution's
 // bare app and to labreg, against copying the file with fsync (baseline).
 func BenchmarkBlobPush(b *testing.B) {
-	dataDir := b.TempDir()
-	scratch := b.TempDir()
+	dataDir := benchDir(b)
+	scratch := benchDir(b)
 	path, dgst := benchFile(b, scratch, benchBlobSize)
 	labreg, plain := benchRegistry(b, dataDir)
 	names := []string{"copy+fsync", "distribution", "labreg"}
