@@ -125,16 +125,20 @@ func (c *Catalog) loadCache() {
 		defer f.Close()
 		sc := bufio.NewScanner(f)
 		sc.Buffer(make([]byte, 64<<10), 4<<20)
-		c.sumsLock.Lock()
-		defer c.sumsLock.Unlock()
+		read := map[digest.Digest]*Summary{}
 		for sc.Scan() {
 			var cs cachedSummary
 			if json.Unmarshal(sc.Bytes(), &cs) != nil || cs.S == nil || cs.Digest.Validate() != nil {
 				continue // a torn last line after a crash
 			}
 			cs.S.blobs, cs.S.layers = cs.Blobs, cs.Layers
-			if _, ok := c.sums[cs.Digest]; !ok {
-				c.sums[cs.Digest] = cs.S
+			read[cs.Digest] = cs.S
+		}
+		c.sumsLock.Lock()
+		defer c.sumsLock.Unlock()
+		for d, s := range read {
+			if _, ok := c.sums[d]; !ok {
+				c.sums[d] = s
 			}
 		}
 	}
