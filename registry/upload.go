@@ -13,6 +13,7 @@ import (
 	"hash"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -157,7 +158,9 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 		if end > 0 {
 			end--
 		}
-		hd.Set("Location", "/v2/"+name+"/blobs/uploads/"+id+"?_state="+packUploadState(fp.secret, st))
+		// As distribution's URL builder (relative URLs) writes it.
+		q := url.Values{"_state": {packUploadState(fp.secret, st)}}
+		hd.Set("Location", "/v2/"+name+"/blobs/uploads/"+id+"?"+q.Encode())
 		hd.Set("Docker-Upload-UUID", id)
 		hd.Set("Content-Length", "0")
 		hd.Set("Range", fmt.Sprintf("0-%d", end))
