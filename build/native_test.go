@@ -328,3 +328,14 @@ func TestNativeNoPushWritesLayout(t *testing.T) {
 		t.Fatalf("layout index = %+v, want one image %s named 127.0.0.1:9/x:1", m.Manifests, res.Digest)
 	}
 }
+
+func TestNativeMissingBaseSaysHow(t *testing.T) {
+	addr, _ := testenv.Registry(t, registry.Options{})
+	dir := writeTree(t, map[string]string{"Dockerfile": "ARG REGISTRY\nFROM ${REGISTRY}/webserver:1\n"})
+	_, err := newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: addr + "/x:1", Push: true, Insecure: true,
+		BuildArgs: map[string]string{"REGISTRY": addr}})
+	want := "Dockerfile:2: FROM: base image " + addr + "/webserver:1 is not in the registry (build its directory in the same run"
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("err = %v, want %q", err, want)
+	}
+}
