@@ -425,7 +425,19 @@ func TestGracefulShutdown(t *testing.T) {
 	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond) // the server is draining now
+	// Draining: the listener is closed, so new connections fail, while
+	// the PATCH above is still in flight.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		c, err := net.DialTimeout("tcp", srv.addr, time.Second)
+		if err != nil {
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("labreg serve still accepts connections 10s after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if _, err := io.Copy(pw, src); err != nil {
 		t.Fatalf("sending the rest after SIGTERM: %v", err)
 	}
