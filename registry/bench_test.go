@@ -344,3 +344,48 @@ func BenchmarkBlobPush(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkBlobGetSmall measures per-request cost: 64 KiB blob GETs, 8
+// clients at once, from distribution's bare app and from labreg (fast path).
+func BenchmarkBlobGetSmall(b *testing.B) {
+	const size, clients, perClient = 64 << 10, 8, 50
+	blob := make([]byte, size)
+	rand.NewChaCha8([32]byte{9}).Read(blob)
+	dgst := sha256Of(blob)
+	labreg, plain := benchRegistry(b, benchDir(b))
+	if err := pushBlobBytes(labreg, "bench/small", blob, dgst); err != nil {
+		b.Fatal(err)
+	}
+	names := []string{"distribution", "labreg"}
+	ds := make([]time.Duration, len(names))
+	for b.Loop() {
+		for i, addr := range []string{plain, labreg} {
+			u := "http://" + addr + "/v2/bench/small/blobs/" + dgst
+			timed(b, &ds[i], func() error {
+				errs := make(chan error, clients)
+				for range clients {
+					go func() {
+						var err error
+						for range perClient {
+							if err = get(u, size); err != nil {
+								break
+							}
+						}
+						errs <- err
+					}()
+				}
+				var first error
+				for range clients {
+					if err := <-errs; err != nil && first == nil {
+						first = err
+					}
+				}
+				return first
+			})
+		}
+	}
+	reqs := float64(clients * perClient * b.N)
+	b.ReportMetric(reqs/ds[0].Seconds(), "distribution-req/s")
+	b.ReportMetric(reqs/ds[1].Seconds(), "labreg-req/s")
+	b.ReportMetric(ds[0].Seconds()/ds[1].Seconds(), "labreg/distribution")
+}
