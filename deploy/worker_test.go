@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -53,6 +54,15 @@ func TestWorkers(t *testing.T) {
 	t.Setenv("DOCKER_CONFIG", dockerCfg)
 
 	id := suffix(t)
+	// Only these two workers: other workers may be in the swarm (another
+	// test run on this machine), and node.role==worker alone would match them.
+	lc, _ := client(t, adv)
+	for _, w := range workers {
+		if _, err := lc.LabelNode(t.Context(), w.Name, map[string]string{"labreg.test": id}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	onWorkers := []string{"node.role==worker", "node.labels.labreg.test==" + id}
 	cred := &authn.Basic{Username: user, Password: pass}
 	img := func(repo, tag, page string) string {
 		d := pageImage(t, local+"/"+repo+":"+tag, cred, page)
@@ -120,6 +130,21 @@ func TestWorkers(t *testing.T) {
 			secretsShown(t, msg, prog.String())
 		})
 
+		t.Run("not forwarded, CLI", func(t *testing.T) {
+			svc := "wanoncli-" + id
+			removeService(t, docker, svc)
+			r := labreg(t, []string{"DOCKER_CONFIG=" + dockerCfg}, "deploy", svc, "--image", ref, "--advertise", adv,
+				"--with-registry-auth=false", "--constraint", "node.role==worker", "--constraint", "node.hostname=="+w1.Name,
+				"--publish", fmt.Sprintf("mode=host,%d:80", freePort(t)), "--progress", "plain", "--timeout", "90s")
+			if r.code != 3 {
+				t.Errorf("exit %d, want 3 (rollout failed)", r.code)
+			}
+			if !strings.Contains(r.err, adv) || !strings.Contains(r.err, "rollout failed") {
+				t.Errorf("stderr does not say that the rollout from %s failed", adv)
+			}
+			secretsShown(t, r.out, r.err)
+		})
+
 		t.Run("forwarded", func(t *testing.T) {
 			svc := "wcred-" + id
 			removeService(t, docker, svc)
@@ -150,7 +175,7 @@ func TestWorkers(t *testing.T) {
 		opts := deploy.DeployOptions{Timeout: 2 * time.Minute}
 		// One host port per node: swarm places the two replicas on the two workers.
 		_, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: blueRef, Replicas: &two,
-			Constraints: []string{"node.role==worker"}, Ports: hostPort(p), Update: fast, Rollback: fast}, opts)
+			Constraints: onWorkers, Ports: hostPort(p), Update: fast, Rollback: fast}, opts)
 		if err != nil {
 			t.Fatalf("deploy blue: %v\n%s", err, prog)
 		}
@@ -171,6 +196,7 @@ func TestWorkers(t *testing.T) {
 			}
 		}
 		onEveryWorker(t, docker, workers, svc, greenRef, p, "green "+id+"\n")
+		statusOnWorkers(t, dc, svc, workers, green, "green")
 
 		prog.Reset()
 		if _, err := dc.Rollback(t.Context(), svc, opts); err != nil {
@@ -183,6 +209,7 @@ func TestWorkers(t *testing.T) {
 			}
 		}
 		onEveryWorker(t, docker, workers, svc, blueRef, p, "blue "+id+"\n")
+		statusOnWorkers(t, dc, svc, workers, blue, "blue")
 		secretsShown(t, prog.String())
 	})
 
@@ -195,7 +222,7 @@ func TestWorkers(t *testing.T) {
 		pre := img("pre", "v2", "prepulled "+id+"\n") // new on both workers
 		_, preDigest, _ := strings.Cut(pre, "@")
 		if _, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: blueRef, Replicas: &two,
-			Constraints: []string{"node.role==worker"}, Ports: hostPort(p), Update: fast}, opts); err != nil {
+			Constraints: onWorkers, Ports: hostPort(p), Update: fast}, opts); err != nil {
 			t.Fatalf("deploy blue: %v\n%s", err, prog)
 		}
 		prog.Reset()
@@ -239,7 +266,7 @@ func TestWorkers(t *testing.T) {
 		// counts updated nodes would report convergence after the first.
 		slow := deploy.UpdatePolicy{Parallelism: &one, Delay: ptr(2 * time.Second), Monitor: 300 * time.Millisecond}
 		res, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: blueRef, Mode: "global",
-			Constraints: []string{"node.role==worker"}, Ports: hostPort(p), Update: slow}, deploy.DeployOptions{Timeout: 2 * time.Minute})
+			Constraints: onWorkers, Ports: hostPort(p), Update: slow}, deploy.DeployOptions{Timeout: 2 * time.Minute})
 		t.Logf("progress:\n%s", prog)
 		if err != nil {
 			t.Fatalf("deploy global blue: %v", err)
@@ -256,7 +283,7 @@ func TestWorkers(t *testing.T) {
 
 		// The update through the CLI, as a user types it.
 		r := labreg(t, []string{"DOCKER_CONFIG=" + dockerCfg}, "deploy", svc, "--image", greenRef,
-			"--advertise", adv, "--constraint", "node.role==worker", "--progress", "plain")
+			"--advertise", adv, "--constraint", onWorkers[0], "--constraint", onWorkers[1], "--progress", "plain")
 		if r.code != 0 {
 			t.Fatalf("labreg deploy green: exit %d", r.code)
 		}
@@ -362,6 +389,40 @@ func onEveryWorker(t testing.TB, docker string, workers []*testenv.Node, svc, re
 		if got := get(t, fmt.Sprintf("http://%s:%d/", w.IP, port)); got != page {
 			t.Errorf("GET from worker %s = %q, want %q", w.Name, got, page)
 		}
+	}
+}
+
+// statusOnWorkers checks what `labreg status SVC` shows: on each worker
+// one running task of svc with digest, and the registry tag of that digest.
+func statusOnWorkers(t testing.TB, dc *deploy.Client, svc string, workers []*testenv.Node, digest, tag string) {
+	t.Helper()
+	st, err := dc.Status(t.Context(), svc)
+	if err != nil {
+		t.Fatalf("status %s: %v", svc, err)
+	}
+	if len(st.Services) != 1 {
+		t.Fatalf("status %s: %d services", svc, len(st.Services))
+	}
+	ss := st.Services[0]
+	for _, w := range workers {
+		n := 0
+		for _, task := range ss.Tasks {
+			if task.Node == w.Name && task.State == "running" && task.DesiredState == "running" {
+				n++
+				if task.Digest != digest {
+					t.Errorf("status: the task on %s runs %s, want %s", w.Name, task.Digest, digest)
+				}
+			}
+		}
+		if n != 1 {
+			t.Errorf("status: %d running tasks on %s, want 1", n, w.Name)
+		}
+	}
+	if tags := ss.Digests[digest]; !slices.Contains(tags, tag) {
+		t.Errorf("status: digest %s has tags %v (%s), want %q", digest, tags, ss.TagErr, tag)
+	}
+	if ss.Running != len(workers) {
+		t.Errorf("status: %d running, want %d", ss.Running, len(workers))
 	}
 }
 
