@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -227,7 +228,10 @@ func TestWorkers(t *testing.T) {
 		}
 		prog.Reset()
 		opts.Prepull = true
-		_, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: pre}, opts)
+		// DeployOptions.Timeout bounds the rollout watch only: bound the prepull too.
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+		defer cancel()
+		_, err := dc.Deploy(ctx, deploy.Spec{Name: svc, Image: pre}, opts)
 		t.Logf("prepull progress:\n%s", prog)
 		if err != nil && strings.Contains(err.Error(), "prepull not available") {
 			t.Skipf("SKIPPED: the deploy package does not implement --prepull yet: %v", err)
