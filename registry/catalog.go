@@ -51,7 +51,7 @@ type Summary struct {
 	MediaType    string `json:"media_type"`
 	ArtifactType string `json:"artifact_type,omitempty"`
 	// Size is the compressed size: config and layers of an image, the
-	// distinct blobs of every child of an index.
+	// distinct config and layer blobs of every child of an index.
 	Size int64 `json:"size"`
 	// Created comes from the image config (the newest child of an index).
 	Created time.Time `json:"created,omitzero"`
@@ -60,8 +60,7 @@ type Summary struct {
 	// Subject is the manifest this one refers to (signatures, SBOMs).
 	Subject digest.Digest `json:"subject,omitempty"`
 
-	blobs  map[digest.Digest]int64 // every blob and manifest it references, itself included
-	layers map[digest.Digest]int64 // the config and layer blobs among them
+	layers map[digest.Digest]int64 // the config and layer blobs it references (of every child of an index)
 }
 
 // IsIndex reports whether the manifest is an image index or manifest list.
@@ -99,7 +98,6 @@ type Catalog struct {
 type cachedSummary struct {
 	Digest digest.Digest           `json:"d"`
 	S      *Summary                `json:"s"`
-	Blobs  map[digest.Digest]int64 `json:"b"`
 	Layers map[digest.Digest]int64 `json:"l"`
 }
 
@@ -131,7 +129,7 @@ func (c *Catalog) loadCache() {
 			if json.Unmarshal(sc.Bytes(), &cs) != nil || cs.S == nil || cs.Digest.Validate() != nil {
 				continue // a torn last line after a crash
 			}
-			cs.S.blobs, cs.S.layers = cs.Blobs, cs.Layers
+			cs.S.layers = cs.Layers
 			read[cs.Digest] = cs.S
 		}
 		c.sumsLock.Lock()
@@ -147,7 +145,7 @@ func (c *Catalog) loadCache() {
 // saveSummary appends one summary to the cache file; failures only cost
 // the next start a re-read.
 func (c *Catalog) saveSummary(d digest.Digest, s *Summary) {
-	b, err := json.Marshal(cachedSummary{Digest: d, S: s, Blobs: s.blobs, Layers: s.layers})
+	b, err := json.Marshal(cachedSummary{Digest: d, S: s, Layers: s.layers})
 	if err != nil || c.cache == "" {
 		return
 	}
@@ -639,16 +637,15 @@ func (c *Catalog) summary(ctx context.Context, repo distribution.Repository, dgs
 	if ok {
 		return s, nil
 	}
-	raw, payload, err := c.readManifest(ctx, repo, dgst)
+	raw, _, err := c.readManifest(ctx, repo, dgst)
 	if err != nil {
 		return nil, err
 	}
 	s = &Summary{MediaType: raw.MediaType, ArtifactType: raw.ArtifactType,
-		blobs: map[digest.Digest]int64{}, layers: map[digest.Digest]int64{}}
+		layers: map[digest.Digest]int64{}}
 	if raw.Subject != nil {
 		s.Subject = raw.Subject.Digest
 	}
-	s.blobs[dgst] = int64(len(payload))
 	if len(raw.Manifests) > 0 || s.IsIndex() {
 		for _, child := range raw.Manifests {
 			cs, err := c.summary(ctx, repo, child.Digest)
@@ -657,9 +654,6 @@ func (c *Catalog) summary(ctx context.Context, repo distribution.Repository, dgs
 			}
 			if err != nil {
 				return nil, err
-			}
-			for d, sz := range cs.blobs {
-				s.blobs[d] = sz
 			}
 			for d, sz := range cs.layers {
 				s.layers[d] = sz
@@ -677,9 +671,6 @@ func (c *Catalog) summary(ctx context.Context, repo distribution.Repository, dgs
 		}
 		for _, l := range raw.Layers {
 			s.layers[l.Digest] = l.Size
-		}
-		for d, sz := range s.layers {
-			s.blobs[d] = sz
 		}
 		if isImageConfig(raw.Config.MediaType) {
 			cfg, err := c.readConfig(ctx, repo, raw.Config)

@@ -71,7 +71,7 @@ func (u *UI) repoPage(ctx context.Context, q RepoQuery) (*RepoPage, error) {
 		items = append(items, r)
 	}
 	if q.Sort == "push" {
-		sort.SliceStable(items, func(i, j int) bool { return items[i].LastPush.After(items[j].LastPush) })
+		slices.SortStableFunc(items, func(a, b registry.Repository) int { return b.LastPush.Compare(a.LastPush) })
 	}
 	p.Total = len(items)
 	p.Items, p.Page, p.Pages = paginate(items, q.Page, q.Per)
