@@ -37,7 +37,7 @@ func BenchmarkRollout(b *testing.B) {
 		pageImage(b, reg+"/bench:"+tag, nil, "bench "+tag+" "+id+"\n")
 	}
 	env := []string{"DOCKER_CONFIG=" + dockerConfig(b, reg, "", "")}
-	policy := []string{"--replicas", "2", "--update-parallelism", "1", "--update-delay", "0s", "--update-monitor", "1s"}
+	policy := []string{"--constraint", onManager(b, docker), "--replicas", "2", "--update-parallelism", "1", "--update-delay", "0s", "--update-monitor", "1s"}
 	svcL, svcD, svcI := "bench-labreg-"+id, "bench-docker-"+id, "bench-lib-"+id
 	for _, s := range []string{svcL, svcD, svcI} {
 		removeService(b, docker, s)
@@ -55,7 +55,7 @@ func BenchmarkRollout(b *testing.B) {
 	defer dc.Close()
 	ctx := context.Background()
 	two, one, zero := uint64(2), uint64(1), time.Duration(0)
-	spec := deploy.Spec{Name: svcI, Image: "bench:a", Replicas: &two,
+	spec := deploy.Spec{Name: svcI, Image: "bench:a", Replicas: &two, Constraints: []string{onManager(b, docker)},
 		Update: deploy.UpdatePolicy{Parallelism: &one, Delay: &zero, Monitor: time.Second}}
 	if _, err := dc.Deploy(ctx, spec, deploy.DeployOptions{}); err != nil {
 		b.Fatal(err)

@@ -98,7 +98,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 			return res, err
 		}
 	}
-	ws := watchSpec{name: s.Name, want: pinned, timeout: opts.timeout()}
+	ws := watchSpec{name: s.Name, want: pinned, timeout: opts.timeout(), noAuth: opts.NoRegistryAuth || auth == ""}
 	if !exists {
 		sp := s.apply(swarm.ServiceSpec{}, pinned, nets, configs, secrets)
 		r, err := c.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: sp, EncodedRegistryAuth: auth})

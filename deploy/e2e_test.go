@@ -32,7 +32,7 @@ func TestBlueGreenRollback(t *testing.T) {
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 
 	r := labreg(t, env, append([]string{"deploy", svc, "--image", "myhttpd:blue", "--replicas", "1",
-		"--publish", fmt.Sprintf("mode=host,%d:80", port)}, common...)...)
+		"--constraint", onManager(t, docker), "--publish", fmt.Sprintf("mode=host,%d:80", port)}, common...)...)
 	if r.code != 0 {
 		t.Fatalf("deploy blue: exit %d", r.code)
 	}
@@ -106,7 +106,7 @@ func TestRegistryAuthForwarding(t *testing.T) {
 			svc := "private-" + id
 			removeService(t, docker, svc)
 			r := labreg(t, env, "deploy", svc, "--image", "private:v1", "--advertise", reg, "--progress", "plain",
-				"--publish", fmt.Sprintf("mode=host,%d:80", port), tc.authFlag)
+				"--constraint", onManager(t, docker), "--publish", fmt.Sprintf("mode=host,%d:80", port), tc.authFlag)
 			if r.code != tc.wantCode {
 				t.Fatalf("exit %d, want %d", r.code, tc.wantCode)
 			}
@@ -145,7 +145,7 @@ func TestFailedUpdateRollsBack(t *testing.T) {
 	removeService(t, docker, svc)
 	env := []string{"DOCKER_CONFIG=" + dockerConfig(t, reg, "", "")}
 	r := labreg(t, env, "deploy", svc, "--image", "app:good", "--advertise", reg, "--progress", "plain",
-		"--update-failure-action", "rollback", "--update-monitor", "1s", "--update-delay", "0s",
+		"--constraint", onManager(t, docker), "--update-failure-action", "rollback", "--update-monitor", "1s", "--update-delay", "0s",
 		"--rollback-monitor", "200ms", "--rollback-delay", "0s")
 	if r.code != 0 {
 		t.Fatalf("deploy good: exit %d", r.code)
@@ -205,6 +205,7 @@ func TestSamsungFile(t *testing.T) {
 	svc := "samsung-" + id
 	yml := strings.Replace(string(src), "\n  samsung:\n    image:", "\n  "+svc+":\n    image:", 1)
 	yml = strings.Replace(yml, "replicas: 2", "replicas: 1", 1) // one node, one host port
+	yml = strings.Replace(yml, "          - node.labels.srv != nfs\n", "          - node.labels.srv != nfs\n          - "+onManager(t, docker)+"\n", 1)
 	if err := os.WriteFile(file, []byte(yml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +272,8 @@ func TestPrepull(t *testing.T) {
 	env := []string{"DOCKER_CONFIG=" + dockerConfig(t, reg, "lab", "pw-prepull")}
 	svc := "pre-" + id
 	removeService(t, docker, svc)
-	r := labreg(t, env, "deploy", svc, "--image", "pre:v1", "--advertise", reg, "--progress", "plain", "--prepull")
+	r := labreg(t, env, "deploy", svc, "--image", "pre:v1", "--advertise", reg, "--progress", "plain", "--prepull",
+		"--constraint", onManager(t, docker))
 	if r.code != 0 {
 		t.Fatalf("deploy --prepull: exit %d", r.code)
 	}

@@ -246,3 +246,15 @@ func get(t testing.TB, url string) string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// onManager is the constraint that keeps a test's tasks on this engine's
+// node: worker nodes other tests join (testenv.Worker) cannot reach a
+// registry on 127.0.0.1.
+func onManager(t testing.TB, docker string) string {
+	t.Helper()
+	out, err := exec.Command(docker, "info", "--format", "{{.Swarm.NodeID}}").Output()
+	if err != nil || len(bytes.TrimSpace(out)) == 0 {
+		t.Fatalf("docker info: node ID: %v", err)
+	}
+	return "node.id==" + string(bytes.TrimSpace(out))
+}

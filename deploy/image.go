@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	dockerconfig "github.com/docker/cli/cli/config"
@@ -118,6 +119,10 @@ func (c credentials) String() string {
 // is not an error.
 func (c *Client) lookupCredentials(host string) (credentials, error) {
 	dir := c.opts.DockerConfigDir
+	if dir == "" {
+		// read now: dockerconfig.Dir() caches the first value it sees
+		dir = os.Getenv("DOCKER_CONFIG")
+	}
 	if dir == "" {
 		dir = dockerconfig.Dir()
 	}

@@ -2,12 +2,17 @@ package deploy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/moby/moby/api/types/swarm"
 	"github.com/moby/moby/client"
 )
@@ -28,16 +33,26 @@ type RolloutError struct {
 	Task string
 	// TaskErr is the failing task's error, e.g. "task: non-zero exit (1)".
 	TaskErr string
+	// Image is the image the rollout was for.
+	Image string
+	// Hint is the likely cause and fix, when labreg can tell.
+	Hint string
 }
 
 func (e *RolloutError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "service %s: rollout failed (%s)", e.Service, strings.ReplaceAll(e.State, "_", " "))
+	if e.Image != "" {
+		fmt.Fprintf(&b, " for %s", e.Image)
+	}
 	if e.Message != "" {
 		fmt.Fprintf(&b, ": %s", e.Message)
 	}
 	if e.TaskErr != "" {
 		fmt.Fprintf(&b, "; %s: %s", e.Task, e.TaskErr)
+	}
+	if e.Hint != "" {
+		fmt.Fprintf(&b, " (%s)", e.Hint)
 	}
 	return b.String()
 }
@@ -85,6 +100,8 @@ type watchSpec struct {
 	// created: a new service (no update status ever).
 	created bool
 	timeout time.Duration
+	// noAuth: registry credentials were not forwarded (nodes pull anonymously).
+	noAuth bool
 }
 
 func sameStatus(a, b *swarm.UpdateStatus) bool {
@@ -160,7 +177,7 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 			state, msg = us.State, us.Message
 		}
 		fail := func(st string) error {
-			e := &RolloutError{Service: ws.name, State: st, Message: msg}
+			e := &RolloutError{Service: ws.name, State: st, Message: msg, Image: want}
 			if lastFail == nil {
 				// The failed task may have left the up-to-date set already
 				// (swarm rolled the spec back): look at all tasks.
@@ -168,6 +185,9 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 			}
 			if lastFail != nil {
 				e.Task, e.TaskErr = describeTask(lastFail, nodes), taskErr(lastFail)
+				if isPullError(e.TaskErr) {
+					e.Hint = c.pullHint(ctx, taskImage(lastFail), ws.noAuth)
+				}
 			}
 			p.line("error", e.Error())
 			return e
@@ -248,6 +268,30 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 	}
 }
 
+// pullHint explains a node's pull failure: it asks the registry for image
+// without credentials, as a node does when credentials are not forwarded.
+func (c *Client) pullHint(ctx context.Context, image string, noAuth bool) string {
+	host := imageHost(image)
+	ref, err := name.ParseReference(image, name.Insecure)
+	if err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, herr := remote.Head(ref, remote.WithContext(ctx))
+	var te *transport.Error
+	if errors.As(herr, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
+		if noAuth {
+			return fmt.Sprintf("registry %s refuses anonymous pulls (%d) and no credentials were forwarded (--with-registry-auth=false, or no docker login for it here): run docker login %s here and deploy with --with-registry-auth", host, te.StatusCode, host)
+		}
+		return fmt.Sprintf("registry %s refuses anonymous pulls (%d) and the forwarded credentials did not work on the node: check docker login %s", host, te.StatusCode, host)
+	}
+	if noAuth {
+		return fmt.Sprintf("nodes pull from %s anonymously because no credentials were forwarded; if the registry needs a login, docker login here and deploy with --with-registry-auth", host)
+	}
+	return fmt.Sprintf("check that every eligible node reaches %s and trusts it (labreg doctor)", host)
+}
+
 // lastFailed returns the most recent failed or rejected task of service
 // that ran image (any image when image is ""), or nil.
 func (c *Client) lastFailed(ctx context.Context, service, image string) *swarm.Task {
@@ -308,9 +352,9 @@ func taskErr(t *swarm.Task) string {
 }
 
 func describeTask(t *swarm.Task, nodes map[string]string) string {
-	where := fmt.Sprintf("slot %d", t.Slot)
-	if t.Slot == 0 {
-		where = "node " + nodeName(t.NodeID, nodes)
+	where := "node " + nodeName(t.NodeID, nodes)
+	if t.Slot != 0 {
+		where = fmt.Sprintf("slot %d on %s", t.Slot, nodeName(t.NodeID, nodes))
 	}
 	return fmt.Sprintf("task %s (%s, %s)", shortID(t.ID), where, t.Status.State)
 }
