@@ -211,7 +211,26 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 			return res, fail(string(state))
 		}
 
-		running, expected, last := p.update(svc, tl.Items, nodes, want, rollingBack || ws.rollback)
+		// A global service is converged when every node that runs (or is
+		// to run) one of its tasks runs the new one; with an update delay
+		// the nodes not yet updated have no up-to-date task at all (the
+		// docker CLI counts only those and ends too early).
+		var eligible map[string]bool
+		if svc.Spec.Mode.Global != nil {
+			all, err := c.api.TaskList(ctx, client.TaskListOptions{
+				Filters: make(client.Filters).Add("service", svc.ID).Add("desired-state", "running"),
+			})
+			if err != nil {
+				return res, c.ctxErr(ctx, ws, fmt.Errorf("listing tasks of %s: %w", ws.name, err))
+			}
+			eligible = map[string]bool{}
+			for _, t := range all.Items {
+				if _, ok := nodes[t.NodeID]; ok && t.NodeID != "" {
+					eligible[t.NodeID] = true
+				}
+			}
+		}
+		running, expected, last := p.update(svc, tl.Items, nodes, eligible, want, rollingBack || ws.rollback)
 		converged := expected > 0 && running == expected
 		if rollingBack && converged && state == swarm.UpdateStateRollbackCompleted {
 			// rolled back and running the old image again: report the failure.
@@ -414,7 +433,7 @@ func (p *printer) line(id, action string) {
 
 // update draws the tasks and returns how many run want, how many are
 // expected and when the last of them reached running.
-func (p *printer) update(svc swarm.Service, tasks []swarm.Task, nodes map[string]string, want string, rollback bool) (int, int, time.Time) {
+func (p *printer) update(svc swarm.Service, tasks []swarm.Task, nodes map[string]string, eligible map[string]bool, want string, rollback bool) (int, int, time.Time) {
 	var (
 		running, expected int
 		last              time.Time
@@ -449,6 +468,11 @@ func (p *printer) update(svc swarm.Service, tasks []swarm.Task, nodes map[string
 	}
 	if global {
 		expected = len(byKey)
+		for n := range eligible {
+			if _, ok := byKey[n]; !ok {
+				expected++
+			}
+		}
 	} else if r := svc.Spec.Mode.Replicated; r != nil && r.Replicas != nil {
 		expected = int(*r.Replicas)
 	}
