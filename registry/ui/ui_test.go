@@ -224,8 +224,8 @@ func run[T any](t *testing.T, b *browser, what string, a chromedp.Action[T]) T {
 
 func (b *browser) shot(t *testing.T, name string) {
 	t.Helper()
-	buf := run(t, b, "screenshot "+name, chromedp.FullScreenshot(80))
-	if err := os.WriteFile(filepath.Join(b.shots, name+".jpg"), buf, 0o644); err != nil {
+	buf := run(t, b, "screenshot "+name, chromedp.FullScreenshot(100) /* PNG */)
+	if err := os.WriteFile(filepath.Join(b.shots, name+".png"), buf, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
