@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -64,6 +66,17 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		}
 	}
 	pinned, err := c.pinDigest(ctx, image, auth)
+	if cerrdefs.IsNotFound(errors.Unwrap(err)) || (err != nil && strings.Contains(err.Error(), "manifest unknown")) {
+		// Not in the registry: push it when this engine has it (e.g. a
+		// `docker build -t myhttpd:green` that was never pushed).
+		pushed, perr := c.pushLocal(ctx, s.Image, image, auth)
+		if perr != nil {
+			return res, perr
+		}
+		if pushed {
+			pinned, err = c.pinDigest(ctx, image, auth)
+		}
+	}
 	if err != nil {
 		return res, err
 	}
@@ -129,6 +142,40 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 	wr, err := c.watch(ctx, ws)
 	wr.Created, wr.Warnings = res.Created, res.Warnings
 	return wr, err
+}
+
+// pushLocal pushes typed (as the user wrote it) or full from this engine's
+// image store to full in the registry, when the engine has it. It reports
+// whether it pushed.
+func (c *Client) pushLocal(ctx context.Context, typed, full, auth string) (bool, error) {
+	src := ""
+	for _, cand := range []string{full, typed} {
+		if _, err := c.api.ImageInspect(ctx, cand); err == nil {
+			src = cand
+			break
+		}
+	}
+	if src == "" {
+		return false, nil
+	}
+	if src != full {
+		if _, err := c.api.ImageTag(ctx, client.ImageTagOptions{Source: src, Target: full}); err != nil {
+			return false, fmt.Errorf("tagging local image %s as %s: %w", src, full, err)
+		}
+	}
+	fmt.Fprintf(c.opts.Progress, "%s is not in the registry: pushing it from the local engine (%s)\n", full, src)
+	if auth == "" {
+		auth = "e30=" // base64url("{}"): the engine wants the header
+	}
+	resp, err := c.api.ImagePush(ctx, full, client.ImagePushOptions{RegistryAuth: auth})
+	if err != nil {
+		return false, fmt.Errorf("pushing local image %s: %w", full, err)
+	}
+	defer resp.Close()
+	if err := resp.Wait(ctx); err != nil {
+		return false, fmt.Errorf("pushing local image %s: %w", full, err)
+	}
+	return true, nil
 }
 
 // Rollback returns service to its previous spec (`docker service rollback`)

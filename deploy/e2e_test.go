@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"bytes"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggtarball "github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
@@ -284,5 +287,49 @@ func TestPrepull(t *testing.T) {
 	out, _ := exec.Command(docker, "service", "ls", "-q", "--filter", "label=labreg.prepull="+svc).Output()
 	if len(strings.TrimSpace(string(out))) != 0 {
 		t.Errorf("prepull job left behind: %s", out)
+	}
+}
+
+// TestPushLocal: an image that only this engine has (built, never pushed)
+// is pushed to the registry under the advertised name, then deployed.
+func TestPushLocal(t *testing.T) {
+	docker := testenv.Swarm(t)
+	reg, _ := testenv.Registry(t, registry.Options{})
+	id := suffix(t)
+	local := "labreg-local-" + id + ":v1"
+	page := "local only " + id + "\n"
+	img := buildImage(t, map[string]string{"www/index.html": page},
+		"/bin/sh", "-c", "trap 'exit 0' TERM; /bin/busybox httpd -f -p 80 -h /www & wait")
+	tag, err := name.NewTag(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tarball bytes.Buffer
+	if err := ggtarball.Write(tag, img, &tarball); err != nil {
+		t.Fatal(err)
+	}
+	load := exec.Command(docker, "load")
+	load.Stdin = &tarball
+	if out, err := load.CombinedOutput(); err != nil {
+		t.Fatalf("docker load: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command(docker, "rmi", local, reg+"/"+local).Run() })
+	svc := "local-" + id
+	removeService(t, docker, svc)
+	port := freePort(t)
+	r := labreg(t, []string{"DOCKER_CONFIG=" + dockerConfig(t, reg, "", "")}, "deploy", svc, "--image", local,
+		"--advertise", reg, "--progress", "plain", "--constraint", onManager(t, docker),
+		"--publish", fmt.Sprintf("mode=host,%d:80", port))
+	if r.code != 0 {
+		t.Fatalf("deploy of a local-only image: exit %d", r.code)
+	}
+	if !strings.Contains(r.err, "pushing it from the local engine") {
+		t.Errorf("progress does not say that the local image was pushed")
+	}
+	if !strings.Contains(r.out, reg+"/"+local+"@") {
+		t.Errorf("stdout does not name %s pinned", reg+"/"+local)
+	}
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got != page {
+		t.Errorf("GET = %q, want %q", got, page)
 	}
 }

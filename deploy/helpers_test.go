@@ -95,6 +95,27 @@ func busyboxLayer(t testing.TB, files map[string]string) v1.Layer {
 // pushes it to ref; it returns the manifest digest.
 func pushImage(t testing.TB, ref string, auth authn.Authenticator, files map[string]string, entrypoint ...string) string {
 	t.Helper()
+	img := buildImage(t, files, entrypoint...)
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if auth == nil {
+		auth = authn.Anonymous
+	}
+	if err := remote.Write(r, img, remote.WithAuth(auth)); err != nil {
+		t.Fatalf("pushing %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
+}
+
+// buildImage is a busybox image running entrypoint with files.
+func buildImage(t testing.TB, files map[string]string, entrypoint ...string) v1.Image {
+	t.Helper()
 	img, err := mutate.AppendLayers(empty.Image, busyboxLayer(t, files))
 	if err != nil {
 		t.Fatal(err)
@@ -111,21 +132,7 @@ func pushImage(t testing.TB, ref string, auth authn.Authenticator, files map[str
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if auth == nil {
-		auth = authn.Anonymous
-	}
-	if err := remote.Write(r, img, remote.WithAuth(auth)); err != nil {
-		t.Fatalf("pushing %s: %v", ref, err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.String()
+	return img
 }
 
 // pageImage is a busybox httpd serving page on port 80.
