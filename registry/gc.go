@@ -90,6 +90,7 @@ func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	routeLogrus(log) // distribution's vacuum logs every deletion through logrus
 	f, err := os.OpenFile(filepath.Join(dataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("locking data directory %s: %w", dataDir, err)
@@ -197,7 +198,15 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			return nil, fmt.Errorf("removing empty repository %s: %w", p.name, err)
 		}
 	}
-	if err := storage.MarkAndSweep(ctx, c.driver, withAliases(c.ns, c.driver), storage.GCOpts{Quiet: true}); err != nil {
+	if _, err := c.driver.Stat(ctx, "/docker/registry/v2/repositories"); isPathNotFound(err) {
+		// No repository at all (MarkAndSweep fails to enumerate them): no
+		// manifest references any blob.
+		for _, b := range res.Blobs {
+			if err := vacuum.RemoveBlob(string(b.Digest)); err != nil {
+				return nil, fmt.Errorf("removing blob %s: %w", b.Digest, err)
+			}
+		}
+	} else if err := storage.MarkAndSweep(ctx, c.driver, withAliases(c.ns, c.driver), storage.GCOpts{Quiet: true}); err != nil {
 		return nil, fmt.Errorf("garbage collection: %w", err)
 	}
 	// Count what actually went.
@@ -309,7 +318,19 @@ func (c *Catalog) markRefs(ctx context.Context, repo distribution.Repository, d 
 	if marked[d] {
 		return nil
 	}
-	marked[d] = true
+	mark := func(d digest.Digest) {
+		marked[d] = true
+		// Content pushed by a sha512 digest is stored under its sha256
+		// (digest.go): keep that too, as withAliases makes MarkAndSweep do.
+		if d.Algorithm() != digest.Canonical && d.Validate() == nil {
+			for _, kind := range []string{"blobs", "manifests"} {
+				if cd, err := readLink(ctx, c.driver, repo.Named().Name(), kind, d); err == nil {
+					marked[cd] = true
+				}
+			}
+		}
+	}
+	mark(d)
 	raw, _, err := c.readManifest(ctx, repo, d)
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -318,10 +339,10 @@ func (c *Catalog) markRefs(ctx context.Context, repo distribution.Repository, d 
 		return err
 	}
 	if raw.Config.Digest != "" {
-		marked[raw.Config.Digest] = true
+		mark(raw.Config.Digest)
 	}
 	for _, l := range raw.Layers {
-		marked[l.Digest] = true
+		mark(l.Digest)
 	}
 	for _, m := range raw.Manifests {
 		if err := c.markRefs(ctx, repo, m.Digest, marked); err != nil {
