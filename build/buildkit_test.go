@@ -602,7 +602,8 @@ func BenchmarkBuildKitRebuild(b *testing.B) {
 // TestBuildKitCLI runs the whole `labreg build` process on an image tree
 // whose Dockerfiles RUN: --engine auto picks BuildKit, stdout carries
 // exactly one REF@DIGEST line per image, and a failing RUN exits non-zero
-// with FILE:LINE on stderr and pushes nothing.
+// with FILE:LINE on stderr and pushes nothing. --progress plain asks for
+// BuildKit's progress although stderr is not a terminal.
 func TestBuildKitCLI(t *testing.T) {
 	labreg := testenv.BuildLabreg(t)
 	cases := []struct {
@@ -631,7 +632,7 @@ func TestBuildKitCLI(t *testing.T) {
 			removeFromEngine(t, c.name, reg+"/hello:1.0")
 			removeFromEngine(t, c.name, reg+"/broken:1.0")
 			run := func(dir string) (string, string, error) {
-				cmd := exec.Command(labreg, "build", "--registry", reg, "--buildkit-addr", addr, dir)
+				cmd := exec.Command(labreg, "build", "--progress", "plain", "--registry", reg, "--buildkit-addr", addr, dir)
 				cmd.Dir = root
 				var stdout, stderr bytes.Buffer
 				cmd.Stdout, cmd.Stderr = &stdout, &stderr
