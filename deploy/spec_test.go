@@ -38,7 +38,6 @@ func TestResolveImage(t *testing.T) {
 
 const sixtyFour = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
-
 // TestApplyKeepsWhatIsNotSet: `labreg deploy web --image X` on an existing
 // service changes the image only, like `docker service update --image`.
 func TestApplyKeepsWhatIsNotSet(t *testing.T) {
