@@ -38,16 +38,26 @@ func Require(t testing.TB, what string, ok bool, reason string) {
 // data dir and returns its HOST:PORT. It stops when the test ends.
 func Registry(t testing.TB, opts registry.Options) (string, *registry.Server) {
 	t.Helper()
+	addr, srv := startRegistry(t, opts, "127.0.0.1:0")
+	return addr.String(), srv
+}
+
+// startRegistry starts an in-process labreg registry listening on listen,
+// with a fresh data dir unless opts names one, until the test ends.
+func startRegistry(t testing.TB, opts registry.Options, listen string) (net.Addr, *registry.Server) {
+	t.Helper()
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := registry.New(ctx, opts)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	addr, err := srv.Listen("127.0.0.1:0")
+	addr, err := srv.Listen(listen)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -56,7 +66,7 @@ func Registry(t testing.TB, opts registry.Options) (string, *registry.Server) {
 		cancel()
 		<-done
 	})
-	return addr.String(), srv
+	return addr, srv
 }
 
 // Docker requires a reachable Docker Engine (DOCKER_HOST or the default

@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -168,26 +167,7 @@ func tail(s string, n int) string {
 // the PORT; the registry stops when the test ends.
 func WorkerRegistry(t testing.TB, opts registry.Options) (string, *registry.Server) {
 	t.Helper()
-	if opts.DataDir == "" {
-		opts.DataDir = t.TempDir()
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := registry.New(ctx, opts)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	addr, err := srv.Listen("0.0.0.0:0")
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	addr, srv := startRegistry(t, opts, "0.0.0.0:0")
 	_, port, err := net.SplitHostPort(addr.String())
 	if err != nil {
 		t.Fatal(err)
