@@ -1,19 +1,15 @@
 package registry_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/xml"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -75,12 +71,12 @@ var conformanceEnv = []string{
 // sha512).
 func TestConformance(t *testing.T) {
 	suite := conformanceBinary(t)
-	addr := serveLabreg(t)
+	addr := testenv.Serve(t, "").Addr
 
 	results := filepath.Join(t.TempDir(), "results")
 	cmd := exec.CommandContext(t.Context(), suite)
 	cmd.Dir = t.TempDir() // no oci-conformance.yaml there
-	cmd.Env = append(confEnvWithout(os.Environ(), "OCI_"), conformanceEnv...)
+	cmd.Env = append(testenv.EnvWithout("OCI_"), conformanceEnv...)
 	cmd.Env = append(cmd.Env, "OCI_REGISTRY="+addr, "OCI_RESULTS_DIR="+results)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -112,65 +108,6 @@ func TestConformance(t *testing.T) {
 		t.Errorf("suite ran %d tests, %d test cases passed; expected over 800 and 600\n%s",
 			rep.Tests, counts["passed"], confTail(out.String(), 4000))
 	}
-}
-
-// serveLabreg starts `labreg serve` with default settings (only the
-// listen address, data dir and no web UI chosen) and returns HOST:PORT.
-func serveLabreg(t *testing.T) string {
-	t.Helper()
-	bin := testenv.BuildLabreg(t)
-	data := t.TempDir()
-	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--ui-listen", "", "--data", data)
-	cmd.Env = confEnvWithout(os.Environ(), "LABREG_")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr confLog
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting labreg serve: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			t.Errorf("labreg serve did not stop within 20s of SIGINT")
-		}
-		if t.Failed() {
-			t.Logf("labreg serve stderr (tail):\n%s", confTail(stderr.String(), 6000))
-		}
-	})
-	line := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case line <- sc.Text():
-			default:
-			}
-		}
-	}()
-	re := regexp.MustCompile(`registry on https?://(\S+)`)
-	select {
-	case l := <-line:
-		m := re.FindStringSubmatch(l)
-		if m == nil {
-			t.Fatalf("labreg serve printed %q, not where it listens", l)
-		}
-		testenv.WaitHTTP(t, "http://"+m[1]+"/v2/", 10*time.Second)
-		return m[1]
-	case err := <-exited:
-		t.Fatalf("labreg serve exited: %v\n%s", err, stderr.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("labreg serve printed nothing in 30s\n%s", stderr.String())
-	}
-	return ""
 }
 
 // conformanceBinary builds the pinned conformance suite in a throwaway
@@ -261,39 +198,9 @@ func readJUnit(path string) (*junitReport, error) {
 	return &r, nil
 }
 
-// confEnvWithout drops the variables starting with prefix.
-func confEnvWithout(env []string, prefix string) []string {
-	out := env[:0:0]
-	for _, kv := range env {
-		if !strings.HasPrefix(kv, prefix) {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
 func confTail(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
 	return "…" + s[len(s)-n:]
 }
-
-type confLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *confLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *confLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-var _ io.Writer = (*confLog)(nil)

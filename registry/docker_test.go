@@ -1,75 +1,21 @@
 package registry_test
 
 import (
-	"archive/tar"
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
 )
-
-// busyboxImage is a runnable image made from the host's static busybox:
-// /bin/busybox plus a /bin/sh link, Cmd ["/bin/busybox", "echo", msg].
-func busyboxImage(t *testing.T, msg string) v1.Image {
-	t.Helper()
-	bb, err := os.ReadFile("/bin/busybox")
-	testenv.Require(t, "/bin/busybox", err == nil, "apt-get install busybox-static")
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, h := range []*tar.Header{
-		{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(bb))},
-		{Name: "bin/sh", Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777},
-	} {
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			tw.Write(bb)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(buf.Bytes())), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Config.Cmd = []string{"/bin/busybox", "echo", msg}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
 
 // TestDockerPushPullRun has the real Docker Engine push an image to an
 // in-process labreg registry on 127.0.0.1, forget it, pull it back and run it.
@@ -85,7 +31,7 @@ func TestDockerPushPullRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img := busyboxImage(t, msg)
+	img := testenv.BusyboxImage(t, nil, func(c *v1.Config) { c.Cmd = []string{"/bin/busybox", "echo", msg} })
 	tarPath := filepath.Join(t.TempDir(), "image.tar")
 	if err := tarball.WriteToFile(tarPath, ref, img); err != nil {
 		t.Fatal(err)

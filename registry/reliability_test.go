@@ -1,7 +1,6 @@
 package registry_test
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,105 +29,6 @@ import (
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
 )
-
-// relServer is one `labreg serve` subprocess.
-type relServer struct {
-	addr   string
-	cmd    *exec.Cmd
-	exited chan error
-	stderr *relBuffer
-}
-
-// relBuffer is a goroutine-safe bytes.Buffer for a subprocess's stderr.
-type relBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *relBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *relBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// relEnv is the environment without LABREG_* settings from the caller.
-func relEnv() []string {
-	var env []string
-	for _, e := range os.Environ() {
-		if !strings.HasPrefix(e, "LABREG_") {
-			env = append(env, e)
-		}
-	}
-	return env
-}
-
-// relServe starts `labreg serve` on data and waits until /v2/ answers.
-// The process is killed when the test ends if it still runs.
-func relServe(t *testing.T, data string, args ...string) *relServer {
-	t.Helper()
-	bin := testenv.BuildLabreg(t)
-	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--ui-listen", "", "--data", data}, args...)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = relEnv()
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &relServer{cmd: cmd, exited: make(chan error, 1), stderr: &relBuffer{}}
-	cmd.Stderr = s.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting labreg serve: %v", err)
-	}
-	go func() { s.exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("labreg serve stderr:\n%s", s.stderr.String())
-		}
-	})
-	line := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case line <- sc.Text():
-			default:
-			}
-		}
-	}()
-	select {
-	case l := <-line:
-		m := regexp.MustCompile(`registry on https?://(\S+)`).FindStringSubmatch(l)
-		if m == nil {
-			t.Fatalf("labreg serve printed %q, not where it listens", l)
-		}
-		s.addr = m[1]
-	case err := <-s.exited:
-		t.Fatalf("labreg serve exited: %v\n%s", err, s.stderr.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("labreg serve printed nothing in 30s\n%s", s.stderr.String())
-	}
-	testenv.WaitHTTP(t, "http://"+s.addr+"/v2/", 10*time.Second)
-	return s
-}
-
-// wait waits for the process to exit and returns its exit code.
-func (s *relServer) wait(t *testing.T, timeout time.Duration) int {
-	t.Helper()
-	select {
-	case <-s.exited:
-		return s.cmd.ProcessState.ExitCode()
-	case <-time.After(timeout):
-		t.Fatalf("labreg serve still running after %s", timeout)
-		return 0
-	}
-}
 
 // relStream is size bytes of deterministic pseudo-random data; seed picks
 // which.
@@ -247,7 +146,7 @@ func relCheckImage(t *testing.T, ref name.Reference, want v1.Hash) {
 // everything committed before is served intact and the upload can be redone.
 func TestKillDuringUpload(t *testing.T) {
 	data := t.TempDir()
-	srv := relServe(t, data)
+	srv := testenv.Serve(t, data)
 
 	// Committed before the crash: two images in two repositories.
 	committed := map[name.Reference]v1.Hash{}
@@ -256,7 +155,7 @@ func TestKillDuringUpload(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ref, _ := name.NewTag(fmt.Sprintf("%s/%s:v%d", srv.addr, repo, i), name.Insecure)
+		ref, _ := name.NewTag(fmt.Sprintf("%s/%s:v%d", srv.Addr, repo, i), name.Insecure)
 		if err := remote.Write(ref, img); err != nil {
 			t.Fatalf("pushing %s: %v", ref, err)
 		}
@@ -266,7 +165,7 @@ func TestKillDuringUpload(t *testing.T) {
 
 	const size = 256 << 20
 	dgst := relDigest(relStream(7, size))
-	u := relUpload(t, srv.addr, "crash/big")
+	u := relUpload(t, srv.Addr, "crash/big")
 	pr, pw := io.Pipe()
 	patched := make(chan error, 1)
 	go func() {
@@ -291,20 +190,20 @@ func TestKillDuringUpload(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := srv.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	srv.wait(t, 10*time.Second)
+	srv.Wait(t, 10*time.Second)
 	pw.CloseWithError(io.ErrClosedPipe)
 	t.Logf("the client saw: %v", <-patched)
 
-	srv = relServe(t, data)
+	srv = testenv.Serve(t, data)
 	for ref, want := range committed {
-		ref, _ := name.NewTag(srv.addr+"/"+ref.Context().RepositoryStr()+":"+ref.Identifier(), name.Insecure)
+		ref, _ := name.NewTag(srv.Addr+"/"+ref.Context().RepositoryStr()+":"+ref.Identifier(), name.Insecure)
 		relCheckImage(t, ref, want)
 	}
-	relPushBlob(t, srv.addr, "crash/big", relStream(7, size), dgst)
-	if got := relBlobDigest(t, srv.addr, "crash/big", dgst); got != dgst {
+	relPushBlob(t, srv.Addr, "crash/big", relStream(7, size), dgst)
+	if got := relBlobDigest(t, srv.Addr, "crash/big", dgst); got != dgst {
 		t.Errorf("re-uploaded blob reads back as %s, want %s", got, dgst)
 	}
 }
@@ -402,10 +301,10 @@ func mustRandomImage(t *testing.T) v1.Image {
 // request completes, then the server exits 0.
 func TestGracefulShutdown(t *testing.T) {
 	data := t.TempDir()
-	srv := relServe(t, data, "--drain-timeout", "20s")
+	srv := testenv.Serve(t, data, "--drain-timeout", "20s")
 	const size = 8 << 20
 	dgst := relDigest(relStream(3, size))
-	u := relUpload(t, srv.addr, "drain/blob")
+	u := relUpload(t, srv.Addr, "drain/blob")
 
 	pr, pw := io.Pipe()
 	type result struct {
@@ -422,13 +321,13 @@ func TestGracefulShutdown(t *testing.T) {
 	if _, err := io.CopyN(pw, src, size/2); err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := srv.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	// Draining: the listener is closed, so new connections fail, while
 	// the PATCH above is still in flight.
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		c, err := net.DialTimeout("tcp", srv.addr, time.Second)
+		c, err := net.DialTimeout("tcp", srv.Addr, time.Second)
 		if err != nil {
 			break
 		}
@@ -450,12 +349,12 @@ func TestGracefulShutdown(t *testing.T) {
 	if r.resp.StatusCode != http.StatusAccepted || r.resp.Header.Get("Range") != fmt.Sprintf("0-%d", size-1) {
 		t.Errorf("in-flight PATCH after SIGTERM: %s, Range %q; want 202, 0-%d", r.resp.Status, r.resp.Header.Get("Range"), size-1)
 	}
-	if code := srv.wait(t, 20*time.Second); code != 0 {
+	if code := srv.Wait(t, 20*time.Second); code != 0 {
 		t.Errorf("labreg serve exited %d after SIGTERM, want 0", code)
 	}
 	// The data made it to disk: a restarted server completes the upload.
-	srv = relServe(t, data)
-	loc := relResolve(t, srv.addr, r.resp.Header.Get("Location"), url.Values{"digest": {dgst}})
+	srv = testenv.Serve(t, data)
+	loc := relResolve(t, srv.Addr, r.resp.Header.Get("Location"), url.Values{"digest": {dgst}})
 	req, _ := http.NewRequest(http.MethodPut, loc, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -465,7 +364,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("completing the drained upload after restart: %s", resp.Status)
 	}
-	if got := relBlobDigest(t, srv.addr, "drain/blob", dgst); got != dgst {
+	if got := relBlobDigest(t, srv.Addr, "drain/blob", dgst); got != dgst {
 		t.Errorf("blob reads back as %s, want %s", got, dgst)
 	}
 }
@@ -504,7 +403,7 @@ func TestServeStartupErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cmd := exec.Command(bin, append([]string{"serve", "--ui-listen", ""}, tt.args...)...)
-			cmd.Env = relEnv()
+			cmd.Env = testenv.EnvWithout("LABREG_")
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			done := make(chan error, 1)

@@ -40,6 +40,18 @@ func (b *Buffer) Reset() {
 	b.b.Reset()
 }
 
+// EnvWithout is this process's environment without the variables whose
+// names start with prefix.
+func EnvWithout(prefix string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, prefix) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
 // ServeProcess is one `labreg serve` subprocess started by Serve.
 type ServeProcess struct {
 	Addr string // where the registry listens, HOST:PORT
@@ -68,11 +80,7 @@ func Serve(t testing.TB, data string, args ...string) *ServeProcess {
 	}
 	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--ui-listen", "", "--data", data}, args...)
 	cmd := exec.Command(bin, args...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "LABREG_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
+	cmd.Env = EnvWithout("LABREG_")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
