@@ -11,12 +11,19 @@ build:
 	$(GO) build -o $(BIN) ./cmd/labreg
 
 # The main job: start the registry (and UI), build the example images
-# (images/) into it, and keep serving until Ctrl-C. LABREG_* variables
+# (images/) into it, deploy the lab's myhttpd service where this node is a
+# swarm manager that trusts the registry (labreg doctor), and keep serving
+# until Ctrl-C. LABREG_* variables
 # (LABREG_LISTEN, LABREG_REGISTRY, ...) configure both commands.
 up: build
 	@$(BIN) serve --data $(DATA) & serve=$$!; \
 	trap 'kill $$serve 2>/dev/null; wait $$serve' INT TERM; \
 	$(BIN) build --wait 60s images/ || { kill $$serve; wait $$serve; exit 1; }; \
+	if $(BIN) doctor >/dev/null 2>&1; then \
+	  $(BIN) deploy -f deploy/examples/myhttpd.yaml || { kill $$serve; wait $$serve; exit 1; }; \
+	else \
+	  echo "labreg: not deploying: this node is not a swarm manager that trusts the registry (see: $(BIN) doctor)" >&2; \
+	fi; \
 	echo "labreg: example images built; registry still serving (Ctrl-C stops it)" >&2; \
 	wait $$serve
 

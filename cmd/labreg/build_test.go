@@ -229,7 +229,8 @@ func freshClone(t *testing.T) string {
 
 // TestMakeUpBuildsServableExampleImages is the README's main command on a
 // fresh clone: `make up` starts the registry, builds images/ into it and
-// keeps serving; the Docker Engine pulls and runs every example image and
+// keeps serving, and on a swarm manager deploys myhttpd:blue; the Docker
+// Engine pulls and runs every example image and
 // each serves its page on port 80. A second `labreg build images/` gives
 // the same digests and uploads nothing.
 func TestMakeUpBuildsServableExampleImages(t *testing.T) {
@@ -277,7 +278,7 @@ func TestMakeUpBuildsServableExampleImages(t *testing.T) {
 			t.Fatalf("make up did not build 5 images in 5m\nstdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
 		}
 		for _, l := range strings.Split(stdout.String(), "\n") {
-			if ref, dg, ok := strings.Cut(l, "@"); ok && strings.HasPrefix(ref, reg+"/") {
+			if ref, dg, ok := strings.Cut(l, "@"); ok && strings.HasPrefix(ref, reg+"/") && !strings.Contains(dg, "\t") {
 				digests[strings.TrimPrefix(ref, reg+"/")] = dg
 			}
 		}
@@ -285,7 +286,39 @@ func TestMakeUpBuildsServableExampleImages(t *testing.T) {
 	if _, ok := digests["webserver:1"]; !ok {
 		t.Errorf("make up did not build the base image webserver:1: %v", digests)
 	}
-	// Still serving after the build.
+	// Where this engine is a swarm manager that trusts the registry (here:
+	// 127.0.0.1), make up also deploys the lab's myhttpd service at blue.
+	swarm := exec.Command(docker, "info", "--format", "{{.Swarm.ControlAvailable}}")
+	isManager, _ := swarm.Output()
+	if strings.TrimSpace(string(isManager)) == "true" {
+		t.Cleanup(func() { exec.Command(docker, "service", "rm", "myhttpd").Run() })
+	}
+	for !strings.Contains(stderr.String(), "registry still serving") {
+		select {
+		case err := <-exited:
+			t.Fatalf("make up exited (%v) after building\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("make up did not finish its deploy step in 5m\nstdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		}
+	}
+	if strings.TrimSpace(string(isManager)) == "true" {
+		var deployed string
+		for _, l := range strings.Split(stdout.String(), "\n") {
+			if strings.HasPrefix(l, "myhttpd\t") {
+				deployed = l
+			}
+		}
+		if !strings.Contains(deployed, reg+"/myhttpd:blue@"+digests["myhttpd:blue"]) {
+			t.Errorf("make up on a swarm manager did not deploy myhttpd:blue (%s); stdout:\n%s", digests["myhttpd:blue"], stdout.String())
+		}
+		out, err := exec.Command(docker, "service", "inspect", "myhttpd", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), digests["myhttpd:blue"]) {
+			t.Errorf("service myhttpd runs %q (%v), want the blue digest %s", out, err, digests["myhttpd:blue"])
+		}
+	}
+	// Still serving after the build (and deploy).
 	time.Sleep(300 * time.Millisecond)
 	select {
 	case err := <-exited:
