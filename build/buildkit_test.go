@@ -12,96 +12,51 @@ import (
 	"runtime"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/docker/cli/cli/config/configfile"
 	clitypes "github.com/docker/cli/cli/config/types"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"github.com/google/go-containerregistry/pkg/v1/types"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/labreg/labreg/build"
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
 )
 
-// pushBusybox pushes a runnable busybox image (Debian's static
-// /bin/busybox with /bin/sh etc. linked to it) to reg as busybox:test and
-// returns its reference.
+// pushBusybox pushes a runnable busybox image (testenv.BusyboxImage,
+// Cmd ["sh"]) to reg as busybox:test and returns its reference.
 func pushBusybox(t testing.TB, reg string, opts ...remote.Option) string {
 	t.Helper()
-	bin, err := os.ReadFile("/bin/busybox")
-	testenv.Require(t, "busybox", err == nil, "no /bin/busybox (apt-get install busybox-static)")
-
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	mtime := time.Unix(0, 0)
-	for _, d := range []string{"bin/", "etc/", "tmp/"} {
-		mode := int64(0o755)
-		if d == "tmp/" {
-			mode = 0o1777
-		}
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: mode, ModTime: mtime}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755, Size: int64(len(bin)), ModTime: mtime}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tw.Write(bin); err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range []string{"sh", "cat", "echo", "ls", "false", "true", "test", "mkdir"} {
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + l, Linkname: "busybox", Mode: 0o777, ModTime: mtime}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	data := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(data)), nil
-	}, tarball.WithMediaType(types.OCILayer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.Append(mutate.MediaType(empty.Image, types.OCIManifestSchema1), mutate.Addendum{
-		Layer:   layer,
-		History: v1.History{CreatedBy: "busybox-static from the test", Created: v1.Time{Time: mtime}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", runtime.GOARCH
-	cf.Created = v1.Time{Time: mtime}
-	cf.Config.Env = []string{"PATH=/bin"}
-	cf.Config.Cmd = []string{"sh"}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
 	ref := reg + "/busybox:test"
-	tag, err := name.NewTag(ref, name.Insecure)
+	testenv.Push(t, ref, testenv.BusyboxImage(t, nil, func(c *v1.Config) { c.Cmd = []string{"sh"} }), opts...)
+	return ref
+}
+
+// openWithBase opens a BuildKit with open (closed when the test ends),
+// starts a registry and pushes the busybox base to it; it returns the
+// BuildKit, the registry's HOST:PORT and the base's reference.
+func openWithBase(t *testing.T, open func(*testing.T, io.Writer, ...build.BuildKitOption) *build.BuildKit, progress io.Writer) (*build.BuildKit, string, string) {
+	t.Helper()
+	bk := open(t, progress)
+	reg, _ := testenv.Registry(t, registry.Options{})
+	return bk, reg, pushBusybox(t, reg)
+}
+
+// assertNoTags fails the test when repo (HOST:PORT/NAME) has tags: what
+// (a build that should not push) pushed.
+func assertNoTags(t *testing.T, repo, what string) {
+	t.Helper()
+	r, err := name.NewRepository(repo, name.Insecure)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(tag, img, opts...); err != nil {
-		t.Fatalf("pushing the busybox base: %v", err)
+	if tags, err := remote.List(r); err == nil && len(tags) > 0 {
+		t.Errorf("%s pushed tags %v", what, tags)
 	}
-	return ref
 }
 
 // imageFile returns the content of path in img's flattened filesystem.
@@ -159,8 +114,9 @@ func imageDir(t *testing.T, dockerfile string) string {
 	return dir
 }
 
-// engines are the two ways to reach BuildKit, each skipped (or failed
-// under LABREG_E2E=1) when its daemon is missing.
+// engines are the two ways to reach BuildKit, each closed when the test
+// ends and skipped (or failed under LABREG_E2E=1) when its daemon is
+// missing.
 var engines = []struct {
 	name string
 	open func(t *testing.T, progress io.Writer, opts ...build.BuildKitOption) *build.BuildKit
@@ -171,6 +127,7 @@ var engines = []struct {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { bk.Close() })
 		if strings.HasPrefix(bk.Addr(), build.DockerAddr) {
 			t.Fatalf("NewBuildKit(%q) fell back to %s", addr, bk.Addr())
 		}
@@ -182,6 +139,7 @@ var engines = []struct {
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { bk.Close() })
 		return bk
 	}},
 }
@@ -191,10 +149,7 @@ func TestBuildKitRun(t *testing.T) {
 		t.Run(e.name, func(t *testing.T) {
 			t.Parallel()
 			var progress bytes.Buffer
-			bk := e.open(t, &progress)
-			t.Cleanup(func() { bk.Close() })
-			reg, _ := testenv.Registry(t, registry.Options{})
-			base := pushBusybox(t, reg)
+			bk, reg, base := openWithBase(t, e.open, &progress)
 
 			ctx := context.Background()
 			dir := imageDir(t, "FROM "+base+"\n"+
@@ -266,10 +221,7 @@ func TestBuildKitErrors(t *testing.T) {
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
 			t.Parallel()
-			bk := e.open(t, io.Discard)
-			t.Cleanup(func() { bk.Close() })
-			reg, _ := testenv.Registry(t, registry.Options{})
-			base := pushBusybox(t, reg)
+			bk, reg, base := openWithBase(t, e.open, io.Discard)
 
 			tests := []struct {
 				name       string
@@ -310,13 +262,7 @@ func TestBuildKitErrors(t *testing.T) {
 						t.Errorf("error %q carries gRPC noise", err)
 					}
 					// Nothing was pushed.
-					r, err := name.NewRepository(repo, name.Insecure)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if tags, err := remote.List(r); err == nil && len(tags) > 0 {
-						t.Errorf("failed build pushed tags %v", tags)
-					}
+					assertNoTags(t, repo, "failed build")
 				})
 			}
 		})
@@ -327,10 +273,7 @@ func TestBuildKitLayout(t *testing.T) {
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
 			t.Parallel()
-			bk := e.open(t, io.Discard)
-			t.Cleanup(func() { bk.Close() })
-			reg, _ := testenv.Registry(t, registry.Options{})
-			base := pushBusybox(t, reg)
+			bk, reg, base := openWithBase(t, e.open, io.Discard)
 			dir := imageDir(t, "FROM "+base+"\nRUN echo offline > /note.txt\n")
 			out := filepath.Join(t.TempDir(), "oci")
 			ref := reg + "/layout/note:1"
@@ -354,13 +297,7 @@ func TestBuildKitLayout(t *testing.T) {
 			if got, ok := imageFile(t, img, "note.txt"); !ok || got != "offline\n" {
 				t.Errorf("/note.txt = %q (found %v), want %q", got, ok, "offline\n")
 			}
-			r, err := name.NewRepository(reg+"/layout/note", name.Insecure)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tags, err := remote.List(r); err == nil && len(tags) > 0 {
-				t.Errorf("a no-push build pushed tags %v", tags)
-			}
+			assertNoTags(t, reg+"/layout/note", "a no-push build")
 		})
 	}
 }
@@ -370,14 +307,7 @@ func TestBuildKitLayout(t *testing.T) {
 // config, and fails clearly without them.
 func TestBuildKitAuth(t *testing.T) {
 	const user, pass = "lab", "s3cret-pass"
-	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	htpasswd := testenv.Htpasswd(t, user, pass)
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
 			t.Parallel()
@@ -388,7 +318,6 @@ func TestBuildKitAuth(t *testing.T) {
 			cfg := configfile.New(filepath.Join(t.TempDir(), "config.json"))
 			cfg.AuthConfigs[reg] = clitypes.AuthConfig{Username: user, Password: pass, ServerAddress: reg}
 			bk := e.open(t, io.Discard, build.WithDockerConfig(cfg))
-			t.Cleanup(func() { bk.Close() })
 			ref := reg + "/private/app:1"
 			removeFromEngine(t, e.name, ref)
 			removeFromEngine(t, e.name, reg+"/private/anon:1")
@@ -409,7 +338,6 @@ func TestBuildKitAuth(t *testing.T) {
 			}
 
 			anon := e.open(t, io.Discard, build.WithDockerConfig(configfile.New(filepath.Join(t.TempDir(), "config.json"))))
-			t.Cleanup(func() { anon.Close() })
 			_, err = anon.Build(context.Background(), build.Target{Context: dir, Ref: reg + "/private/anon:1", Push: true, Insecure: true})
 			if err == nil {
 				t.Fatal("Build without credentials succeeded on a registry with auth")
@@ -432,10 +360,7 @@ func TestBuildKitLayoutArchive(t *testing.T) {
 	for _, e := range engines {
 		t.Run(e.name, func(t *testing.T) {
 			t.Parallel()
-			bk := e.open(t, io.Discard)
-			t.Cleanup(func() { bk.Close() })
-			reg, _ := testenv.Registry(t, registry.Options{})
-			base := pushBusybox(t, reg)
+			bk, reg, base := openWithBase(t, e.open, io.Discard)
 			dir := imageDir(t, "FROM "+base+"\nRUN echo archived > /note.txt\n")
 			out := filepath.Join(t.TempDir(), "image.tar")
 			ref := reg + "/layout/archive:1"
@@ -675,13 +600,7 @@ func TestBuildKitCLI(t *testing.T) {
 			if want := filepath.Join("images", "broken", "1.0", "Dockerfile") + ":4: RUN"; !strings.Contains(stderr, want) {
 				t.Errorf("stderr does not name %s:\n%s", want, stderr)
 			}
-			r, err := name.NewRepository(reg+"/broken", name.Insecure)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if tags, err := remote.List(r); err == nil && len(tags) > 0 {
-				t.Errorf("failed build pushed tags %v", tags)
-			}
+			assertNoTags(t, reg+"/broken", "failed build")
 		})
 	}
 }

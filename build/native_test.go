@@ -5,11 +5,9 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -33,20 +31,6 @@ func newTestNative(t *testing.T) *Native {
 		t.Fatal(err)
 	}
 	return n
-}
-
-func catalog(t *testing.T, addr string) []string {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/v2/_catalog")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var c struct{ Repositories []string }
-	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
-		t.Fatal(err)
-	}
-	return c.Repositories
 }
 
 func tarGz(t *testing.T, files map[string]string) string {
@@ -279,7 +263,7 @@ func TestBuilderPushesNothingWhenOneDockerfileIsBad(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `Dockerfile:2: COPY: source "nope.txt" not found in build context`) {
 		t.Fatalf("err = %v, want the bad COPY named", err)
 	}
-	if got := catalog(t, addr); len(got) != 0 {
+	if got := testenv.Catalog(t, addr); len(got) != 0 {
 		t.Fatalf("registry has %v after a failed build, want nothing", got)
 	}
 }
