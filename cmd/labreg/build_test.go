@@ -237,6 +237,13 @@ func TestMakeUpBuildsServableExampleImages(t *testing.T) {
 	docker := testenv.Docker(t)
 	testenv.Tool(t, "make", "apt-get install make")
 	testenv.Tool(t, "go", "install Go")
+	// On a swarm manager make up deploys myhttpd (no constraints): keep
+	// other packages' extra worker nodes out meanwhile.
+	isManager, _ := exec.Command(docker, "info", "--format", "{{.Swarm.ControlAvailable}}").Output()
+	if strings.TrimSpace(string(isManager)) == "true" {
+		testenv.SwarmServices(t)
+		t.Cleanup(func() { exec.Command(docker, "service", "rm", "myhttpd").Run() })
+	}
 	clone := freshClone(t)
 	reg := freeAddr(t)
 	env := append(os.Environ(),
@@ -288,11 +295,6 @@ func TestMakeUpBuildsServableExampleImages(t *testing.T) {
 	}
 	// Where this engine is a swarm manager that trusts the registry (here:
 	// 127.0.0.1), make up also deploys the lab's myhttpd service at blue.
-	swarm := exec.Command(docker, "info", "--format", "{{.Swarm.ControlAvailable}}")
-	isManager, _ := swarm.Output()
-	if strings.TrimSpace(string(isManager)) == "true" {
-		t.Cleanup(func() { exec.Command(docker, "service", "rm", "myhttpd").Run() })
-	}
 	for !strings.Contains(stderr.String(), "registry still serving") {
 		select {
 		case err := <-exited:

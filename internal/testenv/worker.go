@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,9 +38,11 @@ const WorkerSubnet = "10.213.0.0/16"
 //
 // Use it only in tests that run alone against the swarm (no t.Parallel):
 // while it is joined, the scheduler may place any service's tasks on it.
+// Other test binaries' SwarmServices wait until it has left.
 func Worker(t testing.TB, name string) *Node {
 	t.Helper()
 	docker := Swarm(t)
+	lockSwarm(t, syscall.LOCK_EX) // no unconstrained services while joined (see SwarmServices)
 	for _, tool := range []string{"ip", "nsenter", "unshare", "dockerd"} {
 		Tool(t, tool, "apt-get install iproute2 util-linux docker.io")
 	}
