@@ -16,7 +16,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
@@ -42,15 +41,6 @@ func catImage(t testing.TB, size int64) v1.Image {
 	return img
 }
 
-func catPush(t testing.TB, ref string, img v1.Image) v1.Hash {
-	t.Helper()
-	if err := remote.Write(catRef(t, ref), img); err != nil {
-		t.Fatalf("pushing %s: %v", ref, err)
-	}
-	d, _ := img.Digest()
-	return d
-}
-
 // blobsSize is what a GC frees when img's manifest is gone and nothing
 // else shares its blobs: config, layers and the manifest itself.
 func blobsSize(t testing.TB, img v1.Image) int64 {
@@ -61,44 +51,6 @@ func blobsSize(t testing.TB, img v1.Image) int64 {
 		n += l.Size
 	}
 	return n
-}
-
-type catRaw struct {
-	raw []byte
-	mt  types.MediaType
-}
-
-func (r catRaw) RawManifest() ([]byte, error)        { return r.raw, nil }
-func (r catRaw) MediaType() (types.MediaType, error) { return r.mt, nil }
-
-// catReferrer pushes an untagged artifact whose subject is subj.
-func catReferrer(t testing.TB, repo string, subj v1.Image) (v1.Hash, int64) {
-	t.Helper()
-	r, _ := name.NewRepository(repo, name.Insecure)
-	cfg := static.NewLayer([]byte("{}"), "application/vnd.oci.empty.v1+json")
-	sig := static.NewLayer([]byte("signature-"+repo), "application/vnd.dev.cosign.simplesigning.v1+json")
-	for _, l := range []v1.Layer{cfg, sig} {
-		if err := remote.WriteLayer(r, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cd, _ := cfg.Digest()
-	sd, _ := sig.Digest()
-	ss, _ := sig.Size()
-	sdg, _ := subj.Digest()
-	ssz, _ := subj.Size()
-	smt, _ := subj.MediaType()
-	raw, _ := json.Marshal(map[string]any{
-		"schemaVersion": 2, "mediaType": string(types.OCIManifestSchema1), "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
-		"config":  map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": cd.String(), "size": 2},
-		"layers":  []any{map[string]any{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": sd.String(), "size": ss}},
-		"subject": map[string]any{"mediaType": string(smt), "digest": sdg.String(), "size": ssz},
-	})
-	h, _, _ := v1.SHA256(strings.NewReader(string(raw)))
-	if err := remote.Put(r.Digest(h.String()), catRaw{raw, types.OCIManifestSchema1}); err != nil {
-		t.Fatalf("pushing referrer: %v", err)
-	}
-	return h, 2 + ss + int64(len(raw))
 }
 
 // pullable fetches the manifest and every blob of ref.
@@ -165,8 +117,9 @@ func TestGC(t *testing.T) {
 			addr, srv := testenv.Registry(t, registry.Options{})
 			ctx := context.Background()
 			a := catImage(t, 3000)
-			catPush(t, addr+"/gc/app:a", a)
-			sig, _ := catReferrer(t, addr+"/gc/app", a)
+			testenv.Push(t, addr+"/gc/app:a", a)
+			sig, _ := testenv.PushReferrer(t, addr+"/gc/app", a, "application/vnd.dev.cosign.artifact.sig.v1+json",
+				"application/vnd.dev.cosign.simplesigning.v1+json", []byte("signature-"+addr+"/gc/app"))
 			idx, err := random.Index(1000, 1, 2)
 			if err != nil {
 				t.Fatal(err)
@@ -176,14 +129,14 @@ func TestGC(t *testing.T) {
 			}
 			u := catImage(t, 4000)
 			ud, _ := u.Digest()
-			catPush(t, addr+"/gc/app@"+ud.String(), u)
+			testenv.Push(t, addr+"/gc/app@"+ud.String(), u)
 			doomed := catImage(t, 5000)
-			dd := catPush(t, addr+"/gc/app:doomed", doomed)
+			dd := testenv.Push(t, addr+"/gc/app:doomed", doomed)
 			if err := remote.Delete(catRef(t, addr+"/gc/app@"+dd.String())); err != nil {
 				t.Fatal(err)
 			}
 			e := catImage(t, 600)
-			catPush(t, addr+"/gc/empty:x", e)
+			testenv.Push(t, addr+"/gc/empty:x", e)
 			if _, err := srv.Catalog().DeleteTag(ctx, "gc/empty", "x"); err != nil {
 				t.Fatal(err)
 			}
@@ -249,7 +202,7 @@ func TestGC(t *testing.T) {
 func TestReadOnlyGate(t *testing.T) {
 	addr, srv := testenv.Registry(t, registry.Options{})
 	img := catImage(t, 100)
-	catPush(t, addr+"/gate/x:1", img)
+	testenv.Push(t, addr+"/gate/x:1", img)
 	resume, err := srv.ReadOnly(context.Background(), "garbage collection")
 	if err != nil {
 		t.Fatal(err)
@@ -289,7 +242,7 @@ func TestReadOnlyGate(t *testing.T) {
 		t.Error("UI delete went through while read-only")
 	}
 	resume()
-	catPush(t, addr+"/gate/x:2", catImage(t, 100))
+	testenv.Push(t, addr+"/gate/x:2", catImage(t, 100))
 }
 
 func TestCatalogFollowsTheRegistry(t *testing.T) {
@@ -301,9 +254,9 @@ func TestCatalogFollowsTheRegistry(t *testing.T) {
 	}
 	img := catImage(t, 2000)
 	keep := catImage(t, 1500)
-	catPush(t, addr+"/follow/keep:1", keep)
-	d := catPush(t, addr+"/follow/me:1.0", img)
-	catPush(t, addr+"/follow/me:latest", img)
+	testenv.Push(t, addr+"/follow/keep:1", keep)
+	d := testenv.Push(t, addr+"/follow/me:1.0", img)
+	testenv.Push(t, addr+"/follow/me:latest", img)
 	if err := pullable(t, addr+"/follow/me:latest"); err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +311,7 @@ func TestCatalogFollowsTheRegistry(t *testing.T) {
 func TestOfflineGCExcludesWrites(t *testing.T) {
 	dir := t.TempDir()
 	addr, _ := testenv.Registry(t, registry.Options{DataDir: dir})
-	catPush(t, addr+"/off/x:1", catImage(t, 100))
+	testenv.Push(t, addr+"/off/x:1", catImage(t, 100))
 	// An offline GC holds the data dir's lock exclusively meanwhile.
 	f, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
@@ -378,7 +331,7 @@ func TestOfflineGCExcludesWrites(t *testing.T) {
 		t.Errorf("push during offline GC: %d %s", resp.StatusCode, body)
 	}
 	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-	catPush(t, addr+"/off/x:2", catImage(t, 100))
+	testenv.Push(t, addr+"/off/x:2", catImage(t, 100))
 	res, err := registry.OfflineGC(context.Background(), dir, registry.GCOptions{}, nil)
 	if err != nil || len(res.Blobs) != 0 {
 		t.Errorf("offline GC beside an idle server: %+v %v", res, err)

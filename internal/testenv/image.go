@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/crypto/bcrypt"
@@ -195,4 +196,55 @@ func WriteFiles(t testing.TB, root string, files map[string]string) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// rawManifest is a manifest pushed as given.
+type rawManifest struct {
+	raw []byte
+	mt  types.MediaType
+}
+
+func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
+func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
+
+// PushReferrer pushes an untagged OCI artifact to repo (HOST:PORT/NAME)
+// whose subject is subj: an empty JSON config, one layer of layerType
+// holding content, and artifactType. It returns the artifact's manifest
+// digest and the bytes the registry stores for it (config, layer and
+// manifest).
+func PushReferrer(t testing.TB, repo string, subj v1.Image, artifactType, layerType string, content []byte) (v1.Hash, int64) {
+	t.Helper()
+	r, err := name.NewRepository(repo, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := static.NewLayer([]byte("{}"), "application/vnd.oci.empty.v1+json")
+	layer := static.NewLayer(content, types.MediaType(layerType))
+	for _, l := range []v1.Layer{cfg, layer} {
+		if err := remote.WriteLayer(r, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cd, _ := cfg.Digest()
+	ld, _ := layer.Digest()
+	sd, err := subj.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ssz, _ := subj.Size()
+	smt, _ := subj.MediaType()
+	raw, err := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": string(types.OCIManifestSchema1), "artifactType": artifactType,
+		"config":  map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": cd.String(), "size": 2},
+		"layers":  []any{map[string]any{"mediaType": layerType, "digest": ld.String(), "size": len(content)}},
+		"subject": map[string]any{"mediaType": string(smt), "digest": sd.String(), "size": ssz},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, _, _ := v1.SHA256(bytes.NewReader(raw))
+	if err := remote.Put(r.Digest(h.String()), rawManifest{raw, types.OCIManifestSchema1}); err != nil {
+		t.Fatalf("pushing referrer: %v", err)
+	}
+	return h, 2 + int64(len(content)) + int64(len(raw))
 }

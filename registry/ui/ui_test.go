@@ -21,7 +21,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/labreg/labreg/internal/testenv"
@@ -69,29 +68,21 @@ func image(t testing.TB, arch string, created time.Time, labels map[string]strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", arch
-	cf.Created = v1.Time{Time: created}
-	cf.Config = v1.Config{
-		Entrypoint: []string{"/bin/busybox"}, Cmd: []string{"httpd", "-f", "-p", "80"},
-		Env: []string{"PATH=/bin", "APP_MODE=lab"}, WorkingDir: "/www", User: "nobody",
-		ExposedPorts: map[string]struct{}{"80/tcp": {}}, Volumes: map[string]struct{}{"/data": {}},
-		Labels: labels,
-	}
-	cf.History = []v1.History{{CreatedBy: "/bin/sh -c #(nop) ENV APP_MODE=lab", EmptyLayer: true}}
-	for i := range layers {
-		cf.History = append(cf.History, v1.History{CreatedBy: fmt.Sprintf("/bin/sh -c make layer-%d", i+1)})
-	}
-	cf.History = append(cf.History, v1.History{CreatedBy: `/bin/sh -c #(nop)  CMD ["httpd" "-f" "-p" "80"]`, EmptyLayer: true})
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return testenv.WithConfig(t, img, func(cf *v1.ConfigFile) {
+		cf.OS, cf.Architecture = "linux", arch
+		cf.Created = v1.Time{Time: created}
+		cf.Config = v1.Config{
+			Entrypoint: []string{"/bin/busybox"}, Cmd: []string{"httpd", "-f", "-p", "80"},
+			Env: []string{"PATH=/bin", "APP_MODE=lab"}, WorkingDir: "/www", User: "nobody",
+			ExposedPorts: map[string]struct{}{"80/tcp": {}}, Volumes: map[string]struct{}{"/data": {}},
+			Labels: labels,
+		}
+		cf.History = []v1.History{{CreatedBy: "/bin/sh -c #(nop) ENV APP_MODE=lab", EmptyLayer: true}}
+		for i := range layers {
+			cf.History = append(cf.History, v1.History{CreatedBy: fmt.Sprintf("/bin/sh -c make layer-%d", i+1)})
+		}
+		cf.History = append(cf.History, v1.History{CreatedBy: `/bin/sh -c #(nop)  CMD ["httpd" "-f" "-p" "80"]`, EmptyLayer: true})
+	})
 }
 
 func imageSize(t testing.TB, img v1.Image) int64 {
@@ -104,58 +95,6 @@ func imageSize(t testing.TB, img v1.Image) int64 {
 		n += l.Size
 	}
 	return n
-}
-
-func push(t testing.TB, addr, ref string, img v1.Image) v1.Hash {
-	t.Helper()
-	r, err := name.ParseReference(addr+"/"+ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatalf("pushing %s: %v", ref, err)
-	}
-	d, _ := img.Digest()
-	return d
-}
-
-type rawManifest struct {
-	raw []byte
-	mt  types.MediaType
-}
-
-func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
-func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
-
-// pushReferrer pushes an SBOM-like artifact whose subject is subj.
-func pushReferrer(t testing.TB, addr, repo string, subj v1.Descriptor) v1.Hash {
-	t.Helper()
-	r, err := name.NewRepository(addr+"/"+repo, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := static.NewLayer([]byte("{}"), "application/vnd.oci.empty.v1+json")
-	sbom := static.NewLayer([]byte(`{"spdxVersion":"SPDX-2.3"}`), "application/spdx+json")
-	for _, l := range []v1.Layer{cfg, sbom} {
-		if err := remote.WriteLayer(r, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cd, _ := cfg.Digest()
-	sd, _ := sbom.Digest()
-	ss, _ := sbom.Size()
-	m := map[string]any{
-		"schemaVersion": 2, "mediaType": string(types.OCIManifestSchema1), "artifactType": "application/spdx+json",
-		"config":  map[string]any{"mediaType": "application/vnd.oci.empty.v1+json", "digest": cd.String(), "size": 2},
-		"layers":  []any{map[string]any{"mediaType": "application/spdx+json", "digest": sd.String(), "size": ss}},
-		"subject": map[string]any{"mediaType": string(subj.MediaType), "digest": subj.Digest.String(), "size": subj.Size},
-	}
-	raw, _ := json.Marshal(m)
-	h, _, _ := v1.SHA256(strings.NewReader(string(raw)))
-	if err := remote.Put(r.Digest(h.String()), rawManifest{raw, types.OCIManifestSchema1}); err != nil {
-		t.Fatalf("pushing referrer: %v", err)
-	}
-	return h
 }
 
 // browser starts headless Chromium and records every JavaScript dialog
@@ -260,12 +199,12 @@ func TestBrowser(t *testing.T) {
 
 	created := time.Date(2026, 3, 14, 9, 26, 0, 0, time.UTC)
 	app10 := image(t, "amd64", created, map[string]string{"org.opencontainers.image.title": "lab app"}, 3000, 5000)
-	d10 := push(t, f.addr, "lab/app:1.0", app10)
-	push(t, f.addr, "lab/app:latest", app10)
+	d10 := testenv.Push(t, f.addr+"/lab/app:1.0", app10)
+	testenv.Push(t, f.addr+"/lab/app:latest", app10)
 	app19 := image(t, "amd64", created.Add(-48*time.Hour), nil, 7000)
-	push(t, f.addr, "lab/app:1.9", app19)
+	testenv.Push(t, f.addr+"/lab/app:1.9", app19)
 	app110 := image(t, "amd64", created.Add(24*time.Hour), nil, 1000)
-	push(t, f.addr, "lab/app:1.10", app110)
+	testenv.Push(t, f.addr+"/lab/app:1.10", app110)
 	amd := image(t, "amd64", created, nil, 2000)
 	arm := image(t, "arm64", created, nil, 2500)
 	idx := mutate.AppendManifests(empty.Index,
@@ -276,9 +215,8 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	xss := image(t, "amd64", created, map[string]string{"evil": "<script>alert(1)</script>"}, 100)
-	push(t, f.addr, "lab/xss:1", xss)
-	desc, _ := partialDescriptor(app10)
-	sbom := pushReferrer(t, f.addr, "lab/app", desc)
+	testenv.Push(t, f.addr+"/lab/xss:1", xss)
+	sbom, _ := testenv.PushReferrer(t, f.addr+"/lab/app", app10, "application/spdx+json", "application/spdx+json", []byte(`{"spdxVersion":"SPDX-2.3"}`))
 
 	// Repositories.
 	repos := b.text(t, base+"/", "#repos")
@@ -413,16 +351,6 @@ func layerSize(t testing.TB, img v1.Image, i int) int64 {
 	return m.Layers[i].Size
 }
 
-func partialDescriptor(img v1.Image) (v1.Descriptor, error) {
-	d, err := img.Digest()
-	if err != nil {
-		return v1.Descriptor{}, err
-	}
-	n, _ := img.Size()
-	mt, _ := img.MediaType()
-	return v1.Descriptor{Digest: d, Size: n, MediaType: mt}, nil
-}
-
 func mustRef(t testing.TB, s string) name.Reference {
 	r, err := name.ParseReference(s, name.Insecure)
 	if err != nil {
@@ -437,8 +365,8 @@ func TestForms(t *testing.T) {
 	f := newFixture(t, false)
 	ro := newFixture(t, true)
 	img := image(t, "amd64", time.Now(), map[string]string{"x": "<script>alert(1)</script>"}, 100)
-	push(t, f.addr, "r/one:a", img)
-	push(t, ro.addr, "r/one:a", img)
+	testenv.Push(t, f.addr+"/r/one:a", img)
+	testenv.Push(t, ro.addr+"/r/one:a", img)
 
 	tests := []struct {
 		name   string
@@ -479,7 +407,7 @@ func TestForms(t *testing.T) {
 		t.Fatalf("tag deleted by a refused request: %v", err)
 	}
 	// The API deletes one tag; its twin on the same digest stays.
-	push(t, f.addr, "r/one:b", img)
+	testenv.Push(t, f.addr+"/r/one:b", img)
 	req, _ := http.NewRequest("DELETE", f.ui.URL+"/api/repositories/r/one/-/tags/b", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
