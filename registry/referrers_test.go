@@ -4,7 +4,6 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/crypto/bcrypt"
 )
 
 // rfPush PUTs a manifest (by digest when byDigest, else by tag "t") and
@@ -272,14 +270,7 @@ var ocispecVersioned = specs.Versioned{SchemaVersion: 2}
 // credentials as the rest of the registry.
 func TestReferrersAuth(t *testing.T) {
 	dir := t.TempDir()
-	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	htpasswd := filepath.Join(dir, "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(fmt.Sprintf("lab:%s\n", hash)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	htpasswd := testenv.Htpasswd(t, "lab", "s3cret")
 	addr, _ := testenv.Registry(t, registry.Options{DataDir: filepath.Join(dir, "data"), Htpasswd: htpasswd})
 	base := "http://" + addr
 	subject := digest.FromString("x")

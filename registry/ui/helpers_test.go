@@ -3,15 +3,12 @@ package ui
 import (
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
@@ -75,14 +72,7 @@ func TestSplitRestAndRedact(t *testing.T) {
 }
 
 func TestBasicAuth(t *testing.T) {
-	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "htpasswd")
-	if err := os.WriteFile(file, []byte("lab:"+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	file := testenv.Htpasswd(t, "lab", "s3cret")
 	_, srv := testenv.Registry(t, registry.Options{Htpasswd: file})
 	u, err := New(Options{Catalog: srv.Catalog(), History: srv.Events(), Htpasswd: file, DataDir: srv.DataDir()})
 	if err != nil {

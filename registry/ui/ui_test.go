@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -351,6 +352,21 @@ func layerSize(t testing.TB, img v1.Image, i int) int64 {
 	return m.Layers[i].Size
 }
 
+// getBody GETs url and returns the response body.
+func getBody(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading %s: %v", url, err)
+	}
+	return string(b)
+}
+
 func mustRef(t testing.TB, s string) name.Reference {
 	r, err := name.ParseReference(s, name.Insecure)
 	if err != nil {
@@ -434,35 +450,13 @@ func TestForms(t *testing.T) {
 		t.Errorf("API tags after the delete: %+v", page)
 	}
 	// The read-only UI shows no delete controls.
-	resp, err = http.Get(ro.ui.URL + "/r/r/one")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sb strings.Builder
-	buf := make([]byte, 1<<16)
-	for {
-		n, err := resp.Body.Read(buf)
-		sb.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	resp.Body.Close()
-	if strings.Contains(sb.String(), "delete-") || strings.Contains(sb.String(), "Delete") {
+	html := getBody(t, ro.ui.URL+"/r/r/one")
+	if strings.Contains(html, "delete-") || strings.Contains(html, "Delete") {
 		t.Errorf("read-only tags page offers deletes")
 	}
 	// Raw HTML escapes labels.
-	resp, _ = http.Get(f.ui.URL + "/r/r/one/-/tag/a")
-	sb.Reset()
-	for {
-		n, err := resp.Body.Read(buf)
-		sb.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	resp.Body.Close()
-	if strings.Contains(sb.String(), "<script>alert") || !strings.Contains(sb.String(), "&lt;script&gt;alert(1)&lt;/script&gt;") {
+	html = getBody(t, f.ui.URL+"/r/r/one/-/tag/a")
+	if strings.Contains(html, "<script>alert") || !strings.Contains(html, "&lt;script&gt;alert(1)&lt;/script&gt;") {
 		t.Errorf("label not escaped in HTML")
 	}
 }
