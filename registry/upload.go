@@ -202,6 +202,10 @@ func (fp *fastPath) commit(dir, dataPath, name, dgst string) error {
 		if err := os.Rename(dataPath, blob); err != nil {
 			return fmt.Errorf("committing blob %s: %w", dgst, err)
 		}
+		// The new name, and the directory made for it, must survive a crash too.
+		if err := syncDirs(filepath.Dir(blob), filepath.Dir(filepath.Dir(blob))); err != nil {
+			return fmt.Errorf("committing blob %s: %w", dgst, err)
+		}
 	} else if err != nil {
 		return fmt.Errorf("committing blob %s: %w", dgst, err)
 	}
@@ -209,8 +213,28 @@ func (fp *fastPath) commit(dir, dataPath, name, dgst string) error {
 	if err := putFile(link, []byte(dgst)); err != nil {
 		return fmt.Errorf("linking blob %s into %s: %w", dgst, name, err)
 	}
+	if err := syncDirs(filepath.Dir(link), filepath.Dir(filepath.Dir(link))); err != nil {
+		return fmt.Errorf("linking blob %s into %s: %w", dgst, name, err)
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("removing upload %s: %w", filepath.Base(dir), err)
+	}
+	return nil
+}
+
+// syncDirs fsyncs directories, so that names just created or renamed in
+// them are on disk before the client is told the blob is committed.
+func syncDirs(dirs ...string) error {
+	for _, d := range dirs {
+		f, err := os.Open(d)
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("syncing directory %s: %w", d, err)
+		}
 	}
 	return nil
 }
@@ -258,22 +282,76 @@ func putFile(p string, b []byte) error {
 	return err
 }
 
+var (
+	uploadBufSize = 1 << 20 // read, write and hash in 1 MiB pieces
+	uploadBufs    = 4       // pieces in flight between writer and hasher
+)
+
 const (
-	uploadBufSize  = 256 << 10 // read, write and hash in 256 KiB pieces (they stay in cache)
-	uploadBufs     = 4         // pieces in flight between writer and hasher
-	writebackChunk = 8 << 20   // start writeback every 8 MiB
+	writebackChunk = 8 << 20  // start writeback every 8 MiB
+	syncChunk      = 32 << 20 // and flush to stable storage every 32 MiB, in the background
 )
 
 var uploadBufPool = sync.Pool{New: func() any { b := make([]byte, uploadBufSize); return &b }}
 
+func getBuf() *[]byte {
+	for {
+		b := uploadBufPool.Get().(*[]byte)
+		if len(*b) == uploadBufSize {
+			return b
+		}
+	}
+}
+
+// flusher pushes written data towards the disk while an upload is still
+// arriving: it starts writeback every writebackChunk bytes and runs a
+// data sync in the background every syncChunk bytes (one at a time), so
+// that the fsync at the end finds little left to do.
+type flusher struct {
+	f        *os.File
+	started  int64 // writeback started up to here
+	synced   int64 // a background sync was started when the data reached here
+	inFlight chan struct{}
+}
+
+func newFlusher(f *os.File, off int64) *flusher {
+	return &flusher{f: f, started: off, synced: off, inFlight: make(chan struct{}, 1)}
+}
+
+// written reports that the file now holds data up to end.
+func (fl *flusher) written(end int64) {
+	if end-fl.started >= writebackChunk {
+		startWriteback(fl.f, fl.started, end-fl.started)
+		fl.started = end
+	}
+	if end-fl.synced >= syncChunk {
+		select {
+		case fl.inFlight <- struct{}{}:
+			fl.synced = end
+			go func() {
+				_ = dataSync(fl.f)
+				<-fl.inFlight
+			}()
+		default: // the last one is still running
+		}
+	}
+}
+
+// wait waits for a background sync in flight, so that the file can be
+// closed or synced.
+func (fl *flusher) wait() {
+	fl.inFlight <- struct{}{}
+	<-fl.inFlight
+}
+
 // appendHashed writes src to f at offset off and feeds the same bytes to h
 // in a second goroutine, so that receiving, writing and hashing overlap.
-// It starts writeback of the written data as it goes (Linux), so that the
-// final fsync has little left to wait for.
+// It pushes the written data towards the disk as it goes (see flusher),
+// so that the final fsync has little left to wait for.
 func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, error) {
 	free := make(chan *[]byte, uploadBufs)
 	for range uploadBufs {
-		free <- uploadBufPool.Get().(*[]byte)
+		free <- getBuf()
 	}
 	full := make(chan []byte, uploadBufs)
 	hashed := make(chan struct{})
@@ -285,9 +363,10 @@ func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, err
 			free <- &bp
 		}
 	}()
+	fl := newFlusher(f, off)
+	defer fl.wait()
 	var n int64
 	var err error
-	flushed := off
 	for {
 		bp := <-free
 		m, rerr := fill(src, *bp)
@@ -299,10 +378,7 @@ func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, err
 			}
 			n += int64(m)
 			full <- (*bp)[:m]
-			if off+n-flushed >= writebackChunk {
-				startWriteback(f, flushed, off+n-flushed)
-				flushed = off + n
-			}
+			fl.written(off + n)
 		} else {
 			free <- bp
 		}

@@ -11,3 +11,8 @@ import (
 func startWriteback(f *os.File, off, n int64) {
 	_ = unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
 }
+
+// dataSync flushes f's data (and the size needed to read it) to stable storage.
+func dataSync(f *os.File) error {
+	return unix.Fdatasync(int(f.Fd()))
+}
