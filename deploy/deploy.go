@@ -31,6 +31,12 @@ type DeployOptions struct {
 	Detach bool
 	// Timeout bounds the rollout watch. Default 10m.
 	Timeout time.Duration
+	// Layout is the OCI layout directory (`labreg build --no-push
+	// --layout DIR`) an image missing from the registry is pushed from
+	// when the local engine does not have it either. Default
+	// DefaultLayout ("oci-layout", build's default); a directory that
+	// does not exist is skipped.
+	Layout string
 }
 
 func (o DeployOptions) timeout() time.Duration {
@@ -68,8 +74,12 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 	pinned, err := c.pinDigest(ctx, image, auth)
 	if cerrdefs.IsNotFound(errors.Unwrap(err)) || (err != nil && strings.Contains(err.Error(), "manifest unknown")) {
 		// Not in the registry: push it when this engine has it (e.g. a
-		// `docker build -t myhttpd:green` that was never pushed).
+		// `docker build -t myhttpd:green` that was never pushed), else
+		// from the OCI layout of a `labreg build --no-push`.
 		pushed, perr := c.pushLocal(ctx, s.Image, image, auth)
+		if perr == nil && !pushed {
+			pushed, perr = c.pushLayout(ctx, opts.Layout, image)
+		}
 		if perr != nil {
 			return res, perr
 		}

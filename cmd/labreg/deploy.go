@@ -25,6 +25,7 @@ func init() {
 // deployFlags are the flags of `labreg deploy`, in docker's words.
 type deployFlags struct {
 	file, image, mode, endpointMode, progress string
+	layout                                    string
 	replicas                                  uint64
 	publish, networks, constraints, env       []string
 	mounts, configs, secrets                  []string
@@ -133,7 +134,7 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
 				return err
 			}
 			defer dc.Close()
-			o := deploy.DeployOptions{NoRegistryAuth: !fl.withRegistryAuth, Prepull: fl.prepull, Detach: fl.detach, Timeout: fl.timeout}
+			o := deploy.DeployOptions{NoRegistryAuth: !fl.withRegistryAuth, Prepull: fl.prepull, Detach: fl.detach, Timeout: fl.timeout, Layout: fl.layout}
 			for _, s := range specs {
 				r, err := dc.Deploy(cmd.Context(), s, o)
 				if err != nil {
@@ -162,6 +163,7 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
 	fl.update.register(cmd, "update", "update")
 	fl.rollback.register(cmd, "rollback", "rollback")
 	f.BoolVar(&fl.withRegistryAuth, "with-registry-auth", true, "forward the docker CLI's registry credentials to the swarm")
+	f.StringVar(&fl.layout, "layout", deploy.DefaultLayout, "OCI layout directory (labreg build --no-push --layout) to push the image from when the registry lacks it")
 	f.BoolVar(&fl.prepull, "prepull", false, "make every eligible node pull the image before the rolling update")
 	f.BoolVarP(&fl.detach, "detach", "d", false, "do not wait for the rollout to converge")
 	f.DurationVar(&fl.timeout, "timeout", 10*time.Minute, "give up watching the rollout after this long")
