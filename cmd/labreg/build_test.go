@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,39 +18,6 @@ import (
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
 )
-
-func registryCatalog(t *testing.T, addr string) []string {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/v2/_catalog")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var c struct{ Repositories []string }
-	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil {
-		t.Fatal(err)
-	}
-	return c.Repositories
-}
-
-func writeFiles(t *testing.T, root string, files map[string]string) {
-	t.Helper()
-	for p, content := range files {
-		full := filepath.Join(root, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if target, ok := strings.CutPrefix(content, "symlink:"); ok {
-			if err := os.Symlink(target, full); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -72,7 +37,7 @@ func TestBuildCLI(t *testing.T) {
 	root := t.TempDir()
 	secret := filepath.Join(t.TempDir(), "secret")
 	os.WriteFile(secret, []byte("password"), 0o600)
-	writeFiles(t, root, map[string]string{
+	testenv.WriteFiles(t, root, map[string]string{
 		"ok/site/1/Dockerfile":      "FROM scratch\nCOPY index.html /www/\n",
 		"ok/site/1/index.html":      "one",
 		"ok/site/2/Dockerfile":      "FROM scratch\nCOPY index.html /www/\n",
@@ -122,7 +87,7 @@ func TestBuildCLI(t *testing.T) {
 	t.Chdir(root)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := registryCatalog(t, addr)
+			before := testenv.Catalog(t, addr)
 			args := append([]string{"build", "--registry", addr}, tt.args...)
 			code, out, errs := runCLI(t, args...)
 			if code != tt.code {
@@ -148,30 +113,12 @@ func TestBuildCLI(t *testing.T) {
 				}
 			}
 			if tt.code != 0 {
-				if after := registryCatalog(t, addr); len(after) != len(before) {
+				if after := testenv.Catalog(t, addr); len(after) != len(before) {
 					t.Errorf("a failed build pushed: catalog %v -> %v", before, after)
 				}
 			}
 		})
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a process writing while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // freshClone copies the repository's tracked files (as they are in the
@@ -249,7 +196,7 @@ func TestMakeUpBuildsServableExampleImages(t *testing.T) {
 	env := append(os.Environ(),
 		"LABREG_LISTEN="+reg, "LABREG_ADVERTISE="+reg, "LABREG_REGISTRY="+reg,
 		"LABREG_UI_LISTEN="+freeAddr(t), "DATA="+filepath.Join(t.TempDir(), "data"))
-	var stdout, stderr syncBuffer
+	var stdout, stderr testenv.Buffer
 	up := exec.Command("make", "up")
 	up.Dir, up.Env, up.Stdout, up.Stderr = clone, env, &stdout, &stderr
 	up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -10,31 +10,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry/ui"
 )
 
-func lsPush(t *testing.T, ref string, img v1.Image) {
-	t.Helper()
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestLsAndGC(t *testing.T) {
 	dir := t.TempDir()
 	reg, web := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	var out syncBuffer
+	var out testenv.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"serve", "--data", dir, "--listen", reg, "--ui-listen", web, "--advertise", reg},
@@ -48,10 +34,10 @@ func TestLsAndGC(t *testing.T) {
 
 	a, _ := random.Image(3000, 2)
 	b, _ := random.Image(4000, 1)
-	lsPush(t, reg+"/team/app:1.9", a)
-	lsPush(t, reg+"/team/app:1.10", b)
-	lsPush(t, reg+"/team/app:latest", b)
-	lsPush(t, reg+"/team/db:15", a)
+	testenv.Push(t, reg+"/team/app:1.9", a)
+	testenv.Push(t, reg+"/team/app:1.10", b)
+	testenv.Push(t, reg+"/team/app:latest", b)
+	testenv.Push(t, reg+"/team/db:15", a)
 
 	code, stdout, stderr := runCLI(t, "ls", "--ui-listen", web)
 	if code != 0 {
