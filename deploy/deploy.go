@@ -29,7 +29,10 @@ type DeployOptions struct {
 	Prepull bool
 	// Detach returns after the request without watching the rollout.
 	Detach bool
-	// Timeout bounds the rollout watch. Default 10m.
+	// Timeout bounds the prepull (when Prepull is set) and the rollout
+	// watch together: a deploy that has not converged Timeout after the
+	// prepull started (or the update was sent) is a *RolloutError with
+	// State "timeout". Default 10m.
 	Timeout time.Duration
 	// Layout is the OCI layout directory (`labreg build --no-push
 	// --layout DIR`) an image missing from the registry is pushed from
@@ -111,17 +114,22 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		return res, fmt.Errorf("inspecting service %s: %w", s.Name, err)
 	}
+	// One deadline for the prepull and the rollout watch.
+	deadline := time.Now().Add(opts.timeout())
 	if opts.Prepull {
 		base := swarm.ServiceSpec{}
 		if exists {
 			base = cur.Service.Spec
 		}
 		sp := s.apply(base, pinned, nets, configs, secrets)
-		if err := c.prepull(ctx, s.Name, pinned, sp.TaskTemplate.Placement, auth); err != nil {
+		pctx, cancel := context.WithDeadline(ctx, deadline)
+		err := c.prepull(pctx, s.Name, pinned, sp.TaskTemplate.Placement, auth)
+		cancel()
+		if err != nil {
 			return res, err
 		}
 	}
-	ws := watchSpec{name: s.Name, want: pinned, timeout: opts.timeout(), noAuth: opts.NoRegistryAuth || auth == ""}
+	ws := watchSpec{name: s.Name, want: pinned, timeout: opts.timeout(), deadline: deadline, noAuth: opts.NoRegistryAuth || auth == ""}
 	if !exists {
 		sp := s.apply(swarm.ServiceSpec{}, pinned, nets, configs, secrets)
 		r, err := c.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: sp, EncodedRegistryAuth: auth})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -65,35 +66,38 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 	done := map[string]PullTime{}  // node -> result
 	tick := time.NewTicker(c.opts.PollInterval)
 	defer tick.Stop()
-	var nodes map[string]string
 	for {
-		if nodes == nil {
-			if nodes, err = c.activeNodes(ctx); err != nil {
-				return nil, err
-			}
+		// Nodes are read on every poll: a node that goes down or leaves
+		// during the prepull must not be waited for.
+		eligible, names, err := c.prepullNodes(ctx)
+		if err != nil {
+			return nil, prepullCtxErr(ctx, service, image, start, nil, names, err)
 		}
 		tl, err := c.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", r.ID)})
 		if err != nil {
-			return nil, fmt.Errorf("listing prepull tasks: %w", err)
+			return nil, prepullCtxErr(ctx, service, image, start, nil, names, fmt.Errorf("listing prepull tasks: %w", err))
 		}
-		pending := 0
+		pending := map[string]swarm.TaskState{} // node -> state of its task
 		for _, t := range tl.Items {
-			if _, ok := done[t.NodeID]; ok {
-				continue
+			if _, ok := done[t.NodeID]; ok || !eligible[t.NodeID] {
+				continue // pulled already, or on a node that is down, drained or gone
 			}
 			st := t.Status.State
+			if st == swarm.TaskStateOrphaned || st == swarm.TaskStateRemove {
+				continue
+			}
 			if numbered[st] <= numbered[swarm.TaskStatePreparing] {
 				if _, ok := seen[t.ID]; !ok && st == swarm.TaskStatePreparing {
 					seen[t.ID] = time.Now()
 				}
-				pending++
+				pending[t.NodeID] = st
 				continue
 			}
 			from, ok := seen[t.ID]
 			if !ok {
 				from = start
 			}
-			pt := PullTime{Node: nodeName(t.NodeID, nodes), Took: time.Since(from)}
+			pt := PullTime{Node: nodeName(t.NodeID, names), Took: time.Since(from)}
 			if st == swarm.TaskStateRejected || isPullError(t.Status.Err) {
 				pt.Err = taskErr(&t)
 				fmt.Fprintf(c.opts.Progress, "%s prepull: %s: %s\n", service, pt.Node, oneLine(pt.Err))
@@ -102,12 +106,12 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 			}
 			done[t.NodeID] = pt
 		}
-		if len(tl.Items) > 0 && pending == 0 {
+		if len(done) > 0 && len(pending) == 0 {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("prepull of %s: %w", image, ctx.Err())
+			return nil, prepullCtxErr(ctx, service, image, start, pending, names, ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -125,6 +129,47 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		return out, fmt.Errorf("prepull of %s failed on %d node(s): %s", image, len(failed), strings.Join(failed, "; "))
 	}
 	return out, nil
+}
+
+// prepullNodes returns the nodes a prepull waits for (ready and active:
+// a drained, paused, down or removed node pulls nothing) and the hostname
+// of every node.
+func (c *Client) prepullNodes(ctx context.Context) (map[string]bool, map[string]string, error) {
+	res, err := c.api.NodeList(ctx, client.NodeListOptions{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing nodes: %w", err)
+	}
+	eligible, names := map[string]bool{}, map[string]string{}
+	for _, n := range res.Items {
+		names[n.ID] = n.Description.Hostname
+		if n.Status.State == swarm.NodeStateReady && n.Spec.Availability == swarm.NodeAvailabilityActive {
+			eligible[n.ID] = true
+		}
+	}
+	return eligible, names, nil
+}
+
+// prepullCtxErr turns a deadline (DeployOptions.Timeout) into a
+// *RolloutError naming the nodes that had not pulled yet; other errors
+// pass through.
+func prepullCtxErr(ctx context.Context, service, image string, start time.Time, pending map[string]swarm.TaskState, names map[string]string, err error) error {
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return err
+	}
+	var waiting []string
+	for id, st := range pending {
+		waiting = append(waiting, fmt.Sprintf("%s (%s)", nodeName(id, names), st))
+	}
+	sort.Strings(waiting)
+	msg := fmt.Sprintf("prepull not done after %s", time.Since(start).Round(100*time.Millisecond))
+	hint := "a node that cannot reach the registry, or a slow pull: check the node, or raise --timeout"
+	if len(waiting) > 0 {
+		msg += "; not pulled yet on " + strings.Join(waiting, ", ")
+	} else {
+		msg += "; no ready node has taken a prepull task yet"
+		hint = "do the constraints match a ready, active node?"
+	}
+	return &RolloutError{Service: service, State: "timeout", Image: image, Message: msg, Hint: hint}
 }
 
 func isPullError(e string) bool {

@@ -100,6 +100,9 @@ type watchSpec struct {
 	// created: a new service (no update status ever).
 	created bool
 	timeout time.Duration
+	// deadline, when set, ends the watch instead of timeout (a Deploy's
+	// prepull used part of its timeout).
+	deadline time.Time
 	// noAuth: registry credentials were not forwarded (nodes pull anonymously).
 	noAuth bool
 }
@@ -115,7 +118,12 @@ func sameStatus(a, b *swarm.UpdateStatus) bool {
 // watch follows the rollout of ws.id until it converges or fails,
 // printing docker-style progress lines to the progress writer.
 func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
-	if ws.timeout > 0 {
+	switch {
+	case !ws.deadline.IsZero():
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, ws.deadline)
+		defer cancel()
+	case ws.timeout > 0:
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, ws.timeout)
 		defer cancel()

@@ -166,7 +166,7 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
 	f.StringVar(&fl.layout, "layout", deploy.DefaultLayout, "OCI layout directory (labreg build --no-push --layout) to push the image from when the registry lacks it")
 	f.BoolVar(&fl.prepull, "prepull", false, "make every eligible node pull the image before the rolling update")
 	f.BoolVarP(&fl.detach, "detach", "d", false, "do not wait for the rollout to converge")
-	f.DurationVar(&fl.timeout, "timeout", 10*time.Minute, "give up watching the rollout after this long")
+	f.DurationVar(&fl.timeout, "timeout", 10*time.Minute, "give up on the prepull and the rollout after this long")
 	f.StringVar(&fl.progress, "progress", "auto", "rollout progress on stderr: auto (on a terminal), plain, quiet")
 	bindConfig(cmd, "registry.advertise", "client.registry", "log.")
 	return cmd
