@@ -22,6 +22,9 @@ type Node struct {
 	IP     string // the node's address, reachable from the host
 	HostIP string // the host's end of the link, reachable from the node
 	Socket string // DOCKER_HOST of the node's engine, e.g. unix:///…/docker.sock
+	ID     string // swarm node ID
+
+	dockerd *exec.Cmd
 }
 
 var workerSeq atomic.Int32
@@ -46,6 +49,7 @@ func Worker(t testing.TB, name string) *Node {
 	for _, tool := range []string{"ip", "nsenter", "unshare", "dockerd"} {
 		Tool(t, tool, "apt-get install iproute2 util-linux docker.io")
 	}
+	removeStaleWorkers(t, docker) // left by a killed earlier run
 	n := int(workerSeq.Add(1)) + os.Getpid()%200
 	ns := fmt.Sprintf("labreg-w%d", n)
 	hostIf, nodeIf := fmt.Sprintf("lrw%dh", n), fmt.Sprintf("lrw%dn", n)
@@ -102,9 +106,15 @@ func Worker(t testing.TB, name string) *Node {
 		out, err := exec.Command(docker, append([]string{"-H", node.Socket}, args...)...).CombinedOutput()
 		return strings.TrimSpace(string(out)), err
 	}
+	node.dockerd = cmd
+	liveWorkers.Store(n, true)
 	stop := func() {
 		ndocker("swarm", "leave", "--force")
-		exec.Command(docker, "node", "rm", "--force", node.Name).Run()
+		id := node.ID
+		if id == "" {
+			id = node.Name // join failed half-way
+		}
+		exec.Command(docker, "node", "rm", "--force", id).Run()
 		cmd.Process.Signal(os.Interrupt)
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()
@@ -118,6 +128,7 @@ func Worker(t testing.TB, name string) *Node {
 		cleanupNet()
 		exec.Command("sh", "-c", "umount -R "+filepath.Join(dir, "exec")+" 2>/dev/null; umount -R "+filepath.Join(dir, "data")+" 2>/dev/null").Run()
 		os.RemoveAll(dir)
+		liveWorkers.Delete(n)
 	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -142,11 +153,15 @@ func Worker(t testing.TB, name string) *Node {
 		t.Fatalf("worker join: %v: %s", err, out)
 	}
 	t.Cleanup(stop)
+	// By ID: a stale node of a killed run may have had the same name.
+	if node.ID, err = ndocker("info", "--format", "{{.Swarm.NodeID}}"); err != nil || node.ID == "" {
+		t.Fatalf("worker %s: swarm node ID: %v %s", node.Name, err, node.ID)
+	}
 	// The manager listens on every address (swarm's default listen-addr),
 	// so the host's end of the link reaches it whatever it advertises.
 	// Wait until the manager sees the worker ready.
 	for time.Now().Before(deadline) {
-		out, _ := exec.Command(docker, "node", "inspect", node.Name, "--format", "{{.Status.State}}").Output()
+		out, _ := exec.Command(docker, "node", "inspect", node.ID, "--format", "{{.Status.State}}").Output()
 		if strings.TrimSpace(string(out)) == "ready" {
 			return node
 		}
