@@ -12,7 +12,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -71,6 +73,10 @@ func benchFile(tb testing.TB, dir string, size int64) (string, string) {
 	h := sha256.New()
 	src := rand.NewChaCha8([32]byte{1, 2, 3})
 	if _, err := io.CopyN(io.MultiWriter(f, h), src, size); err != nil {
+		tb.Fatal(err)
+	}
+	// On disk now, so that its writeback does not land in a measurement.
+	if err := f.Sync(); err != nil {
 		tb.Fatal(err)
 	}
 	if err := f.Close(); err != nil {
@@ -255,6 +261,22 @@ func copyFsync(src, dst string) error {
 	return out.Close()
 }
 
+// settle lets the previous contender's leftovers (garbage on the shared
+// heap, metadata of the file it just deleted) be dealt with before the
+// next one is timed, so that no contender pays for another.
+func settle(b *testing.B, dir string) {
+	b.Helper()
+	runtime.GC()
+	f, err := os.Open(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Fsync(int(f.Fd())); err != nil { // the deletions in dir
+		b.Fatal(err)
+	}
+}
+
 // timed runs f and adds its duration to *d.
 func timed(b *testing.B, d *time.Duration, f func() error) {
 	b.Helper()
@@ -335,9 +357,11 @@ func BenchmarkBlobPush(b *testing.B) {
 				dst := filepath.Join(scratch, "copy")
 				timed(b, &ds[0], func() error { return copyFsync(path, dst) })
 				os.Remove(dst)
+				settle(b, scratch)
 				for i, addr := range []string{plain, labreg} {
 					timed(b, &ds[i+1], func() error { return pushBlob(addr, "bench/push", path, dgst, stream) })
 					removeBlob(b, dataDir, dgst)
+					settle(b, dataDir)
 				}
 			}
 			reportRates(b, benchBlobSize, names, ds)
