@@ -64,12 +64,13 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 	start := time.Now()
 	seen := map[string]time.Time{} // task -> first seen preparing
 	done := map[string]PullTime{}  // node -> result
+	skipped := map[string]bool{}   // nodes left out, said so once
 	tick := time.NewTicker(c.opts.PollInterval)
 	defer tick.Stop()
 	for {
 		// Nodes are read on every poll: a node that goes down or leaves
 		// during the prepull must not be waited for.
-		eligible, names, err := c.prepullNodes(ctx)
+		ineligible, names, err := c.prepullNodes(ctx)
 		if err != nil {
 			return nil, prepullCtxErr(ctx, service, image, start, nil, names, err)
 		}
@@ -79,11 +80,23 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		}
 		pending := map[string]swarm.TaskState{} // node -> state of its task
 		for _, t := range tl.Items {
-			if _, ok := done[t.NodeID]; ok || !eligible[t.NodeID] {
-				continue // pulled already, or on a node that is down, drained or gone
+			if _, ok := done[t.NodeID]; ok {
+				continue
 			}
 			st := t.Status.State
 			if st == swarm.TaskStateOrphaned || st == swarm.TaskStateRemove {
+				continue
+			}
+			why, ok := ineligible[t.NodeID]
+			if _, known := names[t.NodeID]; !known && t.NodeID != "" {
+				why, ok = "no longer in the swarm", true
+			}
+			if ok {
+				// down, drained or gone: waiting would never end
+				if !skipped[t.NodeID] {
+					skipped[t.NodeID] = true
+					fmt.Fprintf(c.opts.Progress, "%s prepull: %s is %s: not waiting for it\n", service, nodeName(t.NodeID, names), why)
+				}
 				continue
 			}
 			if numbered[st] <= numbered[swarm.TaskStatePreparing] {
@@ -106,7 +119,7 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 			}
 			done[t.NodeID] = pt
 		}
-		if len(done) > 0 && len(pending) == 0 {
+		if len(pending) == 0 && (len(done) > 0 || len(skipped) > 0) {
 			break
 		}
 		select {
@@ -131,22 +144,26 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 	return out, nil
 }
 
-// prepullNodes returns the nodes a prepull waits for (ready and active:
-// a drained, paused, down or removed node pulls nothing) and the hostname
-// of every node.
-func (c *Client) prepullNodes(ctx context.Context) (map[string]bool, map[string]string, error) {
+// prepullNodes returns the nodes a prepull does not wait for, with the
+// reason: only ready and active nodes pull (a down, drained or paused node
+// does not; a node that left the swarm is missing from names), and the
+// hostname of every node.
+func (c *Client) prepullNodes(ctx context.Context) (ineligible, names map[string]string, err error) {
 	res, err := c.api.NodeList(ctx, client.NodeListOptions{})
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing nodes: %w", err)
 	}
-	eligible, names := map[string]bool{}, map[string]string{}
+	ineligible, names = map[string]string{}, map[string]string{}
 	for _, n := range res.Items {
 		names[n.ID] = n.Description.Hostname
-		if n.Status.State == swarm.NodeStateReady && n.Spec.Availability == swarm.NodeAvailabilityActive {
-			eligible[n.ID] = true
+		switch {
+		case n.Status.State != swarm.NodeStateReady:
+			ineligible[n.ID] = string(n.Status.State)
+		case n.Spec.Availability != swarm.NodeAvailabilityActive:
+			ineligible[n.ID] = string(n.Spec.Availability)
 		}
 	}
-	return eligible, names, nil
+	return ineligible, names, nil
 }
 
 // prepullCtxErr turns a deadline (DeployOptions.Timeout) into a

@@ -3,7 +3,6 @@ package testenv
 import (
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -29,10 +28,9 @@ func TestWorkerRemovesStale(t *testing.T) {
 	n := strings.TrimPrefix(stale.Name, "wstale-")
 	ns, veth := "labreg-w"+n, "lrw"+n+"h"
 	// What a killed `go test` leaves: dockerd gone without `swarm leave`.
-	if err := stale.dockerd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := stale.Crash(); err != nil {
 		t.Fatal(err)
 	}
-	stale.dockerd.Wait()
 	deadline := time.Now().Add(60 * time.Second)
 	for node(stale.ID) != "down" {
 		if time.Now().After(deadline) {

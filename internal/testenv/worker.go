@@ -171,6 +171,17 @@ func Worker(t testing.TB, name string) *Node {
 	return nil
 }
 
+// Crash stops the node's dockerd without leaving the swarm, as a crashed
+// machine or a killed test run does: the manager marks the node down once
+// its heartbeats stop (10-20 s here). The test's cleanup still removes it.
+func (n *Node) Crash() error {
+	if err := n.dockerd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stopping the dockerd of %s: %w", n.Name, err)
+	}
+	n.dockerd.Wait()
+	return nil
+}
+
 func tail(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
