@@ -282,26 +282,14 @@ func putFile(p string, b []byte) error {
 	return err
 }
 
-var (
-	uploadBufSize = 1 << 20 // read, write and hash in 1 MiB pieces
-	uploadBufs    = 4       // pieces in flight between writer and hasher
-)
-
 const (
+	uploadBufSize  = 1 << 20  // read, write and hash in 1 MiB pieces
+	uploadBufs     = 4        // pieces in flight between writer and hasher
 	writebackChunk = 8 << 20  // start writeback every 8 MiB
 	syncChunk      = 32 << 20 // and flush to stable storage every 32 MiB, in the background
 )
 
 var uploadBufPool = sync.Pool{New: func() any { b := make([]byte, uploadBufSize); return &b }}
-
-func getBuf() *[]byte {
-	for {
-		b := uploadBufPool.Get().(*[]byte)
-		if len(*b) == uploadBufSize {
-			return b
-		}
-	}
-}
 
 // flusher pushes written data towards the disk while an upload is still
 // arriving: it starts writeback every writebackChunk bytes and runs a
@@ -412,7 +400,7 @@ type piece struct {
 func newHashQueue(h hash.Hash) *hashQueue {
 	q := &hashQueue{h: h, free: make(chan *[]byte, uploadBufs), ready: make(chan struct{}, 1)}
 	for range uploadBufs {
-		q.free <- getBuf()
+		q.free <- uploadBufPool.Get().(*[]byte)
 	}
 	return q
 }
