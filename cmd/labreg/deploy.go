@@ -225,6 +225,21 @@ func newDeployClient(c *config.Config, st streams, progress string) (*deploy.Cli
 	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, Progress: w, Logger: newLogger(c, st.Err)})
 }
 
+// quietDeployClient loads cmd's configuration and opens a deploy client
+// that reports no progress, for the commands that only read or change
+// swarm state (doctor, node, status). The caller closes the client.
+func quietDeployClient(cmd *cobra.Command, st streams) (*config.Config, *deploy.Client, error) {
+	c, err := loadConfig(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	dc, err := newDeployClient(c, st, "quiet")
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, dc, nil
+}
+
 func rolloutErr(err error) error {
 	var re *deploy.RolloutError
 	if errors.As(err, &re) {

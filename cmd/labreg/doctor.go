@@ -19,11 +19,7 @@ that this engine trusts it as a plain-HTTP (insecure) registry; print the daemon
 and restart command every node needs. Exit status 1 when a check fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			dc, err := newDeployClient(c, io, "quiet")
+			c, dc, err := quietDeployClient(cmd, io)
 			if err != nil {
 				return err
 			}

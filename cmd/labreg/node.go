@@ -18,11 +18,7 @@ func newNodeCmd(io streams) *cobra.Command {
 		Short: "List swarm nodes with their labels",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			dc, err := newDeployClient(c, io, "quiet")
+			_, dc, err := quietDeployClient(cmd, io)
 			if err != nil {
 				return err
 			}
@@ -62,11 +58,7 @@ func newNodeCmd(io streams) *cobra.Command {
 			if len(set) == 0 && len(rm) == 0 {
 				return usageError{errors.New("nothing to do: give KEY=VALUE labels or --rm KEY")}
 			}
-			c, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			dc, err := newDeployClient(c, io, "quiet")
+			_, dc, err := quietDeployClient(cmd, io)
 			if err != nil {
 				return err
 			}

@@ -17,11 +17,7 @@ func newStatusCmd(io streams) *cobra.Command {
 		Short: "Show services, their tasks with the digest each runs and its registry tags, and nodes",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := loadConfig(cmd)
-			if err != nil {
-				return err
-			}
-			dc, err := newDeployClient(c, io, "quiet")
+			_, dc, err := quietDeployClient(cmd, io)
 			if err != nil {
 				return err
 			}
