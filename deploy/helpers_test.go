@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -21,13 +20,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
@@ -43,96 +37,21 @@ func suffix(t testing.TB) string {
 	return hex.EncodeToString(b)
 }
 
-// busyboxLayer is a layer with /bin/busybox (busybox-static) and extra files.
-func busyboxLayer(t testing.TB, files map[string]string) v1.Layer {
-	t.Helper()
-	bb, err := os.ReadFile("/bin/busybox")
-	testenv.Require(t, "busybox-static", err == nil, "no /bin/busybox (apt-get install busybox-static)")
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	add := func(name string, mode int64, data []byte) {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dirs := map[string]bool{}
-	mkdir := func(d string) {
-		if d == "." || dirs[d] {
-			return
-		}
-		dirs[d] = true
-		if err := tw.WriteHeader(&tar.Header{Name: d + "/", Mode: 0o755, Typeflag: tar.TypeDir}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mkdir("bin")
-	mkdir("tmp")
-	add("bin/busybox", 0o755, bb)
-	for _, n := range []string{"sh", "cat", "sleep", "false"} {
-		if err := tw.WriteHeader(&tar.Header{Name: "bin/" + n, Linkname: "/bin/busybox", Typeflag: tar.TypeSymlink}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for n, content := range files {
-		mkdir(filepath.Dir(n))
-		add(n, 0o644, []byte(content))
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	data := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
 // pushImage builds a busybox image running entrypoint with files and
 // pushes it to ref; it returns the manifest digest.
 func pushImage(t testing.TB, ref string, auth authn.Authenticator, files map[string]string, entrypoint ...string) string {
 	t.Helper()
-	img := buildImage(t, files, entrypoint...)
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if auth == nil {
 		auth = authn.Anonymous
 	}
-	if err := remote.Write(r, img, remote.WithAuth(auth)); err != nil {
-		t.Fatalf("pushing %s: %v", ref, err)
-	}
-	d, err := img.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.String()
+	return testenv.Push(t, ref, buildImage(t, files, entrypoint...), remote.WithAuth(auth)).String()
 }
 
-// buildImage is a busybox image running entrypoint with files.
+// buildImage is a busybox image (testenv.BusyboxImage) running entrypoint
+// with files.
 func buildImage(t testing.TB, files map[string]string, entrypoint ...string) v1.Image {
 	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, busyboxLayer(t, files))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Entrypoint = entrypoint
-	cf.Config.Env = []string{"PATH=/bin"}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return testenv.BusyboxImage(t, files, func(c *v1.Config) { c.Entrypoint = entrypoint })
 }
 
 // pageImage is a busybox httpd serving page on port 80.
@@ -174,14 +93,7 @@ func dockerConfig(t testing.TB, reg, user, pass string) string {
 // authRegistry starts a registry with one htpasswd user.
 func authRegistry(t testing.TB, user, pass string) string {
 	t.Helper()
-	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(t.TempDir(), "htpasswd")
-	if err := os.WriteFile(f, []byte(user+":"+string(h)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	f := testenv.Htpasswd(t, user, pass)
 	addr, _ := testenv.Registry(t, registry.Options{Htpasswd: f})
 	return addr
 }

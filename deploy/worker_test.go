@@ -1,25 +1,21 @@
 package deploy_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/api/types/swarm"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/labreg/labreg/deploy"
 	"github.com/labreg/labreg/internal/testenv"
@@ -44,7 +40,7 @@ import (
 func TestWorkers(t *testing.T) {
 	docker := testenv.Swarm(t)
 	const user, pass = "lab", "w0rker-s3cret"
-	port, _ := testenv.WorkerRegistry(t, registry.Options{Htpasswd: htpasswd(t, user, pass)})
+	port, _ := testenv.WorkerRegistry(t, registry.Options{Htpasswd: testenv.Htpasswd(t, user, pass)})
 	local := "127.0.0.1:" + port
 	w1 := testenv.Worker(t, "w1")
 	w2 := testenv.Worker(t, "w2")
@@ -304,49 +300,11 @@ func TestWorkers(t *testing.T) {
 	})
 }
 
-// htpasswd writes an htpasswd file with one bcrypt user.
-func htpasswd(t testing.TB, user, pass string) string {
-	t.Helper()
-	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := filepath.Join(t.TempDir(), "htpasswd")
-	if err := os.WriteFile(f, []byte(user+":"+string(h)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-// lockedBuffer is a progress writer safe to read while a rollout writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *lockedBuffer) Reset() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b.Reset()
-}
-
 // client is a deploy client for the registry advertised at adv whose
 // progress goes to the returned buffer.
-func client(t testing.TB, adv string) (*deploy.Client, *lockedBuffer) {
+func client(t testing.TB, adv string) (*deploy.Client, *testenv.Buffer) {
 	t.Helper()
-	prog := &lockedBuffer{}
+	prog := &testenv.Buffer{}
 	dc, err := deploy.New(deploy.Options{Registry: adv, Progress: prog})
 	if err != nil {
 		t.Fatal(err)
