@@ -118,36 +118,6 @@ func (x referrerIndex) list(repo string, subject digest.Digest) ([]ocispec.Descr
 	return out, nil
 }
 
-// writeFileAtomic writes b to path through a temp file in the same
-// directory, fsynced, then renamed over path, and fsyncs the directory so
-// that the rename survives a crash.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
 func (s *Server) referrerIndex() referrerIndex {
 	return referrerIndex{dir: filepath.Join(s.opts.DataDir, "referrers")}
 }

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding"
 	"encoding/base64"
@@ -222,23 +221,6 @@ func (fp *fastPath) commit(dir, dataPath, name, dgst string) error {
 	return nil
 }
 
-// syncDirs fsyncs directories, so that names just created or renamed in
-// them are on disk before the client is told the blob is committed.
-func syncDirs(dirs ...string) error {
-	for _, d := range dirs {
-		f, err := os.Open(d)
-		if err != nil {
-			return err
-		}
-		err = f.Sync()
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("syncing directory %s: %w", d, err)
-		}
-	}
-	return nil
-}
-
 // storeHashState writes the sha256 state at offset where distribution's
 // resumable digest (blobwriter_resumable.go) finds it.
 func storeHashState(dir string, offset int64, h hash.Hash) error {
@@ -251,35 +233,6 @@ func storeHashState(dir string, offset int64, h hash.Hash) error {
 		return fmt.Errorf("saving hash state: %w", err)
 	}
 	return nil
-}
-
-// putFile writes a small file the way distribution's filesystem driver
-// PutContent does: to a temporary name, fsynced, renamed into place.
-func putFile(p string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o777); err != nil {
-		return err
-	}
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	tmp := p + "." + hex.EncodeToString(rnd[:]) + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 const (
