@@ -2,13 +2,7 @@ package deploy_test
 
 import (
 	"context"
-	"net"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,41 +19,11 @@ func TestPrepullNodeDown(t *testing.T) {
 	port, _ := testenv.WorkerRegistry(t, registry.Options{})
 	w := testenv.Worker(t, "wdown")
 	id := suffix(t)
-	img := buildImage(t, map[string]string{"id": id}, "/bin/sleep", "1000")
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	layer, err := layers[0].Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, layer := stallImage(t, id)
 	digest := testenv.Push(t, "127.0.0.1:"+port+"/down:"+id, img)
 
 	// The registry as the worker sees it: the layer download never answers.
-	stop, stalled := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	u, _ := url.Parse("http://127.0.0.1:" + port)
-	proxy := httputil.NewSingleHostReverseProxy(u)
-	front := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+layer.String()) {
-			once.Do(func() { close(stalled) })
-			select {
-			case <-r.Context().Done():
-			case <-stop:
-			}
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	ln, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	front.Listener = ln
-	front.Start()
-	t.Cleanup(func() { close(stop); front.Close() })
-	_, frontPort, _ := net.SplitHostPort(ln.Addr().String())
+	frontPort, stalled := stallingFront(t, "127.0.0.1:"+port, "0.0.0.0:0", layer)
 	// pinned: the manager's engine does not trust the worker-side address
 	ref := w.HostIP + ":" + frontPort + "/down:" + id + "@" + digest.String()
 

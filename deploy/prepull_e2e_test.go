@@ -3,10 +3,6 @@ package deploy_test
 import (
 	"context"
 	"errors"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os/exec"
 	"strings"
 	"testing"
@@ -25,34 +21,13 @@ func TestPrepullTimeout(t *testing.T) {
 	docker := testenv.Swarm(t)
 	backend, _ := testenv.Registry(t, registry.Options{})
 	id := suffix(t)
-	img := buildImage(t, map[string]string{"id": id}, "/bin/sleep", "1000")
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	layer, err := layers[0].Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	img, layer := stallImage(t, id)
 	testenv.Push(t, backend+"/stall:"+id, img)
 
 	// The registry as every node sees it: manifests and config are served,
 	// the layer download never answers.
-	stop := make(chan struct{})
-	u, _ := url.Parse("http://" + backend)
-	proxy := httputil.NewSingleHostReverseProxy(u)
-	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+layer.String()) {
-			select {
-			case <-r.Context().Done():
-			case <-stop:
-			}
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(func() { close(stop); front.Close() })
-	reg := strings.TrimPrefix(front.URL, "http://")
+	frontPort, _ := stallingFront(t, backend, "127.0.0.1:0", layer)
+	reg := "127.0.0.1:" + frontPort
 
 	svc := "prestall-" + id
 	removeService(t, docker, svc)

@@ -31,7 +31,7 @@ func Require(t testing.TB, what string, ok bool, reason string) {
 	if E2E() {
 		t.Fatalf("LABREG_E2E=1 but %s is not available: %s", what, reason)
 	}
-	t.Skipf("SKIPPED: %s not available (%s); run .ci/run or set it up to run this test", what, reason)
+	t.Skipf("SKIPPED: %s not available (%s); run .ci/run, or set LABREG_E2E=1 to make this a failure", what, reason)
 }
 
 // Registry starts an in-process labreg registry on 127.0.0.1 with a fresh
