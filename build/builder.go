@@ -69,6 +69,10 @@ func (b *Builder) Build(ctx context.Context, targets []Target, done func(Result)
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	plans, err := b.missingBases(ctx, plans, mode, progress)
+	if err != nil {
+		return err
+	}
 	order, err := buildOrder(plans)
 	if err != nil {
 		return err
