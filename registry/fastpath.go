@@ -103,7 +103,7 @@ func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
 		if m == nil || len(m[1]) > reference.NameTotalLengthMax {
 			return false
 		}
-		return fp.count("blob", fp.serveBlob(w, r, m[1], m[len(m)-1]))
+		return fp.serveBlob(w, r, m[1], m[len(m)-1]) // counts itself, before the body goes out
 	case http.MethodPatch, http.MethodPut:
 		if fp.readOnly {
 			return false
@@ -117,6 +117,8 @@ func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
+// count counts a request the fast path served. Uploads answer with no
+// body, so the response leaves only after the handler (and this) returns.
 func (fp *fastPath) count(kind string, served bool) bool {
 	if served {
 		fp.served.WithLabelValues(kind).Inc()
@@ -183,6 +185,9 @@ func (fp *fastPath) serveBlob(w http.ResponseWriter, r *http.Request, name, dgst
 	h.Set("Cache-Control", "max-age=31536000")
 	h.Set("Docker-Content-Digest", dgst)
 	h.Set("Content-Type", "application/octet-stream")
+	// Count before serving: a client may have read the whole body before
+	// ServeContent returns.
+	fp.served.WithLabelValues("blob").Inc()
 	http.ServeContent(w, r, dgst, time.Time{}, copyFile{f})
 	return true
 }
