@@ -107,24 +107,6 @@ func (l *EventLog) Page(offset, limit int, keep func(Event) bool) ([]Event, int)
 	return out, n
 }
 
-// parseV2 splits /v2/<name>/manifests/<ref> and /v2/<name>/blobs/<digest>.
-func parseV2(p string) (repo, kind, ref string, ok bool) {
-	rest, found := strings.CutPrefix(p, "/v2/")
-	if !found {
-		return "", "", "", false
-	}
-	for _, k := range []string{"manifests", "blobs"} {
-		if i := strings.LastIndex(rest, "/"+k+"/"); i > 0 {
-			ref = rest[i+len(k)+2:]
-			if ref == "" || strings.Contains(ref, "/") {
-				return "", "", "", false
-			}
-			return rest[:i], k, ref, true
-		}
-	}
-	return "", "", "", false
-}
-
 // hooks sits in front of the registry: the runtime read-only gate refuses
 // writes while it is closed, and successful manifest pushes, pulls and
 // deletes update the catalog index and the event history.
@@ -139,11 +121,18 @@ func (s *Server) hooks(next http.Handler) http.Handler {
 			}
 			defer e.gate.leave()
 		}
-		repo, kind, ref, ok := parseV2(r.URL.Path)
-		if !ok || kind != "manifests" || r.Method == http.MethodHead {
+		// Only manifest requests make events; a blob request (the hot path)
+		// costs one substring check here.
+		var p apiPath
+		ok := r.Method != http.MethodHead && strings.Contains(r.URL.Path, "/manifests/")
+		if ok {
+			p, ok = parseAPIPath(r.URL.Path) // the same split ociAPI and its guard use
+		}
+		if !ok || p.kind != "manifests" {
 			next.ServeHTTP(w, r)
 			return
 		}
+		repo, ref := p.repo, p.ref
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)
 		if sw.status >= 300 {
