@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"weak"
 
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/storage"
@@ -198,19 +197,9 @@ type extras struct {
 	lock    *os.File // <data>/.lock, locked shared while writes run (see gate)
 }
 
-var (
-	extrasMu  sync.Mutex
-	extrasFor = map[weak.Pointer[Server]]*extras{}
-)
-
-// ext returns s's extras, creating them on first use.
-func (s *Server) ext() *extras {
-	key := weak.Make(s)
-	extrasMu.Lock()
-	defer extrasMu.Unlock()
-	if e, ok := extrasFor[key]; ok {
-		return e
-	}
+// newExtras opens the catalog, event log and data-dir lock of a server.
+// The lock file is closed when the Server is garbage collected.
+func newExtras(s *Server) *extras {
 	cat, err := NewCatalog(context.Background(), s.opts.DataDir)
 	if err != nil { // the data dir was checked by New; keep a catalog that reports it
 		s.log.Error("catalog", "err", err)
@@ -223,18 +212,13 @@ func (s *Server) ext() *extras {
 	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
 		e.lock = f
 		e.gate.lock = f
+		runtime.AddCleanup(s, func(f *os.File) { f.Close() }, f)
 	}
-	extrasFor[key] = e
-	runtime.AddCleanup(s, func(k weak.Pointer[Server]) {
-		extrasMu.Lock()
-		if e := extrasFor[k]; e != nil && e.lock != nil {
-			e.lock.Close()
-		}
-		delete(extrasFor, k)
-		extrasMu.Unlock()
-	}, key)
 	return e
 }
+
+// ext returns s's catalog, events and read-only gate.
+func (s *Server) ext() *extras { return s.extras }
 
 // Catalog returns the in-process view of this server's storage that the
 // web UI reads.

@@ -63,6 +63,7 @@ type Server struct {
 	opts    Options
 	app     *handlers.App
 	health  *health.Registry
+	extras  *extras // catalog, events, read-only gate (catalog.go)
 	handler http.Handler
 	log     *slog.Logger
 	metrics *prometheus.Registry
@@ -107,6 +108,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, app: app, health: hr, log: opts.Logger, metrics: opts.Metrics}
+	s.extras = newExtras(s)
 	s.handler = s.routes()
 	return s, nil
 }
