@@ -34,10 +34,9 @@ type ociAPI struct {
 	// drv is distribution's storage under <data>/storage, used to keep
 	// sha512 aliases (digest.go).
 	drv storagedriver.StorageDriver
-	// ac checks credentials for the endpoints served here; nil without
-	// htpasswd. acErr is why it could not be built.
-	ac    auth.AccessController
-	acErr error
+	// ac checks credentials for the endpoints served here (Server.access);
+	// nil without htpasswd.
+	ac auth.AccessController
 }
 
 // ociAPI wraps next (distribution, or whatever serves /v2/ under us).
@@ -47,10 +46,7 @@ func (s *Server) ociAPI(next http.Handler) http.Handler {
 		RootDirectory: filepath.Join(s.opts.DataDir, "storage"),
 		MaxThreads:    100,
 	})
-	if s.opts.Htpasswd != "" {
-		a.ac, a.acErr = auth.GetAccessController("htpasswd",
-			map[string]any{"realm": s.opts.Realm, "path": s.opts.Htpasswd})
-	}
+	a.ac = s.access
 	return a
 }
 
@@ -103,12 +99,8 @@ func (a *ociAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // authorized checks the request's credentials for action on repo when
 // htpasswd auth is on, and answers 401 with a challenge when they fail.
 func (a *ociAPI) authorized(w http.ResponseWriter, r *http.Request, repo, action string) bool {
-	if a.ac == nil && a.acErr == nil {
+	if a.ac == nil {
 		return true
-	}
-	if a.acErr != nil {
-		writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown, a.acErr.Error())
-		return false
 	}
 	_, err := a.ac.Authorized(r, auth.Access{Resource: auth.Resource{Type: "repository", Name: repo}, Action: action})
 	if err == nil {

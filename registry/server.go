@@ -24,6 +24,7 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/health"
+	"github.com/distribution/distribution/v3/registry/auth"
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
@@ -60,10 +61,13 @@ type Options struct {
 
 // Server is an embedded OCI registry.
 type Server struct {
-	opts    Options
-	app     *handlers.App
-	health  *health.Registry
-	extras  *extras // catalog, events, read-only gate (catalog.go)
+	opts   Options
+	app    *handlers.App
+	health *health.Registry
+	extras *extras // catalog, events, read-only gate (catalog.go)
+	// access checks htpasswd credentials for labreg's own handlers
+	// (referrers, manifest hooks, fast paths); nil when auth is off.
+	access  auth.AccessController
 	handler http.Handler
 	log     *slog.Logger
 	metrics *prometheus.Registry
@@ -90,9 +94,16 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := checkDataDir(opts.DataDir); err != nil {
 		return nil, err
 	}
+	var access auth.AccessController
 	if opts.Htpasswd != "" {
 		if _, err := os.Stat(opts.Htpasswd); err != nil {
 			return nil, fmt.Errorf("htpasswd file: %w", err)
+		}
+		// The controller distribution builds from the same options, so
+		// labreg's handlers authenticate exactly as distribution does.
+		var err error
+		if access, err = auth.GetAccessController("htpasswd", htpasswdParams(opts)); err != nil {
+			return nil, fmt.Errorf("htpasswd file %s: %w", opts.Htpasswd, err)
 		}
 	}
 	secret, err := httpSecret(opts.DataDir)
@@ -107,7 +118,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, app: app, health: hr, log: opts.Logger, metrics: opts.Metrics}
+	s := &Server{opts: opts, app: app, health: hr, log: opts.Logger, metrics: opts.Metrics, access: access}
 	s.extras = newExtras(s)
 	s.handler = s.routes()
 	return s, nil
@@ -136,7 +147,7 @@ func distributionConfig(opts Options, secret string) *configuration.Configuratio
 	// Foreign (non-distributable) layers carry URLs; accept any http(s) URL.
 	cfg.Validation.Manifests.URLs.Allow = []string{"^https?://"}
 	if opts.Htpasswd != "" {
-		cfg.Auth = configuration.Auth{"htpasswd": configuration.Parameters{"realm": opts.Realm, "path": opts.Htpasswd}}
+		cfg.Auth = configuration.Auth{"htpasswd": htpasswdParams(opts)}
 	}
 	if opts.ProxyRemoteURL != "" {
 		cfg.Proxy.RemoteURL = opts.ProxyRemoteURL
@@ -145,6 +156,11 @@ func distributionConfig(opts Options, secret string) *configuration.Configuratio
 	cfg.Health.StorageDriver.Interval = 10 * time.Second
 	cfg.Health.StorageDriver.Threshold = 3
 	return cfg
+}
+
+// htpasswdParams are the htpasswd auth options for distribution.
+func htpasswdParams(opts Options) configuration.Parameters {
+	return configuration.Parameters{"realm": opts.Realm, "path": opts.Htpasswd}
 }
 
 // newApp turns distribution's construction panics into errors.
