@@ -98,17 +98,30 @@ func serveHandler(tb testing.TB, h http.Handler) string {
 	return ln.Addr().String()
 }
 
-// benchRegistry starts a labreg registry on dataDir and returns the
-// address of the full labreg handler and of distribution's bare app (the
-// "before" measurement: what embedding distribution alone gives).
+// benchRegistry starts a labreg registry on dataDir, served as `labreg
+// serve` serves it, and returns its address and the address of
+// distribution's bare app on a plain http.Server (the "before"
+// measurement: what embedding distribution alone gives).
 func benchRegistry(tb testing.TB, dataDir string) (labreg, plain string) {
 	tb.Helper()
 	srv, err := New(context.Background(), Options{DataDir: dataDir})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { srv.app.Shutdown() })
-	return serveHandler(tb, srv.Handler()), serveHandler(tb, srv.app)
+	addr, err := srv.Listen("127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Error(err)
+		}
+	})
+	return addr.String(), serveHandler(tb, srv.app)
 }
 
 var benchClient = &http.Client{Transport: &http.Transport{

@@ -248,7 +248,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry cannot listen on %s: %w", addr, err)
 	}
-	s.ln = ln
+	s.ln = readBufferedListener{ln}
 	return ln.Addr(), nil
 }
 

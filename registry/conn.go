@@ -1,0 +1,79 @@
+package registry
+
+import (
+	"io"
+	"net"
+	"sync"
+)
+
+// connReadBuf is how much a connection reads from its socket at a time
+// when net/http asks for less.
+const connReadBuf = 256 << 10
+
+var connBufPool = sync.Pool{New: func() any { b := make([]byte, connReadBuf); return &b }}
+
+// readBufferedListener hands out connections that read from the socket
+// in large pieces. net/http reads a request through a 4 KiB bufio.Reader,
+// and a chunked body (how docker and go-containerregistry send layers)
+// one chunk at a time, often 32 KiB or less: two read system calls per
+// chunk, ~16,000 for a 256 MiB layer. Reading 256 KiB at a time turns
+// that into ~1,000.
+type readBufferedListener struct{ net.Listener }
+
+func (l readBufferedListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &bufConn{Conn: c}, nil
+}
+
+// bufConn is a net.Conn whose small reads are served from a buffer that
+// is filled by one large read. The buffer comes from a pool and goes back
+// as soon as it is empty, so an idle connection holds none. Reads at
+// least as large as the buffer go straight to the socket.
+type bufConn struct {
+	net.Conn
+	mu   sync.Mutex // net/http reads from a background goroutine too
+	buf  *[]byte
+	r, w int
+}
+
+func (c *bufConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.buf == nil {
+		if len(p) >= connReadBuf {
+			return c.Conn.Read(p)
+		}
+		c.buf = connBufPool.Get().(*[]byte)
+		n, err := c.Conn.Read(*c.buf)
+		if n <= 0 {
+			c.release()
+			return 0, err
+		}
+		c.r, c.w = 0, n
+		// A socket that failed after returning data fails again on the
+		// next read, once the buffered data has been taken.
+	}
+	n := copy(p, (*c.buf)[c.r:c.w])
+	c.r += n
+	if c.r == c.w {
+		c.release()
+	}
+	return n, nil
+}
+
+func (c *bufConn) release() {
+	connBufPool.Put(c.buf)
+	c.buf, c.r, c.w = nil, 0, 0
+}
+
+// ReadFrom keeps the socket's own ReadFrom (sendfile, splice) reachable
+// for responses that net/http copies from a file.
+func (c *bufConn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c.Conn}, r)
+}
