@@ -237,7 +237,7 @@ func storeHashState(dir string, offset int64, h hash.Hash) error {
 
 const (
 	uploadBufSize  = 1 << 20  // read, write and hash in 1 MiB pieces
-	uploadBufs     = 4        // pieces in flight between writer and hasher
+	uploadBufs     = 8        // pieces in flight between writer and hasher
 	writebackChunk = 8 << 20  // start writeback every 8 MiB
 	syncChunk      = 32 << 20 // and flush to stable storage every 32 MiB, in the background
 )
@@ -286,37 +286,48 @@ func (fl *flusher) wait() {
 }
 
 // appendHashed writes src to f at offset off and feeds the same bytes to h,
-// in order, so that receiving, writing and hashing overlap: a second
-// goroutine hashes the pieces written so far, and the writer hashes the
-// next one itself whenever it would otherwise wait for a free buffer (on
-// a busy machine the hashing goroutine may not get a CPU in time; the
-// writer is running anyway). It pushes the written data towards the disk
-// as it goes (see flusher), so that the final fsync has little left.
+// in order, so that receiving, writing and hashing overlap: the request's
+// goroutine reads and writes one piece while a second goroutine hashes
+// the pieces written before it (up to uploadBufs pieces in flight). It
+// pushes the written data towards the disk as it goes (see flusher), so
+// that the final fsync has little left.
+//
+// The reader does not hash itself when it gets ahead: an earlier version
+// did (so that a hasher starved of CPU could not hold it up), which
+// stalls the connection it reads from and measured no faster on two
+// CPUs (BenchmarkBlobPush, interleaved runs).
 func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, error) {
-	hq := newHashQueue(h)
+	free := make(chan *[]byte, uploadBufs)
+	for range uploadBufs {
+		free <- uploadBufPool.Get().(*[]byte)
+	}
+	full := make(chan piece, uploadBufs)
 	hashed := make(chan struct{})
 	go func() {
 		defer close(hashed)
-		hq.run()
+		for p := range full {
+			h.Write((*p.buf)[:p.n])
+			free <- p.buf
+		}
 	}()
 	fl := newFlusher(f, off)
 	defer fl.wait()
 	var n int64
 	var err error
 	for {
-		bp := hq.freeBuf()
+		bp := <-free
 		m, rerr := fill(src, *bp)
 		if m > 0 {
 			if _, werr := f.WriteAt((*bp)[:m], off+n); werr != nil {
-				hq.release(bp)
+				free <- bp
 				err = werr
 				break
 			}
 			n += int64(m)
-			hq.push(bp, m)
+			full <- piece{bp, m}
 			fl.written(off + n)
 		} else {
-			hq.release(bp)
+			free <- bp
 		}
 		if rerr == io.EOF {
 			break
@@ -326,125 +337,18 @@ func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, err
 			break
 		}
 	}
-	hq.close()
+	close(full)
 	<-hashed
-	hq.drain()
+	for range uploadBufs {
+		uploadBufPool.Put(<-free)
+	}
 	return n, err
 }
 
-// hashQueue feeds written pieces to one hash, in order, from whichever
-// goroutine gets to them first. busy (under mu) says a piece is being
-// hashed; only one goroutine hashes at a time, always the oldest piece.
-type hashQueue struct {
-	h      hash.Hash
-	free   chan *[]byte  // buffers not in use
-	ready  chan struct{} // poked when a piece is queued or the queue closed
-	mu     sync.Mutex
-	queue  []piece
-	busy   bool
-	closed bool
-}
-
+// piece is the first n bytes of a pooled buffer.
 type piece struct {
 	buf *[]byte
 	n   int
-}
-
-func newHashQueue(h hash.Hash) *hashQueue {
-	q := &hashQueue{h: h, free: make(chan *[]byte, uploadBufs), ready: make(chan struct{}, 1)}
-	for range uploadBufs {
-		q.free <- uploadBufPool.Get().(*[]byte)
-	}
-	return q
-}
-
-// freeBuf returns a buffer to fill, hashing queued pieces while there is
-// none free and no other goroutine is hashing.
-func (q *hashQueue) freeBuf() *[]byte {
-	for {
-		select {
-		case bp := <-q.free:
-			return bp
-		default:
-		}
-		if !q.hashOne() {
-			return <-q.free // the other goroutine is hashing: it frees one soon
-		}
-	}
-}
-
-func (q *hashQueue) release(bp *[]byte) { q.free <- bp }
-
-// push queues the first n bytes of bp for hashing.
-func (q *hashQueue) push(bp *[]byte, n int) {
-	q.mu.Lock()
-	q.queue = append(q.queue, piece{bp, n})
-	q.mu.Unlock()
-	q.poke()
-}
-
-func (q *hashQueue) poke() {
-	select {
-	case q.ready <- struct{}{}:
-	default:
-	}
-}
-
-// hashOne hashes the oldest queued piece unless the queue is empty or
-// another goroutine is hashing, and reports whether it did.
-func (q *hashQueue) hashOne() bool {
-	q.mu.Lock()
-	if q.busy || len(q.queue) == 0 {
-		q.mu.Unlock()
-		return false
-	}
-	p := q.queue[0]
-	q.queue = q.queue[1:]
-	q.busy = true
-	q.mu.Unlock()
-	q.h.Write((*p.buf)[:p.n])
-	q.mu.Lock()
-	q.busy = false
-	more := len(q.queue) > 0
-	q.mu.Unlock()
-	q.free <- p.buf
-	if more {
-		q.poke() // the other goroutine may have given up while we were busy
-	}
-	return true
-}
-
-// run is the hashing goroutine: it hashes whatever is queued until the
-// queue is closed.
-func (q *hashQueue) run() {
-	for {
-		for q.hashOne() {
-		}
-		q.mu.Lock()
-		done := q.closed
-		q.mu.Unlock()
-		if done {
-			return
-		}
-		<-q.ready
-	}
-}
-
-func (q *hashQueue) close() {
-	q.mu.Lock()
-	q.closed = true
-	q.mu.Unlock()
-	q.poke()
-}
-
-// drain hashes what is left once the hashing goroutine has returned, and
-// puts the buffers back in the pool.
-func (q *hashQueue) drain() {
-	for q.hashOne() {
-	}
-	for range uploadBufs {
-		uploadBufPool.Put(<-q.free)
-	}
 }
 
 // fill reads into b until it is full or src fails; unlike io.ReadFull it
