@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
@@ -242,8 +241,6 @@ const (
 	syncChunk      = 32 << 20 // and flush to stable storage every 32 MiB, in the background
 )
 
-var uploadBufPool = sync.Pool{New: func() any { b := make([]byte, uploadBufSize); return &b }}
-
 // flusher pushes written data towards the disk while an upload is still
 // arriving: it starts writeback every writebackChunk bytes and runs a
 // data sync in the background every syncChunk bytes (one at a time), so
@@ -297,16 +294,16 @@ func (fl *flusher) wait() {
 // stalls the connection it reads from and measured no faster on two
 // CPUs (BenchmarkBlobPush, interleaved runs).
 func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, error) {
-	free := make(chan *[]byte, uploadBufs)
+	free := make(chan *pieceBuf, uploadBufs)
 	for range uploadBufs {
-		free <- uploadBufPool.Get().(*[]byte)
+		free <- uploadBufPool.get()
 	}
 	full := make(chan piece, uploadBufs)
 	hashed := make(chan struct{})
 	go func() {
 		defer close(hashed)
 		for p := range full {
-			h.Write((*p.buf)[:p.n])
+			h.Write(p.buf.b[:p.n])
 			free <- p.buf
 		}
 	}()
@@ -316,9 +313,9 @@ func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, err
 	var err error
 	for {
 		bp := <-free
-		m, rerr := fill(src, *bp)
+		m, rerr := fill(src, bp.b)
 		if m > 0 {
-			if _, werr := f.WriteAt((*bp)[:m], off+n); werr != nil {
+			if _, werr := f.WriteAt(bp.b[:m], off+n); werr != nil {
 				free <- bp
 				err = werr
 				break
@@ -340,14 +337,14 @@ func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, err
 	close(full)
 	<-hashed
 	for range uploadBufs {
-		uploadBufPool.Put(<-free)
+		uploadBufPool.put(<-free)
 	}
 	return n, err
 }
 
 // piece is the first n bytes of a pooled buffer.
 type piece struct {
-	buf *[]byte
+	buf *pieceBuf
 	n   int
 }
 

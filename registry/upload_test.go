@@ -13,7 +13,7 @@ import (
 )
 
 // TestAppendHashed checks that the upload writer stores and hashes every
-// byte in order, whoever (writer or hashing goroutine) hashes a piece:
+// byte in order:
 // bodies of many sizes, read in small and large pieces, appended after
 // existing data, and a body that breaks off.
 func TestAppendHashed(t *testing.T) {
