@@ -235,33 +235,28 @@ func storeHashState(dir string, offset int64, h hash.Hash) error {
 }
 
 const (
-	uploadBufSize  = 1 << 20  // read, write and hash in 1 MiB pieces
-	uploadBufs     = 8        // pieces in flight between writer and hasher
-	writebackChunk = 8 << 20  // start writeback every 8 MiB
-	syncChunk      = 32 << 20 // and flush to stable storage every 32 MiB, in the background
+	uploadBufSize = 1 << 20  // read, write and hash in 1 MiB pieces
+	uploadBufs    = 8        // pieces in flight between writer and hasher
+	syncChunk     = 32 << 20 // flush to stable storage every 32 MiB, in the background
 )
 
 // flusher pushes written data towards the disk while an upload is still
-// arriving: it starts writeback every writebackChunk bytes and runs a
-// data sync in the background every syncChunk bytes (one at a time), so
-// that the fsync at the end finds little left to do.
+// arriving: it runs a data sync in the background every syncChunk bytes
+// (one at a time), so that the fsync at the end finds little left to do.
+// (Starting writeback every 8 MiB with sync_file_range from the writing
+// goroutine as well measured ~5% slower for a 256 MiB push.)
 type flusher struct {
 	f        *os.File
-	started  int64 // writeback started up to here
 	synced   int64 // a background sync was started when the data reached here
 	inFlight chan struct{}
 }
 
 func newFlusher(f *os.File, off int64) *flusher {
-	return &flusher{f: f, started: off, synced: off, inFlight: make(chan struct{}, 1)}
+	return &flusher{f: f, synced: off, inFlight: make(chan struct{}, 1)}
 }
 
 // written reports that the file now holds data up to end.
 func (fl *flusher) written(end int64) {
-	if end-fl.started >= writebackChunk {
-		startWriteback(fl.f, fl.started, end-fl.started)
-		fl.started = end
-	}
 	if end-fl.synced >= syncChunk {
 		select {
 		case fl.inFlight <- struct{}{}:
