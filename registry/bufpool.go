@@ -20,7 +20,7 @@ type bufPool struct {
 	maxIdle int
 }
 
-var uploadBufPool = &bufPool{maxIdle: 64}
+var uploadBufPool = &bufPool{maxIdle: uploadBufs}
 
 func (p *bufPool) get() *pieceBuf {
 	p.mu.Lock()

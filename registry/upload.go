@@ -236,7 +236,7 @@ func storeHashState(dir string, offset int64, h hash.Hash) error {
 
 const (
 	uploadBufSize = 1 << 20  // read, write and hash in 1 MiB pieces
-	uploadBufs    = 8        // pieces in flight between writer and hasher
+	uploadBufs    = 32       // at most this many pieces in flight between writer and hasher
 	syncChunk     = 32 << 20 // flush to stable storage every 32 MiB, in the background
 )
 
@@ -280,7 +280,9 @@ func (fl *flusher) wait() {
 // appendHashed writes src to f at offset off and feeds the same bytes to h,
 // in order, so that receiving, writing and hashing overlap: the request's
 // goroutine reads and writes one piece while a second goroutine hashes
-// the pieces written before it (up to uploadBufs pieces in flight). It
+// the pieces written before it. Pieces are taken from the pool as the
+// hasher falls behind, up to uploadBufs (a small blob takes one; with 32
+// rather than 8, 256 MiB pushes measured 2-6% faster on two CPUs). It
 // pushes the written data towards the disk as it goes (see flusher), so
 // that the final fsync has little left.
 //
@@ -290,8 +292,18 @@ func (fl *flusher) wait() {
 // CPUs (BenchmarkBlobPush, interleaved runs).
 func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, error) {
 	free := make(chan *pieceBuf, uploadBufs)
-	for range uploadBufs {
-		free <- uploadBufPool.get()
+	taken := 0
+	next := func() *pieceBuf {
+		select {
+		case bp := <-free:
+			return bp
+		default:
+		}
+		if taken < uploadBufs {
+			taken++
+			return uploadBufPool.get()
+		}
+		return <-free
 	}
 	full := make(chan piece, uploadBufs)
 	hashed := make(chan struct{})
@@ -307,7 +319,7 @@ func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, err
 	var n int64
 	var err error
 	for {
-		bp := <-free
+		bp := next()
 		m, rerr := fill(src, bp.b)
 		if m > 0 {
 			if _, werr := f.WriteAt(bp.b[:m], off+n); werr != nil {
@@ -331,7 +343,7 @@ func appendHashed(f *os.File, off int64, h hash.Hash, src io.Reader) (int64, err
 	}
 	close(full)
 	<-hashed
-	for range uploadBufs {
+	for range taken {
 		uploadBufPool.put(<-free)
 	}
 	return n, err
