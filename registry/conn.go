@@ -69,6 +69,16 @@ func (c *bufConn) release() {
 	c.buf, c.r, c.w = nil, 0, 0
 }
 
+// CloseWrite keeps the socket's half-close reachable: net/http sends a FIN
+// through it before hanging up on a client whose request body it did not
+// read (a 413, an early 401), so that the client sees the end at once.
+func (c *bufConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // ReadFrom keeps the socket's own ReadFrom (sendfile, splice) reachable
 // for responses that net/http copies from a file.
 func (c *bufConn) ReadFrom(r io.Reader) (int64, error) {

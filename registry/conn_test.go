@@ -1,11 +1,15 @@
 package registry
 
 import (
+	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"testing"
+	"time"
 )
 
 // TestBufConnDeliversStreamInOrder writes a stream in pieces of random
@@ -77,4 +81,50 @@ func commonPrefix(a, b []byte) int {
 		n++
 	}
 	return n
+}
+
+// TestBufConnHalfClosesOnUnreadBody: when a handler answers without
+// reading a large request body (a 413, an early 401), net/http sends a
+// FIN right after the response and hangs up 500 ms later. Through the
+// buffered listener the client must still see the end of the connection
+// at once, not after that delay.
+func TestBufConnHalfClosesOnUnreadBody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+	})}
+	go srv.Serve(readBufferedListener{ln})
+	defer srv.Close()
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const size = 8 << 20
+	go func() {
+		fmt.Fprintf(c, "PUT /big HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", size)
+		c.Write(make([]byte, size)) // fails once the server hangs up
+	}()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %s", resp.Status)
+	}
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after the response: %v, want EOF", err)
+	}
+	if d := time.Since(start); d > 250*time.Millisecond {
+		t.Fatalf("the connection ended %v after the response; want a FIN right after it", d)
+	}
 }
