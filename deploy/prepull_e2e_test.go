@@ -37,7 +37,10 @@ func TestPrepullTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	const timeout = 4 * time.Second
+	// Long enough for swarm to hand the prepull task to the node even when
+	// the other packages' tests keep dockerd busy (at 4s it once had not,
+	// and the error rightly said that no node had taken the task yet).
+	const timeout = 8 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
