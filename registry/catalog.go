@@ -114,29 +114,27 @@ func (c *Catalog) startCache() {
 
 // loadCache reads the summary cache file.
 func (c *Catalog) loadCache() {
-	{
-		f, err := os.Open(c.cache)
-		if err != nil {
-			return
+	f, err := os.Open(c.cache)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	read := map[digest.Digest]*Summary{}
+	for sc.Scan() {
+		var cs cachedSummary
+		if json.Unmarshal(sc.Bytes(), &cs) != nil || cs.S == nil || cs.Digest.Validate() != nil {
+			continue // a torn last line after a crash
 		}
-		defer f.Close()
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 64<<10), 4<<20)
-		read := map[digest.Digest]*Summary{}
-		for sc.Scan() {
-			var cs cachedSummary
-			if json.Unmarshal(sc.Bytes(), &cs) != nil || cs.S == nil || cs.Digest.Validate() != nil {
-				continue // a torn last line after a crash
-			}
-			cs.S.layers = cs.Layers
-			read[cs.Digest] = cs.S
-		}
-		c.sumsLock.Lock()
-		defer c.sumsLock.Unlock()
-		for d, s := range read {
-			if _, ok := c.sums[d]; !ok {
-				c.sums[d] = s
-			}
+		cs.S.layers = cs.Layers
+		read[cs.Digest] = cs.S
+	}
+	c.sumsLock.Lock()
+	defer c.sumsLock.Unlock()
+	for d, s := range read {
+		if _, ok := c.sums[d]; !ok {
+			c.sums[d] = s
 		}
 	}
 }
@@ -217,15 +215,12 @@ func newExtras(s *Server) *extras {
 	return e
 }
 
-// ext returns s's catalog, events and read-only gate.
-func (s *Server) ext() *extras { return s.extras }
-
 // Catalog returns the in-process view of this server's storage that the
 // web UI reads.
-func (s *Server) Catalog() *Catalog { return s.ext().catalog }
+func (s *Server) Catalog() *Catalog { return s.extras.catalog }
 
 // Events returns this server's push/pull/delete history.
-func (s *Server) Events() *EventLog { return s.ext().events }
+func (s *Server) Events() *EventLog { return s.extras.events }
 
 // DataDir returns the data directory.
 func (s *Server) DataDir() string { return s.opts.DataDir }

@@ -111,7 +111,7 @@ func (l *EventLog) Page(offset, limit int, keep func(Event) bool) ([]Event, int)
 // writes while it is closed, and successful manifest pushes, pulls and
 // deletes update the catalog index and the event history.
 func (s *Server) hooks(next http.Handler) http.Handler {
-	e := s.ext()
+	e := s.extras
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isWrite(r.Method) && strings.HasPrefix(r.URL.Path, "/v2/") {
 			ok, reason := e.gate.enter()

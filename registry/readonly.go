@@ -116,7 +116,7 @@ func (e *BusyError) Error() string { return "registry is already read-only: " + 
 // pushes and deletes get 503 UNAVAILABLE with Retry-After. It waits for
 // writes in flight to finish first.
 func (s *Server) ReadOnly(ctx context.Context, reason string) (resume func(), err error) {
-	g := s.ext().gate
+	g := s.extras.gate
 	if err := g.close(ctx, reason); err != nil {
 		return nil, err
 	}
@@ -125,7 +125,7 @@ func (s *Server) ReadOnly(ctx context.Context, reason string) (resume func(), er
 }
 
 // ReadOnlyState reports whether the registry is in runtime read-only mode and why.
-func (s *Server) ReadOnlyState() (bool, string) { return s.ext().gate.state() }
+func (s *Server) ReadOnlyState() (bool, string) { return s.extras.gate.state() }
 
 func isWrite(method string) bool {
 	switch method {
