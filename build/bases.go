@@ -29,7 +29,7 @@ func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode strin
 	for i := 0; i < len(plans); i++ {
 		p := plans[i]
 		for _, base := range p.bases {
-			r, err := name.NewTag(base, insecureOpt(p.t.Insecure)...)
+			r, err := parseRef(base, p.t.Insecure)
 			if err != nil || r.Context().RegistryStr() != p.ref.Context().RegistryStr() {
 				continue
 			}
@@ -56,13 +56,6 @@ func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode strin
 		}
 	}
 	return plans, nil
-}
-
-func insecureOpt(insecure bool) []name.Option {
-	if insecure {
-		return []name.Option{name.Insecure}
-	}
-	return nil
 }
 
 // inRegistry reports whether ref's registry has it (a HEAD of the manifest).
