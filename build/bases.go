@@ -24,7 +24,7 @@ import (
 func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode string, progress io.Writer) ([]*planned, error) {
 	produced := map[string]bool{}
 	for _, p := range plans {
-		produced[p.ref.Context().Name()+":"+p.ref.Identifier()] = true
+		produced[refKey(p.ref)] = true
 	}
 	for i := 0; i < len(plans); i++ {
 		p := plans[i]
@@ -33,7 +33,7 @@ func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode strin
 			if err != nil || r.Context().RegistryStr() != p.ref.Context().RegistryStr() {
 				continue
 			}
-			key := r.Context().Name() + ":" + r.Identifier()
+			key := refKey(r)
 			if produced[key] {
 				continue
 			}

@@ -148,7 +148,7 @@ func (b *Builder) plan(ctx context.Context, t Target, mode string, progress io.W
 func buildOrder(plans []*planned) ([]int, error) {
 	byName := map[string]int{}
 	for i, p := range plans {
-		byName[p.ref.Context().Name()+":"+p.ref.Identifier()] = i
+		byName[refKey(p.ref)] = i
 	}
 	deps := make([][]int, len(plans))
 	for i, p := range plans {
@@ -157,7 +157,7 @@ func buildOrder(plans []*planned) ([]int, error) {
 			if err != nil {
 				continue
 			}
-			if j, ok := byName[r.Context().Name()+":"+r.Identifier()]; ok && j != i {
+			if j, ok := byName[refKey(r)]; ok && j != i {
 				deps[i] = append(deps[i], j)
 			}
 		}
@@ -188,6 +188,12 @@ func buildOrder(plans []*planned) ([]int, error) {
 		}
 	}
 	return order, nil
+}
+
+// refKey names the image ref stands for, whatever its spelling, to match
+// a FROM against the targets that produce it.
+func refKey(ref name.Reference) string {
+	return ref.Context().Name() + ":" + ref.Identifier()
 }
 
 func dockerfilePath(t Target) string {
