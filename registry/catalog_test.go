@@ -337,3 +337,16 @@ func TestOfflineGCExcludesWrites(t *testing.T) {
 		t.Errorf("offline GC beside an idle server: %+v %v", res, err)
 	}
 }
+
+// TestGCEmptyStorage: GC on a registry that never had a repository (a
+// fresh data dir) finds nothing to remove and does not fail.
+func TestGCEmptyStorage(t *testing.T) {
+	_, srv := testenv.Registry(t, registry.Options{})
+	res, err := srv.GC(context.Background(), registry.GCOptions{RemoveUntagged: true, RemoveEmptyRepos: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Bytes != 0 || len(res.Blobs) != 0 {
+		t.Errorf("GC of an empty storage removed %d blobs, %d bytes", len(res.Blobs), res.Bytes)
+	}
+}

@@ -199,7 +199,9 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		}
 	}
 	if _, err := c.driver.Stat(ctx, "/docker/registry/v2/repositories"); isPathNotFound(err) {
-		// No repository at all (MarkAndSweep fails to enumerate them): no
+		// No repository at all (a fresh storage): MarkAndSweep fails on the
+		// missing repositories root, and on the missing blobs root after
+		// it, so it is skipped here rather than taught about either. No
 		// manifest references any blob.
 		for _, b := range res.Blobs {
 			if err := vacuum.RemoveBlob(string(b.Digest)); err != nil {
