@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -62,12 +63,9 @@ func TestWorkerRemovesStale(t *testing.T) {
 
 func mustAtoi(t *testing.T, s string) int {
 	t.Helper()
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			t.Fatalf("worker number %q", s)
-		}
-		n = n*10 + int(c-'0')
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatalf("worker number %q", s)
 	}
 	return n
 }
