@@ -99,35 +99,24 @@ func (c *Client) pushLayout(ctx context.Context, dir, full string) (bool, error)
 		return false, fmt.Errorf("reading OCI layout %s: %w", dir, err)
 	}
 	fmt.Fprintf(c.opts.Progress, "%s is not in the registry: pushing %s from OCI layout %s\n", full, desc.Digest, dir)
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuth(cr.authenticator())}
+	var t remote.Taggable // an image or an index: remote.Push takes either
 	if desc.MediaType.IsIndex() {
-		root, err := p.ImageIndex()
-		var ii v1.ImageIndex
-		if err == nil {
-			ii, err = root.ImageIndex(desc.Digest)
+		var root v1.ImageIndex
+		if root, err = p.ImageIndex(); err == nil {
+			t, err = root.ImageIndex(desc.Digest)
 		}
-		if err == nil {
-			err = remote.WriteIndex(ref, ii, opts...)
-		}
-		if err != nil {
-			return false, pushErr(err, desc, dir, full, cr)
-		}
-		return true, nil
+	} else {
+		t, err = p.Image(desc.Digest)
 	}
-	img, err := p.Image(desc.Digest)
 	if err == nil {
-		err = remote.Write(ref, img, opts...)
+		err = remote.Push(ref, t, remote.WithContext(ctx), remote.WithAuth(cr.authenticator()))
 	}
 	if err != nil {
-		return false, pushErr(err, desc, dir, full, cr)
+		hint := ""
+		if authHint(err, cr.host, true) != "" {
+			hint = fmt.Sprintf(" (pushing uses this machine's docker login for %s: %s)", cr.host, cr)
+		}
+		return false, fmt.Errorf("pushing %s from OCI layout %s to %s: %w%s", desc.Digest, dir, full, err, hint)
 	}
 	return true, nil
-}
-
-func pushErr(err error, desc v1.Descriptor, dir, full string, cr credentials) error {
-	hint := ""
-	if authHint(err, cr.host, true) != "" {
-		hint = fmt.Sprintf(" (pushing uses this machine's docker login for %s: %s)", cr.host, cr)
-	}
-	return fmt.Errorf("pushing %s from OCI layout %s to %s: %w%s", desc.Digest, dir, full, err, hint)
 }
