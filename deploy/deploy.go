@@ -123,7 +123,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		}
 		sp := s.apply(base, pinned, nets, configs, secrets)
 		pctx, cancel := context.WithDeadline(ctx, deadline)
-		err := c.prepull(pctx, s.Name, pinned, sp.TaskTemplate.Placement, auth)
+		_, err := c.Prepull(pctx, s.Name, pinned, sp.TaskTemplate.Placement, auth)
 		cancel()
 		if err != nil {
 			return res, err

@@ -21,18 +21,12 @@ type PullTime struct {
 	Err  string
 }
 
-// prepull makes every node eligible under placement pull image before the
+// Prepull makes every node eligible under placement pull image before the
 // rolling update, so that nodes that pull faster do not get all the new
 // tasks (the lab's "1000 servers" imbalance). It runs a global job with the
 // same constraints and forwarded credentials whose container never starts
 // the application (its entrypoint does not exist): a task that got past
-// "preparing" has the image. It prints the pull time per node.
-func (c *Client) prepull(ctx context.Context, service, image string, placement *swarm.Placement, auth string) error {
-	_, err := c.Prepull(ctx, service, image, placement, auth)
-	return err
-}
-
-// Prepull is prepull returning the per-node pull times.
+// "preparing" has the image. It prints and returns the pull time per node.
 func (c *Client) Prepull(ctx context.Context, service, image string, placement *swarm.Placement, auth string) ([]PullTime, error) {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
