@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -75,7 +74,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		}
 	}
 	pinned, err := c.pinDigest(ctx, image, auth)
-	if cerrdefs.IsNotFound(errors.Unwrap(err)) || (err != nil && strings.Contains(err.Error(), "manifest unknown")) {
+	if err != nil && (cerrdefs.IsNotFound(err) || strings.Contains(err.Error(), "manifest unknown")) {
 		// Not in the registry: push it when this engine has it (e.g. a
 		// `docker build -t myhttpd:green` that was never pushed), else
 		// from the OCI layout of a `labreg build --no-push`.
