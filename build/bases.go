@@ -41,7 +41,7 @@ func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode strin
 			if _, err := os.Stat(filepath.Join(dir, "Dockerfile")); err != nil {
 				continue
 			}
-			if has, err := inRegistry(ctx, r); err != nil || has {
+			if has, err := b.inRegistry(ctx, r); err != nil || has {
 				continue // present, or the build itself will say why it cannot be read
 			}
 			t := p.t
@@ -58,9 +58,15 @@ func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode strin
 	return plans, nil
 }
 
-// inRegistry reports whether ref's registry has it (a HEAD of the manifest).
-func inRegistry(ctx context.Context, ref name.Reference) (bool, error) {
-	_, err := remote.Head(ref, remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain))
+// inRegistry reports whether ref's registry has it (a HEAD of the
+// manifest), asking with the native engine's credentials and transport
+// when it has them, as the build will when it pulls the base.
+func (b *Builder) inRegistry(ctx context.Context, ref name.Reference) (bool, error) {
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)}
+	if n, ok := b.Native.(*Native); ok {
+		opts = []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(n.keychain), remote.WithTransport(n.transport)}
+	}
+	_, err := remote.Head(ref, opts...)
 	var te *transport.Error
 	switch {
 	case err == nil:

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
@@ -60,5 +63,41 @@ func TestBuilderBuildsMissingBaseBeside(t *testing.T) {
 	err := b.Build(context.Background(), []Target{app}, nil)
 	if err == nil || !strings.Contains(err.Error(), "Dockerfile:2: FROM") {
 		t.Fatalf("err = %v, want the FROM line named", err)
+	}
+}
+
+// staticKeychain gives one user's credentials for every registry.
+type staticKeychain struct{ authn.Basic }
+
+func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return &k.Basic, nil }
+
+// TestBuilderMissingBaseWithCredentials: on a registry with htpasswd auth,
+// whether the base is there is asked with the native engine's keychain,
+// so a missing base beside the target is built first (asked without
+// credentials, the 401 would pass for "present" and the FROM would fail).
+func TestBuilderMissingBaseWithCredentials(t *testing.T) {
+	const user, pass = "lab", "s3cret-pass"
+	addr, _ := testenv.Registry(t, registry.Options{Htpasswd: testenv.Htpasswd(t, user, pass)})
+	root := t.TempDir()
+	testenv.WriteFiles(t, root, map[string]string{
+		"images/base/1/Dockerfile":  "FROM scratch\nCOPY f /f\n",
+		"images/base/1/f":           "base",
+		"images/app/1.0/Dockerfile": "FROM " + addr + "/base:1\nCOPY g /g\n",
+		"images/app/1.0/g":          "app",
+	})
+	epoch := time.Unix(1700000000, 0).UTC()
+	n, err := NewNative(NativeOptions{Epoch: &epoch, Keychain: staticKeychain{authn.Basic{Username: user, Password: pass}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refs []string
+	var progress bytes.Buffer
+	b := &Builder{Native: n, Progress: &progress}
+	app := Target{Context: filepath.Join(root, "images/app/1.0"), Ref: addr + "/app:1.0", Push: true, Insecure: true}
+	if err := b.Build(context.Background(), []Target{app}, func(r Result) { refs = append(refs, r.Ref) }); err != nil {
+		t.Fatalf("build: %v\n%s", err, progress.String())
+	}
+	if want := []string{addr + "/base:1", addr + "/app:1.0"}; strings.Join(refs, " ") != strings.Join(want, " ") {
+		t.Fatalf("built %v, want %v\n%s", refs, want, progress.String())
 	}
 }
