@@ -250,7 +250,7 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 // ociExport is the export entry writing t to the OCI layout t.Layout.
 func ociExport(t Target) (client.ExportEntry, func() error, error) {
 	if t.Layout == "" {
-		return client.ExportEntry{}, nil, errors.New("build target is neither pushed nor given an OCI layout to write")
+		return client.ExportEntry{}, nil, errNoOutput
 	}
 	attrs := map[string]string{}
 	if t.Ref != "" {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -171,7 +170,7 @@ func registryAuth(ref string, cfg *configfile.ConfigFile) (string, error) {
 // checkLayout rejects layouts saveLayout cannot write, before building.
 func (d *dockerEngine) checkLayout(t Target) error {
 	if t.Layout == "" {
-		return errors.New("build target is neither pushed nor given an OCI layout to write")
+		return errNoOutput
 	}
 	if strings.HasSuffix(t.Layout, ".tar") {
 		return fmt.Errorf("writing %s: through the Docker Engine labreg writes OCI layout directories, not archives (use a buildkitd for archives)", t.Layout)

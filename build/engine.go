@@ -7,8 +7,18 @@ package build
 
 import (
 	"context"
+	"errors"
 	"io"
 )
+
+// DefaultLayout is the OCI layout directory `labreg build --no-push`
+// writes when not told otherwise (and where `labreg deploy` looks:
+// deploy.DefaultLayout).
+const DefaultLayout = "oci-layout"
+
+// errNoOutput is every engine's answer to a target that is neither pushed
+// nor given an OCI layout to write.
+var errNoOutput = errors.New("build target is neither pushed nor given an OCI layout to write")
 
 // Target is one image to build.
 type Target struct {
@@ -21,7 +31,7 @@ type Target struct {
 	// BuildArgs are --build-arg values.
 	BuildArgs map[string]string
 	// Push sends the image to Ref's registry. When false, the image is
-	// written to the OCI layout directory Layout instead.
+	// written to the OCI layout directory Layout instead, which must be set.
 	Push   bool
 	Layout string
 	// Insecure allows plain HTTP to Ref's registry. Default false, but

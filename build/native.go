@@ -111,6 +111,9 @@ func SourceDateEpoch() (time.Time, error) {
 
 // Build builds t and pushes it (or writes it to t.Layout).
 func (n *Native) Build(ctx context.Context, t Target) (Result, error) {
+	if !t.Push && t.Layout == "" {
+		return Result{}, errNoOutput
+	}
 	ref, err := parseRef(t.Ref, t.Insecure)
 	if err != nil {
 		return Result{}, err
@@ -169,14 +172,10 @@ func (n *Native) Build(ctx context.Context, t Target) (Result, error) {
 		res.Uploaded = int(counter.uploads.Load())
 		fmt.Fprintf(n.progress, "%s: pushed %s (%d blobs uploaded)\n", shortName(ref), digest, res.Uploaded)
 	} else {
-		dir := t.Layout
-		if dir == "" {
-			dir = "oci-layout"
-		}
-		if err := writeLayout(dir, t.Ref, img); err != nil {
+		if err := writeLayout(t.Layout, t.Ref, img); err != nil {
 			return Result{}, err
 		}
-		fmt.Fprintf(n.progress, "%s: wrote %s to OCI layout %s\n", shortName(ref), digest, dir)
+		fmt.Fprintf(n.progress, "%s: wrote %s to OCI layout %s\n", shortName(ref), digest, t.Layout)
 	}
 	if !t.Push {
 		// Not in a registry: later targets FROM this one take it from here.

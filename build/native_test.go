@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -285,6 +286,21 @@ func TestNativeUnreachableRegistry(t *testing.T) {
 	_, err = newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: dead + "/x:1", Push: true, Insecure: true})
 	if err == nil || !strings.Contains(err.Error(), "Dockerfile:1: FROM: pulling base image "+dead+"/base:1") {
 		t.Fatalf("err = %v; want the FROM line and the registry", err)
+	}
+}
+
+// TestNativeNoOutput: a target neither pushed nor given a layout is an
+// error before anything is built, as with the other engines, not a layout
+// written into the working directory.
+func TestNativeNoOutput(t *testing.T) {
+	dir := writeTree(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a"})
+	t.Chdir(t.TempDir())
+	_, err := newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: "127.0.0.1:9/x:1"})
+	if !errors.Is(err, errNoOutput) {
+		t.Fatalf("err = %v, want %v", err, errNoOutput)
+	}
+	if _, err := os.Stat(DefaultLayout); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s written anyway (stat: %v)", DefaultLayout, err)
 	}
 }
 

@@ -15,7 +15,8 @@ import (
 )
 
 // DefaultLayout is the OCI layout directory `labreg build --no-push`
-// writes when not told otherwise.
+// writes when not told otherwise (build.DefaultLayout, which this package
+// does not import; a test in cmd/labreg holds them equal).
 const DefaultLayout = "oci-layout"
 
 // Annotation keys naming an image in an OCI layout's index. labreg build

@@ -94,7 +94,7 @@ Prints one line per image on stdout: <registry>/<repo>:<tag>@sha256:<digest>.`,
 	f.StringArrayVar(&o.buildArgs, "build-arg", nil, "set a build-time variable KEY=VALUE (repeatable)")
 	f.BoolVar(&o.push, "push", true, "push to the registry")
 	f.BoolVar(&o.noPush, "no-push", false, "write to an OCI layout (--layout) instead of pushing")
-	f.StringVar(&o.layout, "layout", "oci-layout", "OCI layout directory for --no-push")
+	f.StringVar(&o.layout, "layout", build.DefaultLayout, "OCI layout directory for --no-push")
 	f.StringVar(&o.engine, "engine", build.ModeAuto, "build engine: auto (native unless the Dockerfile has RUN), native or buildkit")
 	f.StringVar(&o.progress, "progress", "auto", "progress on stderr: auto (when it is a terminal), plain (always) or none")
 	f.DurationVar(&o.wait, "wait", 0, "wait this long for the registry to answer before building (e.g. 60s while it starts)")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"strings"
 	"testing"
 
@@ -61,5 +62,16 @@ func TestDeployUsage(t *testing.T) {
 				t.Errorf("exit %d, want %d; stderr %q", got, tc.want, errb.String())
 			}
 		})
+	}
+}
+
+// TestLayoutFlagDefaultsAgree: `labreg deploy` looks for the OCI layout
+// where `labreg build --no-push` writes it when neither is told --layout.
+func TestLayoutFlagDefaultsAgree(t *testing.T) {
+	s := streams{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard}
+	b := newBuildCmd(s).Flags().Lookup("layout")
+	d := newDeployCmd(s).Flags().Lookup("layout")
+	if b == nil || d == nil || b.DefValue != d.DefValue {
+		t.Fatalf("build --layout %v, deploy --layout %v: want the same default", b, d)
 	}
 }
