@@ -41,7 +41,9 @@ type fastPath struct {
 	headers  http.Header
 	readOnly bool
 	auth     auth.AccessController // nil: no auth configured
-	served   *prometheus.CounterVec
+	// blobs and uploads count the requests served here (the rest go to
+	// distribution): labreg_fastpath_requests_total{kind="blob|upload"}.
+	blobs, uploads prometheus.Counter
 }
 
 // fastPaths wraps distribution's app with the blob fast paths. They are
@@ -56,25 +58,21 @@ func (s *Server) fastPaths(next http.Handler) http.Handler {
 	if root == "" {
 		return next
 	}
-	fp := &fastPath{
+	served := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "labreg_fastpath_requests_total",
+		Help: "Blob requests served by the fast paths (the rest go to distribution), by kind: blob, upload.",
+	}, []string{"kind"})
+	_ = s.metrics.Register(served)
+	return &fastPath{
 		next:     next,
 		root:     filepath.Join(root, "docker", "registry", "v2"),
 		secret:   cfg.HTTP.Secret,
 		headers:  cfg.HTTP.Headers,
 		readOnly: s.opts.ReadOnly,
-		served: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "labreg_fastpath_requests_total",
-			Help: "Blob requests served by the fast paths (the rest go to distribution), by kind: blob, upload.",
-		}, []string{"kind"}),
+		auth:     s.access, // the htpasswd controller distribution uses, or nil
+		blobs:    served.WithLabelValues("blob"),
+		uploads:  served.WithLabelValues("upload"),
 	}
-	_ = s.metrics.Register(fp.served)
-	if len(cfg.Auth) > 0 {
-		if cfg.Auth.Type() != "htpasswd" {
-			return next
-		}
-		fp.auth = s.access // authenticates exactly as distribution does
-	}
-	return fp
 }
 
 func (fp *fastPath) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -105,18 +103,15 @@ func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
 		if m == nil || len(m[1]) > reference.NameTotalLengthMax {
 			return false
 		}
-		return fp.count("upload", fp.serveUpload(w, r, m[1], m[len(m)-1]))
+		if !fp.serveUpload(w, r, m[1], m[len(m)-1]) {
+			return false
+		}
+		// An upload answers with no body: the response leaves only after
+		// the handler (and this count) returns.
+		fp.uploads.Inc()
+		return true
 	}
 	return false
-}
-
-// count counts a request the fast path served. Uploads answer with no
-// body, so the response leaves only after the handler (and this) returns.
-func (fp *fastPath) count(kind string, served bool) bool {
-	if served {
-		fp.served.WithLabelValues(kind).Inc()
-	}
-	return served
 }
 
 // authorized asks the access controller distribution would ask, for the
@@ -180,7 +175,7 @@ func (fp *fastPath) serveBlob(w http.ResponseWriter, r *http.Request, name, dgst
 	h.Set("Content-Type", "application/octet-stream")
 	// Count before serving: a client may have read the whole body before
 	// ServeContent returns.
-	fp.served.WithLabelValues("blob").Inc()
+	fp.blobs.Inc()
 	http.ServeContent(w, r, dgst, time.Time{}, copyFile{f})
 	return true
 }
