@@ -62,18 +62,24 @@ func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode strin
 // manifest), asking with the native engine's credentials and transport
 // when it has them, as the build will when it pulls the base.
 func (b *Builder) inRegistry(ctx context.Context, ref name.Reference) (bool, error) {
-	opts := []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(authn.DefaultKeychain)}
+	var kc authn.Keychain = authn.DefaultKeychain
+	var tr http.RoundTripper = remote.DefaultTransport
 	if n, ok := b.Native.(*Native); ok {
-		opts = []remote.Option{remote.WithContext(ctx), remote.WithAuthFromKeychain(n.keychain), remote.WithTransport(n.transport)}
+		kc, tr = n.keychain, n.transport
 	}
-	_, err := remote.Head(ref, opts...)
-	var te *transport.Error
+	_, err := remote.Head(ref, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithTransport(tr))
 	switch {
 	case err == nil:
 		return true, nil
-	case errors.As(err, &te) && te.StatusCode == http.StatusNotFound:
+	case isNotFound(err):
 		return false, nil
 	default:
 		return false, err
 	}
+}
+
+// isNotFound says whether a registry answered err's request with 404.
+func isNotFound(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && te.StatusCode == http.StatusNotFound
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
@@ -85,11 +84,8 @@ func TestBuilderMissingBaseWithCredentials(t *testing.T) {
 		"images/app/1.0/Dockerfile": "FROM " + addr + "/base:1\nCOPY g /g\n",
 		"images/app/1.0/g":          "app",
 	})
-	epoch := time.Unix(1700000000, 0).UTC()
-	n, err := NewNative(NativeOptions{Epoch: &epoch, Keychain: staticKeychain{authn.Basic{Username: user, Password: pass}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := newTestNative(t)
+	n.keychain = staticKeychain{authn.Basic{Username: user, Password: pass}}
 	var refs []string
 	var progress bytes.Buffer
 	b := &Builder{Native: n, Progress: &progress}

@@ -23,7 +23,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/klauspost/compress/gzip"
 )
@@ -235,8 +234,7 @@ func (n *Native) pull(ctx context.Context, s string, target name.Reference, inse
 		remote.WithTransport(tr),
 	)
 	if err != nil {
-		var te *transport.Error
-		if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
+		if isNotFound(err) {
 			return nil, fmt.Errorf("base image %s is not in the registry (build its directory in the same run, e.g. labreg build images/, and it is built first): %w", s, err)
 		}
 		return nil, fmt.Errorf("pulling base image %s: %w", s, err)
