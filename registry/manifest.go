@@ -2,7 +2,6 @@ package registry
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -114,20 +113,6 @@ func (a *ociAPI) authorized(w http.ResponseWriter, r *http.Request, repo, action
 	}
 	writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnauthorized, err.Error())
 	return false
-}
-
-// writeError answers with status and an OCI error body.
-func writeError(w http.ResponseWriter, status int, code errcode.ErrorCode, detail string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Del("Content-Length")
-	w.WriteHeader(status)
-	var e errcode.Error
-	if detail != "" {
-		e = code.WithDetail(detail)
-	} else {
-		e = code.WithDetail(nil)
-	}
-	json.NewEncoder(w).Encode(errcode.Errors{e})
 }
 
 // putManifest forwards a manifest PUT to distribution with the body read

@@ -2,13 +2,14 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"os"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 )
 
 // RetryAfter is what a write refused by the runtime read-only gate is told
@@ -137,12 +138,8 @@ func isWrite(method string) bool {
 
 // writeUnavailable answers a refused write with an OCI error body.
 func writeUnavailable(w http.ResponseWriter, reason string) {
-	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Retry-After", strconv.Itoa(int(RetryAfter.Seconds())))
-	w.WriteHeader(http.StatusServiceUnavailable)
-	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{
-		"code":    "UNAVAILABLE",
-		"message": "registry is temporarily read-only (" + reason + "); retry in a few seconds",
-		"detail":  map[string]any{"retry_after_seconds": int(RetryAfter.Seconds()), "reason": reason},
-	}}})
+	WriteError(w, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.
+		WithMessage("registry is temporarily read-only ("+reason+"); retry in a few seconds").
+		WithDetail(map[string]any{"retry_after_seconds": int(RetryAfter.Seconds()), "reason": reason}))
 }
