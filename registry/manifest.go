@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/distribution/v3/registry/auth"
@@ -77,8 +78,12 @@ func parseAPIPath(p string) (apiPath, bool) {
 }
 
 func (a *ociAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.s.opts.ReadOnly && isWrite(r.Method) && strings.HasPrefix(r.URL.Path, "/v2/") {
+		refuseReadOnly(w) // requests.go
+		return
+	}
 	p, ok := a.guard(w, r)
-	if !ok {
+	if !ok || !a.checkRequest(w, r, p) { // manifest_guard.go, requests.go
 		return
 	}
 	switch {
