@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
@@ -257,6 +258,9 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 func (s *Server) Serve(ctx context.Context) error {
 	if s.ln == nil {
 		return errors.New("registry: Serve before Listen")
+	}
+	if f := s.extras.serveLock; f != nil {
+		defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 	}
 	srv := &http.Server{
 		Handler:           s.handler,
