@@ -924,10 +924,11 @@ func Dockerfile(hist []ocispec.History) []string {
 
 // DeleteTag removes one tag; other tags on the same digest stay.
 func (c *Catalog) DeleteTag(ctx context.Context, repo, tag string) (digest.Digest, error) {
-	if ok, reason := c.gate.enter(); !ok {
+	id, ok, reason := c.gate.enter(nil)
+	if !ok {
 		return "", &BusyError{Reason: reason}
 	}
-	defer c.gate.leave()
+	defer c.gate.leave(id)
 	r, err := c.repository(ctx, repo)
 	if err != nil {
 		return "", err
@@ -946,10 +947,11 @@ func (c *Catalog) DeleteTag(ctx context.Context, repo, tag string) (digest.Diges
 // DeleteManifest removes the manifest dgst from repo and every tag that
 // points to it, and returns those tags.
 func (c *Catalog) DeleteManifest(ctx context.Context, repo string, dgst digest.Digest) ([]string, error) {
-	if ok, reason := c.gate.enter(); !ok {
+	id, ok, reason := c.gate.enter(nil)
+	if !ok {
 		return nil, &BusyError{Reason: reason}
 	}
-	defer c.gate.leave()
+	defer c.gate.leave(id)
 	r, err := c.repository(ctx, repo)
 	if err != nil {
 		return nil, err
