@@ -52,6 +52,11 @@ type Registry struct {
 	ProxyRemoteURL string `yaml:"proxy_remote_url" flag:"proxy-remote-url" usage:"upstream registry URL for pull-through-cache mode"`
 	// DrainTimeout is how long shutdown waits for requests in flight. Default 30s.
 	DrainTimeout time.Duration `yaml:"drain_timeout" flag:"drain-timeout" usage:"how long shutdown waits for requests in flight"`
+	// GCDrainTimeout bounds how long garbage collection (and scrub --repair)
+	// waits for writes in flight once the registry is read-only; writes
+	// still running then are aborted with 503 and their clients retry.
+	// Default 30s.
+	GCDrainTimeout time.Duration `yaml:"gc_drain_timeout" flag:"gc-drain-timeout" usage:"how long GC waits for writes in flight before aborting them (503, clients retry)"`
 }
 
 // UI configures the catalog web UI served by `labreg serve`.
@@ -99,6 +104,8 @@ func Default() *Config {
 			Data:         DefaultDataDir(),
 			Realm:        "labreg",
 			DrainTimeout: 30 * time.Second,
+			// #10: the read-only window of GC is bounded.
+			GCDrainTimeout: 30 * time.Second,
 		},
 		UI:  UI{Listen: ":8080"},
 		Log: Log{Level: "info", Format: "text"},
@@ -359,6 +366,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Registry.DrainTimeout < 0 {
 		errs = append(errs, errors.New("registry.drain_timeout: must not be negative"))
+	}
+	if c.Registry.GCDrainTimeout <= 0 {
+		errs = append(errs, errors.New("registry.gc_drain_timeout: must be positive (the read-only window of GC is bounded)"))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
@@ -51,6 +52,10 @@ type Options struct {
 	// DrainTimeout bounds how long Serve waits for requests in flight after
 	// its context ends. Default 30s.
 	DrainTimeout time.Duration
+	// GCDrainTimeout bounds how long GC (ReadOnly) waits for writes in
+	// flight once the registry is read-only; those still running then are
+	// aborted with 503 (their clients retry). Default 30s.
+	GCDrainTimeout time.Duration
 	// Logger receives the access log and distribution's own log lines.
 	// Default: discard.
 	Logger *slog.Logger
@@ -84,6 +89,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if opts.DrainTimeout == 0 {
 		opts.DrainTimeout = 30 * time.Second
+	}
+	if opts.GCDrainTimeout == 0 {
+		opts.GCDrainTimeout = 30 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -257,6 +265,9 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 func (s *Server) Serve(ctx context.Context) error {
 	if s.ln == nil {
 		return errors.New("registry: Serve before Listen")
+	}
+	if f := s.extras.serveLock; f != nil {
+		defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 	}
 	srv := &http.Server{
 		Handler:           s.handler,

@@ -32,6 +32,7 @@ func newServeCmd(io streams) *cobra.Command {
 				ReadOnly:       c.Registry.ReadOnly,
 				ProxyRemoteURL: c.Registry.ProxyRemoteURL,
 				DrainTimeout:   c.Registry.DrainTimeout,
+				GCDrainTimeout: c.Registry.GCDrainTimeout,
 				Logger:         log,
 			})
 			if err != nil {
