@@ -33,6 +33,12 @@ func newServeCmd(io streams) *cobra.Command {
 				ProxyRemoteURL: c.Registry.ProxyRemoteURL,
 				DrainTimeout:   c.Registry.DrainTimeout,
 				Logger:         log,
+
+				Storage:         c.Registry.Storage,
+				S3AccessKeyFile: c.Registry.S3AccessKeyFile,
+				S3SecretKeyFile: c.Registry.S3SecretKeyFile,
+				HTTPSecretFile:  c.Registry.HTTPSecretFile,
+				Redis:           c.Registry.Redis,
 			})
 			if err != nil {
 				return err
