@@ -6,14 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"regexp"
 	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/distribution/v3/registry/auth"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
-	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 )
@@ -31,7 +29,7 @@ type ociAPI struct {
 	s    *Server
 	next http.Handler
 	idx  referrerIndex
-	// drv is distribution's storage under <data>/storage, used to keep
+	// drv is the registry's storage driver (storage.go), used to keep
 	// sha512 aliases (digest.go).
 	drv storagedriver.StorageDriver
 	// ac checks credentials for the endpoints served here (Server.access);
@@ -41,11 +39,7 @@ type ociAPI struct {
 
 // ociAPI wraps next (distribution, or whatever serves /v2/ under us).
 func (s *Server) ociAPI(next http.Handler) http.Handler {
-	a := &ociAPI{s: s, next: next, idx: s.referrerIndex()}
-	a.drv = filesystem.New(filesystem.DriverParameters{
-		RootDirectory: filepath.Join(s.opts.DataDir, "storage"),
-		MaxThreads:    100,
-	})
+	a := &ociAPI{s: s, next: next, idx: s.referrerIndex(), drv: s.store.driver}
 	a.ac = s.access
 	return a
 }

@@ -62,6 +62,9 @@ and referrers (signatures, SBOMs).`,
 					return err
 				}
 			}
+			if offline && c.Registry.Storage != "" && c.Registry.Storage != "filesystem" {
+				return fmt.Errorf("offline GC works on filesystem storage only (registry.storage is %s)", c.Registry.Storage)
+			}
 			if offline {
 				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, newLogger(c, io.Err)); err != nil {
 					return err
