@@ -34,13 +34,12 @@ type Builder struct {
 }
 
 type planned struct {
-	t      Target
-	df     *Dockerfile
-	bases  []string
-	useBK  bool
-	runAt  int
-	ref    name.Reference
-	needed []int
+	t     Target
+	df    *Dockerfile
+	bases []string
+	useBK bool
+	runAt int
+	ref   name.Reference
 }
 
 // Build builds targets and calls done after each one, in build order.

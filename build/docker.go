@@ -42,7 +42,7 @@ func NewDockerBuildKit(ctx context.Context, progress io.Writer, opts ...BuildKit
 	if progress == nil {
 		progress = io.Discard
 	}
-	api, err := dockerclient.New(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	api, err := dockerclient.New(dockerclient.FromEnv)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the Docker Engine: %w", err)
 	}

@@ -62,7 +62,6 @@ type stage struct {
 	oci        bool
 	img        v1.Image
 	fs         map[string]*fsEntry // flattened filesystem, for COPY --from
-	users      map[string][2]int
 }
 
 type fsEntry struct {
