@@ -77,7 +77,7 @@ func TestAddTarWithHardLinks(t *testing.T) {
 		"links.tar":  hardLinkTar(t),
 	})
 	out := filepath.Join(t.TempDir(), "layout")
-	res, err := newTestNative(t).Build(t.Context(), Target{Context: dir, Ref: "127.0.0.1:9/links:1", Layout: out})
+	res, err := buildOne(t.Context(), newTestNative(t), Target{Context: dir, Ref: "127.0.0.1:9/links:1"}, &Layout{Dir: out})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestAddTarDanglingHardLink(t *testing.T) {
 	tw.WriteHeader(&tar.Header{Name: "dir/link", Linkname: "dir/gone", Typeflag: tar.TypeLink})
 	tw.Close()
 	dir := writeTree(t, map[string]string{"Dockerfile": "FROM scratch\nADD links.tar /opt/\n", "links.tar": b.String()})
-	_, err := newTestNative(t).Build(t.Context(), Target{Context: dir, Ref: "127.0.0.1:9/links:1", Layout: filepath.Join(t.TempDir(), "l")})
+	_, err := buildOne(t.Context(), newTestNative(t), Target{Context: dir, Ref: "127.0.0.1:9/links:1"}, &Layout{Dir: filepath.Join(t.TempDir(), "l")})
 	want := `Dockerfile:2: ADD: unpacking "links.tar": hard link /opt/dir/link: its target /opt/dir/gone is not a file earlier in the archive`
 	if err == nil || !strings.HasSuffix(err.Error(), want) {
 		t.Fatalf("err = %v, want %q", err, want)
