@@ -114,6 +114,15 @@ func imageDir(t *testing.T, dockerfile string) string {
 	return dir
 }
 
+// buildkitPublish plans tg and has bk build it and publish it to to.
+func buildkitPublish(ctx context.Context, bk *build.BuildKit, tg build.Target, to build.Publisher) (build.Result, error) {
+	p, err := build.NewPlan(ctx, tg, nil)
+	if err != nil {
+		return build.Result{}, err
+	}
+	return bk.BuildAndPublish(ctx, p, to)
+}
+
 // engines are the two ways to reach BuildKit, each closed when the test
 // ends and skipped (or failed under LABREG_E2E=1) when its daemon is
 // missing.
@@ -161,10 +170,10 @@ func TestBuildKitRun(t *testing.T) {
 			writeFile(t, filepath.Join(dir, ".dockerignore"), "secret.txt\n")
 			ref := reg + "/runs/hello:1.0"
 			removeFromEngine(t, e.name, ref)
-			res, err := bk.Build(ctx, build.Target{
-				Context: dir, Ref: ref, Push: true, Insecure: true,
+			res, err := buildkitPublish(ctx, bk, build.Target{
+				Context: dir, Ref: ref, Insecure: true,
 				BuildArgs: map[string]string{"WHO": "labreg"},
-			})
+			}, &build.Registry{})
 			if err != nil {
 				t.Fatalf("Build: %v\nprogress:\n%s", err, progress.String())
 			}
@@ -240,9 +249,9 @@ func TestBuildKitErrors(t *testing.T) {
 					dir := imageDir(t, tc.dockerfile)
 					repo := reg + "/broken/" + strings.ReplaceAll(strings.ToLower(tc.name), " ", "-")
 					removeFromEngine(t, e.name, repo+":1")
-					_, err := bk.Build(context.Background(), build.Target{
-						Context: dir, Ref: repo + ":1", Push: true, Insecure: true,
-					})
+					_, err := buildkitPublish(context.Background(), bk, build.Target{
+						Context: dir, Ref: repo + ":1", Insecure: true,
+					}, &build.Registry{})
 					if err == nil {
 						t.Fatal("Build succeeded, want an error")
 					}
@@ -278,7 +287,7 @@ func TestBuildKitLayout(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "oci")
 			ref := reg + "/layout/note:1"
 			removeFromEngine(t, e.name, ref)
-			res, err := bk.Build(context.Background(), build.Target{Context: dir, Ref: ref, Layout: out})
+			res, err := buildkitPublish(context.Background(), bk, build.Target{Context: dir, Ref: ref}, &build.Layout{Dir: out})
 			if err != nil {
 				t.Fatalf("Build: %v", err)
 			}
@@ -321,7 +330,7 @@ func TestBuildKitAuth(t *testing.T) {
 			ref := reg + "/private/app:1"
 			removeFromEngine(t, e.name, ref)
 			removeFromEngine(t, e.name, reg+"/private/anon:1")
-			res, err := bk.Build(context.Background(), build.Target{Context: dir, Ref: ref, Push: true, Insecure: true})
+			res, err := buildkitPublish(context.Background(), bk, build.Target{Context: dir, Ref: ref, Insecure: true}, &build.Registry{})
 			if err != nil {
 				t.Fatalf("Build with credentials: %v", err)
 			}
@@ -338,7 +347,7 @@ func TestBuildKitAuth(t *testing.T) {
 			}
 
 			anon := e.open(t, io.Discard, build.WithDockerConfig(configfile.New(filepath.Join(t.TempDir(), "config.json"))))
-			_, err = anon.Build(context.Background(), build.Target{Context: dir, Ref: reg + "/private/anon:1", Push: true, Insecure: true})
+			_, err = buildkitPublish(context.Background(), anon, build.Target{Context: dir, Ref: reg + "/private/anon:1", Insecure: true}, &build.Registry{})
 			if err == nil {
 				t.Fatal("Build without credentials succeeded on a registry with auth")
 			}
@@ -365,7 +374,7 @@ func TestBuildKitLayoutArchive(t *testing.T) {
 			out := filepath.Join(t.TempDir(), "image.tar")
 			ref := reg + "/layout/archive:1"
 			removeFromEngine(t, e.name, ref)
-			res, err := bk.Build(context.Background(), build.Target{Context: dir, Ref: ref, Layout: out})
+			res, err := buildkitPublish(context.Background(), bk, build.Target{Context: dir, Ref: ref}, &build.Layout{Dir: out})
 			if e.name == "docker-engine" {
 				if err == nil || !strings.Contains(err.Error(), out) {
 					t.Fatalf("Build to %s through the Docker Engine: error %v, want one naming the archive", out, err)

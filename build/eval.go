@@ -62,7 +62,6 @@ type stage struct {
 	oci        bool
 	img        v1.Image
 	fs         map[string]*fsEntry // flattened filesystem, for COPY --from
-	users      map[string][2]int
 }
 
 type fsEntry struct {
@@ -674,6 +673,9 @@ func untar(f srcFile, dest string, uid, gid int, chown bool) ([]layerEntry, bool
 		if chown {
 			le.uid, le.gid = uid, gid
 		}
+		if h.Typeflag == tar.TypeLink {
+			le.hardlink, le.link = true, path.Join(dest, path.Clean("/"+h.Linkname))
+		}
 		if h.Typeflag == tar.TypeReg {
 			data, err := io.ReadAll(tr)
 			if err != nil {
@@ -684,7 +686,58 @@ func untar(f srcFile, dest string, uid, gid int, chown bool) ([]layerEntry, bool
 		}
 		out = append(out, le)
 	}
+	if err := orderHardLinks(out); err != nil {
+		return nil, true, err
+	}
 	return out, len(out) > 0, nil
+}
+
+// orderHardLinks makes the hard links among entries writable in a layer,
+// whose entries are sorted by name while a link must follow its target:
+// of the names sharing one file, the first in name order takes the file
+// (contents, mode, owner) and the others become links to it. A link to a
+// name that is not an earlier regular file of the archive is an error.
+func orderHardLinks(entries []layerEntry) error {
+	idx := map[string]int{} // name -> index of its last entry
+	for i, le := range entries {
+		idx[le.name] = i
+	}
+	groups := map[int][]int{} // file entry -> its link entries
+	file := map[int]int{}     // link entry -> its file entry
+	for i, le := range entries {
+		if !le.hardlink {
+			continue
+		}
+		j, ok := idx[le.link]
+		if ok && j < i && entries[j].hardlink {
+			j = file[j] // a link to a link: both name the file
+		}
+		if !ok || j >= i || !entries[j].mode.IsRegular() {
+			return fmt.Errorf("hard link %s: its target %s is not a file earlier in the archive", le.name, le.link)
+		}
+		file[i] = j
+		groups[j] = append(groups[j], i)
+	}
+	for file, links := range groups {
+		first := file
+		for _, l := range links {
+			if entries[l].name < entries[first].name {
+				first = l
+			}
+		}
+		if first != file {
+			name := entries[first].name
+			entries[first] = entries[file]
+			entries[first].name = name
+		}
+		for _, l := range append(links, file) {
+			if l != first {
+				entries[l] = layerEntry{name: entries[l].name, mode: entries[first].mode, hardlink: true,
+					link: entries[first].name, uid: entries[first].uid, gid: entries[first].gid}
+			}
+		}
+	}
+	return nil
 }
 
 func humanSize(n int64) string {

@@ -76,11 +76,17 @@ Prints one line per image on stdout: <registry>/<repo>:<tag>@sha256:<digest>.`,
 			if err != nil {
 				return usageError{err}
 			}
+			defer native.Close()
+			var pub build.Publisher = &build.Registry{Progress: progress}
+			if !o.push {
+				pub = &build.Layout{Dir: o.layout, Progress: progress}
+			}
 			b := &build.Builder{
-				Native:   native,
-				Mode:     o.engine,
-				Progress: progress,
-				BuildKit: func(ctx context.Context) (build.Engine, error) {
+				Native:    native,
+				Publisher: pub,
+				Mode:      o.engine,
+				Progress:  progress,
+				BuildKit: func(ctx context.Context) (build.SelfPublisher, error) {
 					return build.NewBuildKit(ctx, c.Client.BuildkitAddr, progress)
 				},
 			}
@@ -140,8 +146,6 @@ func buildTargets(args []string, o buildOptions, registry string) ([]build.Targe
 			Context:   d.Path,
 			Ref:       registry + "/" + name,
 			BuildArgs: buildArgs,
-			Push:      o.push,
-			Layout:    o.layout,
 			Insecure:  true,
 		}
 	}
