@@ -93,7 +93,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		return res, err
 	}
 	res.Image = pinned
-	fmt.Fprintf(c.opts.Progress, "%s: image %s\n", s.Name, pinned)
+	c.opts.OnProgress(Progress{Service: s.Name, Stage: StageImage, Image: pinned})
 
 	nets, err := c.ensureNetworks(ctx, s.Networks)
 	if err != nil {
@@ -128,7 +128,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 			return res, err
 		}
 	}
-	ws := watchSpec{name: s.Name, want: pinned, timeout: opts.timeout(), deadline: deadline, noAuth: opts.NoRegistryAuth || auth == ""}
+	ws := watchSpec{name: s.Name, goal: goal{want: pinned}, timeout: opts.timeout(), deadline: deadline, noAuth: opts.NoRegistryAuth || auth == ""}
 	if !exists {
 		sp := s.apply(swarm.ServiceSpec{}, pinned, nets, configs, secrets)
 		r, err := c.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: sp, EncodedRegistryAuth: auth})
@@ -150,7 +150,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		ws.before = svc.UpdateStatus
 	}
 	for _, w := range res.Warnings {
-		fmt.Fprintf(c.opts.Progress, "%s: warning: %s\n", s.Name, w)
+		c.opts.OnProgress(Progress{Service: s.Name, Stage: StageWarning, Message: w})
 	}
 	if opts.Detach {
 		return res, nil
@@ -180,7 +180,7 @@ func (c *Client) pushLocal(ctx context.Context, typed, full, auth string) (bool,
 			return false, fmt.Errorf("tagging local image %s as %s: %w", src, full, err)
 		}
 	}
-	fmt.Fprintf(c.opts.Progress, "%s is not in the registry: pushing it from the local engine (%s)\n", full, src)
+	c.opts.OnProgress(Progress{Stage: StagePush, Image: full, Message: fmt.Sprintf("%s is not in the registry: pushing it from the local engine (%s)", full, src)})
 	if auth == "" {
 		auth = "e30=" // base64url("{}"): the engine wants the header
 	}
@@ -226,16 +226,16 @@ func (c *Client) Rollback(ctx context.Context, service string, opts DeployOption
 		return res, fmt.Errorf("rolling back service %s: %w", service, err)
 	}
 	if svc.PreviousSpec.TaskTemplate.ContainerSpec != nil {
-		fmt.Fprintf(c.opts.Progress, "%s: rolling back to %s\n", svc.Spec.Name, svc.PreviousSpec.TaskTemplate.ContainerSpec.Image)
+		c.opts.OnProgress(Progress{Service: svc.Spec.Name, Stage: StageRollback, Rollback: true, Image: svc.PreviousSpec.TaskTemplate.ContainerSpec.Image})
 	}
 	for _, w := range r.Warnings {
-		fmt.Fprintf(c.opts.Progress, "%s: warning: %s\n", service, w)
+		c.opts.OnProgress(Progress{Service: svc.Spec.Name, Stage: StageWarning, Message: w})
 	}
 	if opts.Detach {
 		return Result{Service: svc.Spec.Name, ID: svc.ID}, nil
 	}
 	wr, err := c.watch(ctx, watchSpec{
-		id: svc.ID, name: svc.Spec.Name, rollback: true, before: svc.UpdateStatus, timeout: opts.timeout(),
+		id: svc.ID, name: svc.Spec.Name, goal: goal{rollback: true, before: svc.UpdateStatus}, timeout: opts.timeout(),
 	})
 	wr.Warnings = r.Warnings
 	return wr, err
@@ -277,7 +277,7 @@ func (c *Client) ensureNetworks(ctx context.Context, nets []Network) ([]swarm.Ne
 			if err != nil {
 				return nil, fmt.Errorf("creating overlay network %s: %w", n.Name, err)
 			}
-			fmt.Fprintf(c.opts.Progress, "network %s: created (overlay %s)\n", n.Name, n.Subnet)
+			c.opts.OnProgress(Progress{Stage: StageCreated, Message: fmt.Sprintf("network %s: created (overlay %s)", n.Name, n.Subnet)})
 			out = append(out, swarm.NetworkAttachmentConfig{Target: r.ID})
 		default:
 			return nil, fmt.Errorf("inspecting network %s: %w", n.Name, err)
@@ -361,7 +361,7 @@ func (c *Client) ensureSecrets(ctx context.Context, files []File) ([]*swarm.Secr
 				return nil, fmt.Errorf("creating secret %s from %s: %w", name, f.Path, err)
 			}
 			id = r.ID
-			fmt.Fprintf(c.opts.Progress, "secret %s: created from %s\n", name, f.Path)
+			c.opts.OnProgress(Progress{Stage: StageCreated, Message: fmt.Sprintf("secret %s: created from %s", name, f.Path)})
 		}
 		target := f.Target
 		if target == "" {
@@ -403,7 +403,7 @@ func (c *Client) ensureConfigs(ctx context.Context, files []File) ([]*swarm.Conf
 				return nil, fmt.Errorf("creating config %s from %s: %w", name, f.Path, err)
 			}
 			id = r.ID
-			fmt.Fprintf(c.opts.Progress, "config %s: created from %s\n", name, f.Path)
+			c.opts.OnProgress(Progress{Stage: StageCreated, Message: fmt.Sprintf("config %s: created from %s", name, f.Path)})
 		}
 		target := f.Target
 		if target == "" {

@@ -210,19 +210,19 @@ func newRollbackCmd(io streams) *cobra.Command {
 }
 
 func newDeployClient(c *config.Config, st streams, progress string) (*deploy.Client, error) {
-	var w io.Writer = st.Err
+	var on func(deploy.Progress)
 	switch progress {
 	case "plain":
+		on = printProgress(st.Err)
 	case "quiet":
-		w = nil
 	case "auto", "":
-		if !isTerminal(st.Err) {
-			w = nil
+		if isTerminal(st.Err) {
+			on = printProgress(st.Err)
 		}
 	default:
 		return nil, usageError{fmt.Errorf("--progress %q is not auto, plain or quiet", progress)}
 	}
-	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, Progress: w, Logger: newLogger(c, st.Err)})
+	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, OnProgress: on, Logger: newLogger(c, st.Err)})
 }
 
 // quietDeployClient loads cmd's configuration and opens a deploy client
