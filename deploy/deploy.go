@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -108,17 +109,23 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		return res, err
 	}
 
-	cur, err := c.api.ServiceInspect(ctx, s.Name, client.ServiceInspectOptions{})
+	// By exact name only: the engine's lookup would also take an ID
+	// prefix, and update whatever service's ID starts with s.Name.
+	cur, err := c.lookupService(ctx, s.Name)
+	var nf *ServiceNotFoundError
 	exists := err == nil
-	if err != nil && !cerrdefs.IsNotFound(err) {
-		return res, fmt.Errorf("inspecting service %s: %w", s.Name, err)
+	switch {
+	case err != nil && !errors.As(err, &nf):
+		return res, err
+	case exists && cur.Spec.Name != s.Name:
+		return res, fmt.Errorf("%q is the ID of service %s: deploy takes the service's name", s.Name, cur.Spec.Name)
 	}
 	// One deadline for the prepull and the rollout watch.
 	deadline := time.Now().Add(opts.timeout())
 	if opts.Prepull {
 		base := swarm.ServiceSpec{}
 		if exists {
-			base = cur.Service.Spec
+			base = cur.Spec
 		}
 		sp := s.apply(base, pinned, nets, configs, secrets)
 		pctx, cancel := context.WithDeadline(ctx, deadline)
@@ -138,7 +145,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		res.ID, res.Created, res.Warnings = r.ID, true, r.Warnings
 		ws.created = true
 	} else {
-		svc := cur.Service
+		svc := cur
 		sp := s.apply(svc.Spec, pinned, nets, configs, secrets)
 		r, err := c.api.ServiceUpdate(ctx, svc.ID, client.ServiceUpdateOptions{
 			Version: svc.Version, Spec: sp, EncodedRegistryAuth: auth,
@@ -195,16 +202,15 @@ func (c *Client) pushLocal(ctx context.Context, typed, full, auth string) (bool,
 	return true, nil
 }
 
-// Rollback returns service to its previous spec (`docker service rollback`)
+// Rollback returns service (its exact name or full ID) to its previous spec (`docker service rollback`)
 // with the registry credentials forwarded again, and watches it like
 // Deploy: rollback_paused is a *RolloutError.
 func (c *Client) Rollback(ctx context.Context, service string, opts DeployOptions) (Result, error) {
 	res := Result{Service: service}
-	cur, err := c.api.ServiceInspect(ctx, service, client.ServiceInspectOptions{})
+	svc, err := c.lookupService(ctx, service)
 	if err != nil {
-		return res, fmt.Errorf("inspecting service %s: %w", service, err)
+		return res, err
 	}
-	svc := cur.Service
 	if svc.PreviousSpec == nil {
 		return res, fmt.Errorf("service %s has no previous spec to roll back to", service)
 	}

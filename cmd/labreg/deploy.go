@@ -205,7 +205,8 @@ func newRollbackCmd(io streams) *cobra.Command {
 	f.BoolVarP(&detach, "detach", "d", false, "do not wait for the rollback to converge")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "give up watching the rollback after this long")
 	f.StringVar(&progress, "progress", "auto", "progress on stderr: auto (on a terminal), plain, quiet")
-	bindConfig(cmd, "registry.advertise", "client.registry", "log.")
+	// No client.registry: the previous spec names its image in full.
+	bindConfig(cmd, "registry.advertise", "log.")
 	return cmd
 }
 
