@@ -205,24 +205,25 @@ func newRollbackCmd(io streams) *cobra.Command {
 	f.BoolVarP(&detach, "detach", "d", false, "do not wait for the rollback to converge")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "give up watching the rollback after this long")
 	f.StringVar(&progress, "progress", "auto", "progress on stderr: auto (on a terminal), plain, quiet")
-	bindConfig(cmd, "registry.advertise", "client.registry", "log.")
+	// No client.registry: the previous spec names its image in full.
+	bindConfig(cmd, "registry.advertise", "log.")
 	return cmd
 }
 
 func newDeployClient(c *config.Config, st streams, progress string) (*deploy.Client, error) {
-	var w io.Writer = st.Err
+	var on func(deploy.Progress)
 	switch progress {
 	case "plain":
+		on = printProgress(st.Err)
 	case "quiet":
-		w = nil
 	case "auto", "":
-		if !isTerminal(st.Err) {
-			w = nil
+		if isTerminal(st.Err) {
+			on = printProgress(st.Err)
 		}
 	default:
 		return nil, usageError{fmt.Errorf("--progress %q is not auto, plain or quiet", progress)}
 	}
-	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, Progress: w, Logger: newLogger(c, st.Err)})
+	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, OnProgress: on, Logger: newLogger(c, st.Err)})
 }
 
 // quietDeployClient loads cmd's configuration and opens a deploy client
