@@ -101,6 +101,7 @@ func newRootCmd(io streams) *cobra.Command {
 		newServeCmd(io),
 		newConfigCmd(io),
 		newVersionCmd(io),
+		newDownCmd(io),
 	)
 	for _, c := range extraCommands {
 		root.AddCommand(c(io))
