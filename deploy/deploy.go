@@ -96,15 +96,15 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 	res.Image = pinned
 	c.opts.OnProgress(Progress{Service: s.Name, Stage: StageImage, Image: pinned})
 
-	nets, err := c.ensureNetworks(ctx, s.Networks)
+	nets, err := c.ensureNetworks(ctx, s.Networks, s.Stack)
 	if err != nil {
 		return res, err
 	}
-	secrets, err := c.ensureSecrets(ctx, s.Secrets)
+	secrets, err := c.ensureSecrets(ctx, s.Secrets, s.Stack)
 	if err != nil {
 		return res, err
 	}
-	configs, err := c.ensureConfigs(ctx, s.Configs)
+	configs, err := c.ensureConfigs(ctx, s.Configs, s.Stack)
 	if err != nil {
 		return res, err
 	}
@@ -247,9 +247,9 @@ func (c *Client) Rollback(ctx context.Context, service string, opts DeployOption
 	return wr, err
 }
 
-// ensureNetworks creates missing overlay networks and checks the subnet of
-// existing ones.
-func (c *Client) ensureNetworks(ctx context.Context, nets []Network) ([]swarm.NetworkAttachmentConfig, error) {
+// ensureNetworks creates missing overlay networks, labelled with stack (see
+// createdLabels), and checks the subnet of existing ones.
+func (c *Client) ensureNetworks(ctx context.Context, nets []Network, stack string) ([]swarm.NetworkAttachmentConfig, error) {
 	if nets == nil {
 		return nil, nil
 	}
@@ -264,7 +264,7 @@ func (c *Client) ensureNetworks(ctx context.Context, nets []Network) ([]swarm.Ne
 			out = append(out, swarm.NetworkAttachmentConfig{Target: ins.Network.ID})
 		case cerrdefs.IsNotFound(err):
 			o := client.NetworkCreateOptions{Driver: "overlay", Scope: "swarm", Attachable: n.Attachable,
-				Labels: map[string]string{"labreg.created-by": "labreg deploy"}}
+				Labels: createdLabels(stack, nil)}
 			if n.Subnet != "" {
 				p, err := netip.ParsePrefix(n.Subnet)
 				if err != nil {
@@ -336,9 +336,10 @@ func objectName(f File) (string, []byte, error) {
 	return f.Name + "-" + hex.EncodeToString(sum[:])[:12], data, nil
 }
 
-// ensureSecrets creates the secrets (content-named) that do not exist yet.
-// Secret contents are sent to the engine only; errors name files, never values.
-func (c *Client) ensureSecrets(ctx context.Context, files []File) ([]*swarm.SecretReference, error) {
+// ensureSecrets creates the secrets (content-named) that do not exist yet,
+// labelled with stack. Secret contents are sent to the engine only; errors
+// name files, never values.
+func (c *Client) ensureSecrets(ctx context.Context, files []File, stack string) ([]*swarm.SecretReference, error) {
 	if files == nil {
 		return nil, nil
 	}
@@ -360,7 +361,7 @@ func (c *Client) ensureSecrets(ctx context.Context, files []File) ([]*swarm.Secr
 		}
 		if id == "" {
 			r, err := c.api.SecretCreate(ctx, client.SecretCreateOptions{Spec: swarm.SecretSpec{
-				Annotations: swarm.Annotations{Name: name, Labels: map[string]string{"labreg.name": f.Name}},
+				Annotations: swarm.Annotations{Name: name, Labels: createdLabels(stack, map[string]string{"labreg.name": f.Name})},
 				Data:        data,
 			}})
 			if err != nil {
@@ -379,8 +380,9 @@ func (c *Client) ensureSecrets(ctx context.Context, files []File) ([]*swarm.Secr
 	return out, nil
 }
 
-// ensureConfigs creates the configs (content-named) that do not exist yet.
-func (c *Client) ensureConfigs(ctx context.Context, files []File) ([]*swarm.ConfigReference, error) {
+// ensureConfigs creates the configs (content-named) that do not exist yet,
+// labelled with stack.
+func (c *Client) ensureConfigs(ctx context.Context, files []File, stack string) ([]*swarm.ConfigReference, error) {
 	if files == nil {
 		return nil, nil
 	}
@@ -402,7 +404,7 @@ func (c *Client) ensureConfigs(ctx context.Context, files []File) ([]*swarm.Conf
 		}
 		if id == "" {
 			r, err := c.api.ConfigCreate(ctx, client.ConfigCreateOptions{Spec: swarm.ConfigSpec{
-				Annotations: swarm.Annotations{Name: name, Labels: map[string]string{"labreg.name": f.Name}},
+				Annotations: swarm.Annotations{Name: name, Labels: createdLabels(stack, map[string]string{"labreg.name": f.Name})},
 				Data:        data,
 			}})
 			if err != nil {

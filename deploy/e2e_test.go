@@ -208,7 +208,7 @@ func TestSamsungFile(t *testing.T) {
 	svc := "samsung-" + id
 	yml := strings.Replace(string(src), "\n  samsung:\n    image:", "\n  "+svc+":\n    image:", 1)
 	yml = strings.Replace(yml, "replicas: 2", "replicas: 1", 1) // one node, one host port
-	yml = strings.Replace(yml, "          - node.labels.srv != nfs\n", "          - node.labels.srv != nfs\n          - "+onManager(t, docker)+"\n", 1)
+	yml = strings.Replace(yml, "          - node.labels.zone == seoul\n", "          - node.labels.zone == seoul\n          - "+onManager(t, docker)+"\n", 1)
 	if err := os.WriteFile(file, []byte(yml), 0o644); err != nil {
 		t.Fatal(err)
 	}

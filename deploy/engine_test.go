@@ -272,3 +272,15 @@ func TestRemoveUnknownRemovesNothing(t *testing.T) {
 		t.Errorf("remove g: %v, removed %v, want only g", err, removed)
 	}
 }
+
+func (f *fakeEngine) NetworkRemove(context.Context, string, client.NetworkRemoveOptions) (client.NetworkRemoveResult, error) {
+	return client.NetworkRemoveResult{}, errNotFaked
+}
+
+func (f *fakeEngine) SecretRemove(context.Context, string, client.SecretRemoveOptions) (client.SecretRemoveResult, error) {
+	return client.SecretRemoveResult{}, errNotFaked
+}
+
+func (f *fakeEngine) ConfigRemove(context.Context, string, client.ConfigRemoveOptions) (client.ConfigRemoveResult, error) {
+	return client.ConfigRemoveResult{}, errNotFaked
+}

@@ -14,6 +14,9 @@ const (
 	StagePush Stage = "push"
 	// StageCreated: a network, secret or config was created (Message).
 	StageCreated Stage = "created"
+	// StageRemoved: a service, network, secret or config was removed
+	// (Message).
+	StageRemoved Stage = "removed"
 	// StageWarning: the engine warned (Message).
 	StageWarning Stage = "warning"
 	// StagePrepull: a prepull started (Image), or one node finished it

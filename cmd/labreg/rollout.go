@@ -26,7 +26,7 @@ func progressLine(p deploy.Progress) string {
 	switch p.Stage {
 	case deploy.StageImage:
 		return fmt.Sprintf("%s: image %s", svc, p.Image)
-	case deploy.StagePush, deploy.StageCreated:
+	case deploy.StagePush, deploy.StageCreated, deploy.StageRemoved:
 		return p.Message
 	case deploy.StageWarning:
 		return fmt.Sprintf("%s: warning: %s", svc, p.Message)

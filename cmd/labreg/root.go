@@ -102,6 +102,7 @@ func newRootCmd(io streams) *cobra.Command {
 		newConfigCmd(io),
 		newVersionCmd(io),
 		newRmCmd(io),
+		newDownCmd(io),
 	)
 	for _, c := range extraCommands {
 		root.AddCommand(c(io))
