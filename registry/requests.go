@@ -134,9 +134,14 @@ func limitRanges(h http.Header) bool {
 	}
 	keep := parts[:0]
 	for _, p := range parts {
+		// As net/http parses a range: trimmed, cut at "-", both ends
+		// trimmed, numbers as strconv.ParseInt reads them ("+0" too).
 		p = strings.TrimSpace(p)
-		if n, ok := strings.CutPrefix(p, "-"); ok && digitsOnly(n) && strings.Trim(n, "0") == "" {
-			continue // "-0": no bytes
+		start, end, _ := strings.Cut(p, "-")
+		if strings.TrimSpace(start) == "" {
+			if n, err := strconv.ParseInt(strings.TrimSpace(end), 10, 64); err == nil && n == 0 {
+				continue // "-0": the last zero bytes
+			}
 		}
 		keep = append(keep, p)
 	}
