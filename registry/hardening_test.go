@@ -94,3 +94,32 @@ func TestGCDrainBound(t *testing.T) {
 	}
 	testenv.Push(t, addr+"/drain/app:2", catImage(t, 1000))
 }
+
+// TestUploadCap: uploads beyond MaxUploads get 429 TOOMANYREQUESTS with
+// Retry-After and an OCI error body; reads are not counted, and once the
+// upload in flight ends another is served.
+func TestUploadCap(t *testing.T) {
+	addr, srv := testenv.Registry(t, registry.Options{MaxUploads: 1})
+	first := relUpload(t, addr, "cap/a")
+	c := stalledPatch(t, addr, first, 1000, "x")
+	waitFor(t, 10*time.Second, "the first upload to be in flight", func() bool { return srv.WritesInFlight() == 1 })
+
+	second := relUpload(t, addr, "cap/b") // a POST without a body is not an upload of data
+	req, _ := http.NewRequest(http.MethodPatch, second, strings.NewReader("data"))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), `"TOOMANYREQUESTS"`) {
+		t.Errorf("upload beyond the cap: %s, Retry-After %q, %s; want 429 TOOMANYREQUESTS with Retry-After", resp.Status, resp.Header.Get("Retry-After"), body)
+	}
+	if resp, err := http.Get("http://" + addr + "/v2/"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("a read while the cap is reached: %v %v", resp, err)
+	}
+	c.Close()
+	waitFor(t, 10*time.Second, "the first upload to end", func() bool { return srv.WritesInFlight() == 0 })
+	testenv.Push(t, addr+"/cap/app:1", catImage(t, 1000))
+}

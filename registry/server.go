@@ -56,6 +56,21 @@ type Options struct {
 	// flight once the registry is read-only; those still running then are
 	// aborted with 503 (their clients retry). Default 30s.
 	GCDrainTimeout time.Duration
+	// ReadHeaderTimeout bounds reading a request's headers. Default 30s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long. Default 2m.
+	IdleTimeout time.Duration
+	// BodyTimeout ends a request whose body sends no byte for this long
+	// (within a sixteenth of it). Default 60s.
+	BodyTimeout time.Duration
+	// MaxUploads caps the blob uploads (PATCH, PUT, monolithic POST)
+	// served at once; beyond it they get 429 TOOMANYREQUESTS with
+	// Retry-After. Default 1024.
+	MaxUploads int
+	// UploadMemory bounds the memory uploads hold for receiving, writing
+	// and hashing, taken in 1 MiB pieces as data arrives; past it uploads
+	// go on with small buffers (16 KiB, two each). Default 256 MiB.
+	UploadMemory int64
 	// Logger receives the access log and distribution's own log lines.
 	// Default: discard.
 	Logger *slog.Logger
@@ -92,6 +107,21 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if opts.GCDrainTimeout == 0 {
 		opts.GCDrainTimeout = 30 * time.Second
+	}
+	if opts.ReadHeaderTimeout == 0 {
+		opts.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = defaultIdleTimeout
+	}
+	if opts.BodyTimeout == 0 {
+		opts.BodyTimeout = defaultBodyTimeout
+	}
+	if opts.MaxUploads == 0 {
+		opts.MaxUploads = defaultMaxUploads
+	}
+	if opts.UploadMemory == 0 {
+		opts.UploadMemory = defaultUploadMemory
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -271,8 +301,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	srv := &http.Server{
 		Handler:           s.handler,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
+		IdleTimeout:       s.opts.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
