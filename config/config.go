@@ -71,6 +71,12 @@ type Registry struct {
 	// arrives (1 MiB pieces; past it uploads go on with small buffers).
 	// Default 268435456 (256 MiB).
 	UploadMemory int64 `yaml:"upload_memory" flag:"upload-memory" usage:"bytes of memory all uploads together may hold"`
+	// MinFreePercent makes /healthz unhealthy while the data dir's file
+	// system has less than this share (%) free. Default 1.
+	MinFreePercent float64 `yaml:"min_free_percent" flag:"min-free-percent" usage:"/healthz is unhealthy below this much free space on the data dir (%)"`
+	// UploadPurgeAge is the age at which abandoned uploads are removed.
+	// Default 24h.
+	UploadPurgeAge time.Duration `yaml:"upload_purge_age" flag:"upload-purge-age" usage:"remove uploads abandoned for this long"`
 }
 
 // UI configures the catalog web UI served by `labreg serve`.
@@ -126,6 +132,8 @@ func Default() *Config {
 			BodyTimeout:       60 * time.Second,
 			MaxUploads:        1024,
 			UploadMemory:      256 << 20,
+			MinFreePercent:    1,
+			UploadPurgeAge:    24 * time.Hour,
 		},
 		UI:  UI{Listen: ":8080"},
 		Log: Log{Level: "info", Format: "text"},
@@ -201,6 +209,12 @@ func (f Field) Set(s string) error {
 			return fmt.Errorf("%s: %q is not a whole number", f.Key, s)
 		}
 		f.value.SetInt(n)
+	case float64:
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a number", f.Key, s)
+		}
+		f.value.SetFloat(x)
 	default:
 		return fmt.Errorf("%s: unsupported type %s", f.Key, f.Kind)
 	}
@@ -406,6 +420,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Registry.UploadMemory < 1<<20 {
 		errs = append(errs, errors.New("registry.upload_memory: must be at least 1048576 (1 MiB)"))
+	}
+	if c.Registry.MinFreePercent <= 0 || c.Registry.MinFreePercent >= 100 {
+		errs = append(errs, errors.New("registry.min_free_percent: must be between 0 and 100"))
+	}
+	if c.Registry.UploadPurgeAge < time.Minute {
+		errs = append(errs, errors.New("registry.upload_purge_age: must be at least 1m"))
 	}
 	if c.Registry.GCDrainTimeout <= 0 {
 		errs = append(errs, errors.New("registry.gc_drain_timeout: must be positive (the read-only window of GC is bounded)"))

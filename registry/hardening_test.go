@@ -3,11 +3,14 @@ package registry_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -122,4 +125,26 @@ func TestUploadCap(t *testing.T) {
 	c.Close()
 	waitFor(t, 10*time.Second, "the first upload to end", func() bool { return srv.WritesInFlight() == 0 })
 	testenv.Push(t, addr+"/cap/app:1", catImage(t, 1000))
+}
+
+// TestStrayTempsRemovedAtStart: temporary files a crash left between
+// their write and their rename are removed when a server starts.
+func TestStrayTempsRemovedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	stray := filepath.Join(dir, "storage/docker/registry/v2/repositories/x/_manifests/tags/1/current/link.0123456789abcdef.tmp")
+	keep := filepath.Join(dir, "storage/docker/registry/v2/repositories/x/notes.tmp") // not one of labreg's
+	testenv.WriteFiles(t, dir, map[string]string{
+		strings.TrimPrefix(stray, dir+"/"): "sha256:",
+		strings.TrimPrefix(keep, dir+"/"):  "x",
+	})
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(stray, old, old)
+	testenv.Registry(t, registry.Options{DataDir: dir})
+	waitFor(t, 10*time.Second, "the stray temp file to be removed", func() bool {
+		_, err := os.Stat(stray)
+		return errors.Is(err, os.ErrNotExist)
+	})
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("a file not of labreg's temp pattern was removed: %v", err)
+	}
 }

@@ -71,6 +71,12 @@ type Options struct {
 	// and hashing, taken in 1 MiB pieces as data arrives; past it uploads
 	// go on with small buffers (16 KiB, two each). Default 256 MiB.
 	UploadMemory int64
+	// MinFreePercent makes /healthz report unhealthy (503) while the data
+	// dir's file system has less than this share free. Default 1 (%).
+	MinFreePercent float64
+	// UploadPurgeAge is the age at which abandoned uploads are purged
+	// (checked at most daily, as often as this age when shorter). Default 24h.
+	UploadPurgeAge time.Duration
 	// Logger receives the access log and distribution's own log lines.
 	// Default: discard.
 	Logger *slog.Logger
@@ -123,6 +129,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if opts.UploadMemory == 0 {
 		opts.UploadMemory = defaultUploadMemory
 	}
+	if opts.MinFreePercent == 0 {
+		opts.MinFreePercent = 1
+	}
+	if opts.UploadPurgeAge == 0 {
+		opts.UploadPurgeAge = 24 * time.Hour
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -159,6 +171,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s := &Server{opts: opts, app: app, health: hr, log: opts.Logger, metrics: opts.Metrics, access: access}
 	s.extras = newExtras(s)
 	s.handler = s.routes()
+	go s.removeStrayTemps(time.Now())
 	return s, nil
 }
 
@@ -177,7 +190,8 @@ func distributionConfig(opts Options, secret string) *configuration.Configuratio
 		"filesystem": configuration.Parameters{"rootdirectory": filepath.Join(opts.DataDir, "storage")},
 		"delete":     configuration.Parameters{"enabled": true},
 		"maintenance": configuration.Parameters{
-			"uploadpurging": map[any]any{"enabled": true, "age": "168h", "interval": "24h", "dryrun": false},
+			"uploadpurging": map[any]any{"enabled": true, "age": opts.UploadPurgeAge.String(),
+				"interval": max(time.Minute, min(24*time.Hour, opts.UploadPurgeAge)).String(), "dryrun": false},
 			"readonly":      map[any]any{"enabled": opts.ReadOnly},
 		},
 		"tag": configuration.Parameters{"concurrencylimit": 8},

@@ -131,13 +131,25 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 	fp.commonHeaders(hd)
 	f, err := os.OpenFile(dataPath, os.O_WRONLY|os.O_CREATE, 0o666)
 	if err != nil {
-		writeFastError(w, errcode.ErrorCodeUnknown, "opening upload data: "+err.Error())
+		writeStorageError(w, err)
 		return true
 	}
 	defer f.Close()
 	n, err := appendHashed(f, size, h, r.Body, fp.budget)
 	if err == nil {
-		err = f.Sync()
+		if serr := f.Sync(); serr != nil {
+			err = &storageError{serr}
+		}
+	}
+	var se *storageError
+	if errors.As(err, &se) {
+		// The server could not store the data (a full disk): the upload
+		// goes at once, not at the next purge, and the client is told
+		// it is the server's condition (5xx, retryable), with no path.
+		f.Close()
+		os.RemoveAll(dir)
+		writeStorageError(w, err)
+		return true
 	}
 	if err != nil {
 		// Leave the upload as it was before this request, so that the
@@ -157,7 +169,9 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 
 	if r.Method == http.MethodPatch {
 		if err := storeHashState(dir, size, h); err != nil {
-			writeFastError(w, errcode.ErrorCodeUnknown, err.Error())
+			f.Close()
+			os.RemoveAll(dir)
+			writeStorageError(w, err)
 			return true
 		}
 		st.Offset = size
@@ -184,7 +198,7 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 		return true
 	}
 	if err := fp.commit(dir, dataPath, name, got); err != nil {
-		writeFastError(w, errcode.ErrorCodeUnknown, err.Error())
+		writeStorageError(w, err)
 		return true
 	}
 	hd.Set("Location", "/v2/"+name+"/blobs/"+got)

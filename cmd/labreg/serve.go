@@ -38,6 +38,8 @@ func newServeCmd(io streams) *cobra.Command {
 				BodyTimeout:       c.Registry.BodyTimeout,
 				MaxUploads:        c.Registry.MaxUploads,
 				UploadMemory:      c.Registry.UploadMemory,
+				MinFreePercent:    c.Registry.MinFreePercent,
+				UploadPurgeAge:    c.Registry.UploadPurgeAge,
 				Logger:            log,
 			})
 			if err != nil {
