@@ -192,7 +192,7 @@ func distributionConfig(opts Options, secret string) *configuration.Configuratio
 		"maintenance": configuration.Parameters{
 			"uploadpurging": map[any]any{"enabled": true, "age": opts.UploadPurgeAge.String(),
 				"interval": max(time.Minute, min(24*time.Hour, opts.UploadPurgeAge)).String(), "dryrun": false},
-			"readonly":      map[any]any{"enabled": opts.ReadOnly},
+			"readonly": map[any]any{"enabled": opts.ReadOnly},
 		},
 		"tag": configuration.Parameters{"concurrencylimit": 8},
 	}
