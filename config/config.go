@@ -74,6 +74,26 @@ type Registry struct {
 	// Redis is redis://[USER[:PASSWORD]@]HOST:PORT[/DB] for distribution's
 	// blob-descriptor cache. Default: off.
 	Redis string `yaml:"redis" flag:"redis" usage:"redis://[USER[:PASSWORD]@]HOST:PORT[/DB] for the blob-descriptor cache (default: none)" redact:"url"`
+	// ReadHeaderTimeout bounds reading a request's headers. Default 30s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout" flag:"read-header-timeout" usage:"how long a client may take to send request headers"`
+	// IdleTimeout closes keep-alive connections idle this long. Default 2m.
+	IdleTimeout time.Duration `yaml:"idle_timeout" flag:"idle-timeout" usage:"how long an idle keep-alive connection stays open"`
+	// BodyTimeout ends a request whose body sends no byte for this long.
+	// Default 60s.
+	BodyTimeout time.Duration `yaml:"body_timeout" flag:"body-timeout" usage:"end a request whose body sends no byte for this long"`
+	// MaxUploads caps blob uploads served at once; beyond it clients get
+	// 429 with Retry-After. Default 1024.
+	MaxUploads int `yaml:"max_uploads" flag:"max-uploads" usage:"blob uploads served at once (beyond: 429, retry)"`
+	// UploadMemory bounds the memory uploads hold, in bytes, taken as data
+	// arrives (1 MiB pieces; past it uploads go on with small buffers).
+	// Default 268435456 (256 MiB).
+	UploadMemory int64 `yaml:"upload_memory" flag:"upload-memory" usage:"bytes of memory all uploads together may hold"`
+	// MinFreePercent makes /healthz unhealthy while the data dir's file
+	// system has less than this share (%) free. Default 1.
+	MinFreePercent float64 `yaml:"min_free_percent" flag:"min-free-percent" usage:"/healthz is unhealthy below this much free space on the data dir (%)"`
+	// UploadPurgeAge is the age at which abandoned uploads are removed.
+	// Default 24h.
+	UploadPurgeAge time.Duration `yaml:"upload_purge_age" flag:"upload-purge-age" usage:"remove uploads abandoned for this long"`
 }
 
 // UI configures the catalog web UI served by `labreg serve`.
@@ -126,6 +146,14 @@ func Default() *Config {
 			// #10: the read-only window of GC is bounded.
 			GCDrainTimeout: 30 * time.Second,
 			Storage:        "filesystem",
+			// #10: bounded resources under slow or idle clients.
+			ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			BodyTimeout:       60 * time.Second,
+			MaxUploads:        1024,
+			UploadMemory:      256 << 20,
+			MinFreePercent:    1,
+			UploadPurgeAge:    24 * time.Hour,
 		},
 		UI:  UI{Listen: ":8080"},
 		Log: Log{Level: "info", Format: "text"},
@@ -200,6 +228,18 @@ func (f Field) Set(s string) error {
 			return fmt.Errorf("%s: %q is not a duration (e.g. 30s)", f.Key, s)
 		}
 		f.value.SetInt(int64(d))
+	case int, int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a whole number", f.Key, s)
+		}
+		f.value.SetInt(n)
+	case float64:
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a number", f.Key, s)
+		}
+		f.value.SetFloat(x)
 	default:
 		return fmt.Errorf("%s: unsupported type %s", f.Key, f.Kind)
 	}
@@ -404,6 +444,26 @@ func (c *Config) Validate() error {
 	}
 	if c.Registry.DrainTimeout < 0 {
 		errs = append(errs, errors.New("registry.drain_timeout: must not be negative"))
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"registry.read_header_timeout", c.Registry.ReadHeaderTimeout}, {"registry.idle_timeout", c.Registry.IdleTimeout}, {"registry.body_timeout", c.Registry.BodyTimeout}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s: must be positive (resources stay bounded)", d.key))
+		}
+	}
+	if c.Registry.MaxUploads <= 0 {
+		errs = append(errs, errors.New("registry.max_uploads: must be positive"))
+	}
+	if c.Registry.UploadMemory < 1<<20 {
+		errs = append(errs, errors.New("registry.upload_memory: must be at least 1048576 (1 MiB)"))
+	}
+	if c.Registry.MinFreePercent <= 0 || c.Registry.MinFreePercent >= 100 {
+		errs = append(errs, errors.New("registry.min_free_percent: must be between 0 and 100"))
+	}
+	if c.Registry.UploadPurgeAge < time.Minute {
+		errs = append(errs, errors.New("registry.upload_purge_age: must be at least 1m"))
 	}
 	if c.Registry.GCDrainTimeout <= 0 {
 		errs = append(errs, errors.New("registry.gc_drain_timeout: must be positive (the read-only window of GC is bounded)"))

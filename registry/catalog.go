@@ -147,12 +147,7 @@ func (c *Catalog) saveSummary(d digest.Digest, s *Summary) {
 	if err != nil || c.cache == "" {
 		return
 	}
-	f, err := os.OpenFile(c.cache, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		return
-	}
-	f.Write(append(b, '\n'))
-	f.Close()
+	_ = appendLine(c.cache, append(b, '\n'))
 }
 
 type repoEntry struct {

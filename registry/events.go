@@ -78,12 +78,7 @@ func (l *EventLog) Add(e Event) {
 	if len(l.events) > 2*maxEvents {
 		l.events = append(l.events[:0], l.events[len(l.events)-maxEvents:]...)
 	}
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err == nil {
-		_, err = f.Write(append(b, '\n'))
-		f.Close()
-	}
-	if err != nil {
+	if err := appendLine(l.path, append(b, '\n')); err != nil {
 		l.log.Warn("recording event", "path", l.path, "err", err)
 	}
 }

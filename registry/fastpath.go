@@ -41,6 +41,7 @@ type fastPath struct {
 	headers  http.Header
 	readOnly bool
 	auth     auth.AccessController // nil: no auth configured
+	budget   *memBudget            // Options.UploadMemory
 	// blobs and uploads count the requests served here (the rest go to
 	// distribution): labreg_fastpath_requests_total{kind="blob|upload"}.
 	blobs, uploads prometheus.Counter
@@ -70,6 +71,7 @@ func (s *Server) fastPaths(next http.Handler) http.Handler {
 		headers:  cfg.HTTP.Headers,
 		readOnly: s.opts.ReadOnly,
 		auth:     s.access, // the htpasswd controller distribution uses, or nil
+		budget:   newMemBudget(s.opts.UploadMemory),
 		blobs:    served.WithLabelValues("blob"),
 		uploads:  served.WithLabelValues("upload"),
 	}

@@ -3,11 +3,14 @@ package registry_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -93,4 +96,55 @@ func TestGCDrainBound(t *testing.T) {
 		t.Errorf("still read-only after GC: %s", why)
 	}
 	testenv.Push(t, addr+"/drain/app:2", catImage(t, 1000))
+}
+
+// TestUploadCap: uploads beyond MaxUploads get 429 TOOMANYREQUESTS with
+// Retry-After and an OCI error body; reads are not counted, and once the
+// upload in flight ends another is served.
+func TestUploadCap(t *testing.T) {
+	addr, srv := testenv.Registry(t, registry.Options{MaxUploads: 1})
+	first := relUpload(t, addr, "cap/a")
+	c := stalledPatch(t, addr, first, 1000, "x")
+	waitFor(t, 10*time.Second, "the first upload to be in flight", func() bool { return srv.WritesInFlight() == 1 })
+
+	second := relUpload(t, addr, "cap/b") // a POST without a body is not an upload of data
+	req, _ := http.NewRequest(http.MethodPatch, second, strings.NewReader("data"))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), `"TOOMANYREQUESTS"`) {
+		t.Errorf("upload beyond the cap: %s, Retry-After %q, %s; want 429 TOOMANYREQUESTS with Retry-After", resp.Status, resp.Header.Get("Retry-After"), body)
+	}
+	if resp, err := http.Get("http://" + addr + "/v2/"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("a read while the cap is reached: %v %v", resp, err)
+	}
+	c.Close()
+	waitFor(t, 10*time.Second, "the first upload to end", func() bool { return srv.WritesInFlight() == 0 })
+	testenv.Push(t, addr+"/cap/app:1", catImage(t, 1000))
+}
+
+// TestStrayTempsRemovedAtStart: temporary files a crash left between
+// their write and their rename are removed when a server starts.
+func TestStrayTempsRemovedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	stray := filepath.Join(dir, "storage/docker/registry/v2/repositories/x/_manifests/tags/1/current/link.0123456789abcdef.tmp")
+	keep := filepath.Join(dir, "storage/docker/registry/v2/repositories/x/notes.tmp") // not one of labreg's
+	testenv.WriteFiles(t, dir, map[string]string{
+		strings.TrimPrefix(stray, dir+"/"): "sha256:",
+		strings.TrimPrefix(keep, dir+"/"):  "x",
+	})
+	old := time.Now().Add(-time.Hour)
+	os.Chtimes(stray, old, old)
+	testenv.Registry(t, registry.Options{DataDir: dir})
+	waitFor(t, 10*time.Second, "the stray temp file to be removed", func() bool {
+		_, err := os.Stat(stray)
+		return errors.Is(err, os.ErrNotExist)
+	})
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("a file not of labreg's temp pattern was removed: %v", err)
+	}
 }

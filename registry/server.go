@@ -58,6 +58,27 @@ type Options struct {
 	// flight once the registry is read-only; those still running then are
 	// aborted with 503 (their clients retry). Default 30s.
 	GCDrainTimeout time.Duration
+	// ReadHeaderTimeout bounds reading a request's headers. Default 30s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long. Default 2m.
+	IdleTimeout time.Duration
+	// BodyTimeout ends a request whose body sends no byte for this long
+	// (within a sixteenth of it). Default 60s.
+	BodyTimeout time.Duration
+	// MaxUploads caps the blob uploads (PATCH, PUT, monolithic POST)
+	// served at once; beyond it they get 429 TOOMANYREQUESTS with
+	// Retry-After. Default 1024.
+	MaxUploads int
+	// UploadMemory bounds the memory uploads hold for receiving, writing
+	// and hashing, taken in 1 MiB pieces as data arrives; past it uploads
+	// go on with small buffers (16 KiB, two each). Default 256 MiB.
+	UploadMemory int64
+	// MinFreePercent makes /healthz report unhealthy (503) while the data
+	// dir's file system has less than this share free. Default 1 (%).
+	MinFreePercent float64
+	// UploadPurgeAge is the age at which abandoned uploads are purged
+	// (checked at most daily, as often as this age when shorter). Default 24h.
+	UploadPurgeAge time.Duration
 	// Logger receives the access log and distribution's own log lines.
 	// Default: discard.
 	Logger *slog.Logger
@@ -108,6 +129,27 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if opts.GCDrainTimeout == 0 {
 		opts.GCDrainTimeout = 30 * time.Second
+	}
+	if opts.ReadHeaderTimeout == 0 {
+		opts.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = defaultIdleTimeout
+	}
+	if opts.BodyTimeout == 0 {
+		opts.BodyTimeout = defaultBodyTimeout
+	}
+	if opts.MaxUploads == 0 {
+		opts.MaxUploads = defaultMaxUploads
+	}
+	if opts.UploadMemory == 0 {
+		opts.UploadMemory = defaultUploadMemory
+	}
+	if opts.MinFreePercent == 0 {
+		opts.MinFreePercent = 1
+	}
+	if opts.UploadPurgeAge == 0 {
+		opts.UploadPurgeAge = 24 * time.Hour
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -171,6 +213,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, access: access}
 	s.extras = newExtras(s)
 	s.handler = s.routes()
+	go s.removeStrayTemps(time.Now())
 	return s, nil
 }
 
@@ -188,8 +231,9 @@ func distributionConfig(opts Options, storage configuration.Storage, secret stri
 	cfg.Storage = storage
 	cfg.Storage["delete"] = configuration.Parameters{"enabled": true}
 	cfg.Storage["maintenance"] = configuration.Parameters{
-		"uploadpurging": map[any]any{"enabled": true, "age": "168h", "interval": "24h", "dryrun": false},
-		"readonly":      map[any]any{"enabled": opts.ReadOnly},
+		"uploadpurging": map[any]any{"enabled": true, "age": opts.UploadPurgeAge.String(),
+			"interval": max(time.Minute, min(24*time.Hour, opts.UploadPurgeAge)).String(), "dryrun": false},
+		"readonly": map[any]any{"enabled": opts.ReadOnly},
 	}
 	cfg.Storage["tag"] = configuration.Parameters{"concurrencylimit": 8}
 	if redis != nil {
@@ -318,8 +362,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	srv := &http.Server{
 		Handler:           s.handler,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
+		IdleTimeout:       s.opts.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
