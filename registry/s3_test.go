@@ -92,6 +92,12 @@ func TestS3PushThroughAPullThroughB(t *testing.T) {
 		}
 	}
 
+	// The filesystem fast paths switch themselves off on S3: they never
+	// served a request here (they would have answered 404 from A's disk).
+	if m := s3Do(t, "GET", "http://"+addrA+"/metrics", nil, nil); strings.Contains(string(m.body), "labreg_fastpath_requests_total{") {
+		t.Errorf("the fast paths are on with S3 storage:\n%s", m.body)
+	}
+
 	var blobs int
 	for _, k := range store.Objects(t, bucket) {
 		if strings.HasPrefix(k, "docker/registry/v2/blobs/sha256/") && strings.HasSuffix(k, "/data") {
