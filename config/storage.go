@@ -37,22 +37,24 @@ func (s Storage) String() string {
 	if !s.S3 {
 		return "filesystem"
 	}
-	u := url.URL{Scheme: "s3", Host: s.Bucket}
+	v := "s3://" + s.Bucket
 	if s.Prefix != "" {
-		u.Path = "/" + s.Prefix
+		v += "/" + s.Prefix
 	}
-	q := url.Values{}
+	var q []string
 	if s.Endpoint != "" {
-		q.Set("endpoint", s.Endpoint)
+		q = append(q, "endpoint="+s.Endpoint)
 	}
 	if s.Region != "" {
-		q.Set("region", s.Region)
+		q = append(q, "region="+url.QueryEscape(s.Region))
 	}
 	if s.Redirect {
-		q.Set("redirect", "true")
+		q = append(q, "redirect=true")
 	}
-	u.RawQuery = q.Encode()
-	return u.String()
+	if len(q) > 0 {
+		v += "?" + strings.Join(q, "&")
+	}
+	return v
 }
 
 // ParseStorage parses a registry.storage value: "" or "filesystem", or

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,8 +169,12 @@ func (st *backend) explain(err error) error {
 	case "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidClientTokenId", "Forbidden":
 		return fmt.Errorf("storage %s: the store refused the S3 credentials (%s)", st.spec, ae.Code())
 	}
-	if o := ae.OrigErr(); o != nil { // e.g. RequestError: connection refused
-		return fmt.Errorf("storage %s: %s: %v", st.spec, ae.Code(), o)
+	if o := ae.OrigErr(); o != nil { // RequestError: the store did not answer
+		var ue *url.Error
+		if errors.As(o, &ue) {
+			o = ue.Err
+		}
+		return fmt.Errorf("storage %s: cannot reach the store: %v", st.spec, o)
 	}
 	return fmt.Errorf("storage %s: %s: %s", st.spec, ae.Code(), ae.Message())
 }
