@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/labreg/labreg/internal/units"
 )
 
 // fsEntry is one file of a stage's flattened filesystem.
@@ -112,7 +113,7 @@ func (e *evaluator) copy(ctx context.Context, st *stage, code, from string, srcs
 	}
 	size, _ := l.Size()
 	fmt.Fprintf(e.progress, "%s: %s (%d entries, %s compressed, %s)\n", e.name, code, len(entries),
-		humanSize(size), time.Since(start).Round(time.Millisecond))
+		units.HumanSize(size), time.Since(start).Round(time.Millisecond))
 	diffID, _ := l.DiffID()
 	st.cfg.RootFS.Type = "layers"
 	st.cfg.RootFS.DiffIDs = append(st.cfg.RootFS.DiffIDs, diffID)
@@ -374,14 +375,4 @@ func orderHardLinks(entries []layerEntry) error {
 		}
 	}
 	return nil
-}
-
-func humanSize(n int64) string {
-	switch {
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }
