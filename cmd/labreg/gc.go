@@ -12,8 +12,6 @@ import (
 	"github.com/labreg/labreg/registry/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newGCCmd) }
-
 func newGCCmd(io streams) *cobra.Command {
 	var (
 		opts    registry.GCOptions

@@ -16,8 +16,6 @@ import (
 	"github.com/labreg/labreg/registry/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newLsCmd) }
-
 // uiClient is a client of the running server's web UI /api. The address is
 // --ui-url when given, else ui.listen of the same configuration `labreg
 // serve` reads, on 127.0.0.1 when it listens on every address: ls and gc
