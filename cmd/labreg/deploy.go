@@ -89,7 +89,7 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
 			// goes before the command, as docker's global flags do.
 			for _, v := range fl.configs {
 				if !strings.Contains(v, "=") {
-					return usageError{fmt.Errorf("--config %q: deploy's --config is a swarm config (src=FILE,target=PATH); give labreg's config file before the command: labreg --config %s deploy ...", v, v)}
+					return usageError{fmt.Errorf("--config %q: deploy's --config is a swarm config (src=FILE,target=PATH); give labreg's config file before the command (labreg --config %s deploy)", v, v)}
 				}
 			}
 			c, err := loadConfig(cmd)

@@ -43,7 +43,7 @@ func TestCLIExitCodesAndMessages(t *testing.T) {
 		{name: "config file before the command", args: []string{"--config", badCfg, "serve"}, code: 2, stderrHas: `line 3: unknown key "registry.colour"`, stdoutNone: true},
 		{name: "config file before deploy (its --config is a swarm config)", args: []string{"--config", badCfg, "deploy", "web", "--image", "x"}, code: 2, stderrHas: `line 3: unknown key "registry.colour"`},
 		{name: "deploy --config with a plain path says where the file goes", args: []string{"deploy", "web", "--image", "x", "--config", badCfg}, code: 2,
-			stderrHas: `--config "` + badCfg + `": deploy's --config is a swarm config (src=FILE,target=PATH); give labreg's config file before the command: labreg --config ` + badCfg + " deploy ..."},
+			stderrHas: `--config "` + badCfg + `": deploy's --config is a swarm config (src=FILE,target=PATH); give labreg's config file before the command (labreg --config ` + badCfg + " deploy)"},
 		{name: "flag without its value", args: []string{"build", "--engine"}, code: 2, stderrHas: "flag needs an argument: --engine"},
 		{name: "flag value of the wrong type", args: []string{"deploy", "web", "--replicas", "many"}, code: 2, stderrHas: `invalid argument "many" for "--replicas"`},
 		{name: "too many arguments", args: []string{"version", "extra"}, code: 2, stderrHas: `unknown command "extra" for "labreg version"`},
