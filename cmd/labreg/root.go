@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/labreg/labreg/config"
@@ -212,7 +213,7 @@ func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	for _, f := range config.Default().Fields() {
 		known[f.Flag] = true
 	}
-	cmd.Flags().Visit(func(fl *pflagFlag) {
+	cmd.Flags().Visit(func(fl *pflag.Flag) {
 		if known[fl.Name] {
 			set[fl.Name] = fl.Value.String()
 		}
