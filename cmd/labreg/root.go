@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/labreg/labreg/config"
@@ -213,7 +212,7 @@ func loadConfig(cmd *cobra.Command) (*config.Config, error) {
 	for _, f := range config.Default().Fields() {
 		known[f.Flag] = true
 	}
-	cmd.Flags().Visit(func(fl *pflag.Flag) {
+	cmd.Flags().Visit(func(fl *pflagFlag) {
 		if known[fl.Name] {
 			set[fl.Name] = fl.Value.String()
 		}
