@@ -107,7 +107,7 @@ func NewBuildKit(ctx context.Context, addr string, progress io.Writer, opts ...B
 
 // dialBuildkitd connects to a buildkitd at addr and checks that it answers.
 func dialBuildkitd(ctx context.Context, addr string, progress io.Writer) (*BuildKit, error) {
-	if isUnixSocketMissing(addr) {
+	if isUnixSocketMissing(ctx, addr) {
 		return nil, fmt.Errorf("connecting to buildkitd at %s: nothing listens there", addr)
 	}
 	c, err := client.New(ctx, addr)
@@ -460,12 +460,14 @@ func locateFailure(dockerfile string, buildArgs map[string]string, failed []stri
 
 // isUnixSocketMissing reports whether addr is a unix socket nobody
 // listens on, to say so plainly instead of with a gRPC timeout.
-func isUnixSocketMissing(addr string) bool {
+func isUnixSocketMissing(ctx context.Context, addr string) bool {
 	p, ok := strings.CutPrefix(addr, "unix://")
 	if !ok {
 		return false
 	}
-	c, err := net.DialTimeout("unix", p, time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "unix", p)
 	if err != nil {
 		return true
 	}

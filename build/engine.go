@@ -15,7 +15,6 @@ package build
 import (
 	"context"
 	"errors"
-	"io"
 
 	"github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -84,6 +83,3 @@ type Publisher interface {
 type SelfPublisher interface {
 	BuildAndPublish(ctx context.Context, p *Plan, to Publisher) (Result, error)
 }
-
-// Progress is where engines write human-readable progress (stderr in the CLI).
-type Progress = io.Writer

@@ -355,3 +355,47 @@ func TestNativeMissingBaseSaysHow(t *testing.T) {
 		t.Fatalf("err = %v, want %q", err, want)
 	}
 }
+
+// TestBuilderLayoutBases: with a Layout publisher (labreg build --no-push)
+// an image FROM another target of the same run builds on the one just
+// written to the layout, with no registry at all, and both are in the
+// layout under their names.
+func TestBuilderLayoutBases(t *testing.T) {
+	const reg = "127.0.0.1:9" // nothing listens: nothing may be pulled or pushed
+	root := t.TempDir()
+	testenv.WriteFiles(t, root, map[string]string{
+		"base/1/Dockerfile": "FROM scratch\nCOPY f /f\n",
+		"base/1/f":          "base",
+		"app/1/Dockerfile":  "ARG REGISTRY\nFROM ${REGISTRY}/base:1\nCOPY g /g\n",
+		"app/1/g":           "app",
+	})
+	out := filepath.Join(t.TempDir(), "layout")
+	b := &Builder{Native: newTestNative(t), Publisher: &Layout{Dir: out}}
+	var got []Result
+	err := b.Build(context.Background(), []Target{
+		{Context: filepath.Join(root, "app/1"), Ref: reg + "/app:1", Insecure: true, BuildArgs: map[string]string{"REGISTRY": reg}},
+		{Context: filepath.Join(root, "base/1"), Ref: reg + "/base:1", Insecure: true},
+	}, func(r Result) { got = append(got, r) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Ref != reg+"/base:1" || got[1].Ref != reg+"/app:1" {
+		t.Fatalf("built %+v, want base:1 then app:1", got)
+	}
+	p, err := layout.FromPath(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := v1.NewHash(got[1].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := p.Image(h)
+	if err != nil {
+		t.Fatalf("layout lacks app:1: %v", err)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 2 {
+		t.Fatalf("app:1 has %d layers (%v), want the base's and its own", len(layers), err)
+	}
+}

@@ -8,8 +8,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { extraCommands = append(extraCommands, newDoctorCmd) }
-
 func newDoctorCmd(io streams) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "doctor",

@@ -7,11 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/labreg/labreg/internal/units"
 	"github.com/labreg/labreg/registry"
 	"github.com/labreg/labreg/registry/ui"
 )
-
-func init() { extraCommands = append(extraCommands, newGCCmd) }
 
 func newGCCmd(io streams) *cobra.Command {
 	var (
@@ -83,12 +82,12 @@ and referrers (signatures, SBOMs).`,
 					fmt.Fprintf(tw, "manifest\t%s@%s\t\n", m.Repo, m.Digest)
 				}
 				for _, b := range res.Blobs {
-					fmt.Fprintf(tw, "blob\t%s\t%s\n", b.Digest, ui.HumanSize(b.Size))
+					fmt.Fprintf(tw, "blob\t%s\t%s\n", b.Digest, units.HumanSize(b.Size))
 				}
 				tw.Flush()
 			}
 			fmt.Fprintf(io.Out, "%s %d blobs (%s, %d bytes), %d untagged manifests, %d empty repositories; %d still referenced\n",
-				verb, len(res.Blobs), ui.HumanSize(res.Bytes), res.Bytes, len(res.Manifests), len(res.Repositories), res.Kept)
+				verb, len(res.Blobs), units.HumanSize(res.Bytes), res.Bytes, len(res.Manifests), len(res.Repositories), res.Kept)
 			return nil
 		},
 	}

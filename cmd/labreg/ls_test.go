@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
 	"github.com/labreg/labreg/internal/testenv"
-	"github.com/labreg/labreg/registry/ui"
+	"github.com/labreg/labreg/internal/units"
 )
 
 func TestLsAndGC(t *testing.T) {
@@ -69,8 +69,8 @@ func TestLsAndGC(t *testing.T) {
 		args []string
 		out  string
 	}{
-		{[]string{"gc", "--dry-run", "--ui-listen", web}, fmt.Sprintf("would remove 3 blobs (%s, %d bytes)", ui.HumanSize(bytesWant), bytesWant)},
-		{[]string{"gc", "--ui-listen", web}, fmt.Sprintf("removed 3 blobs (%s, %d bytes)", ui.HumanSize(bytesWant), bytesWant)},
+		{[]string{"gc", "--dry-run", "--ui-listen", web}, fmt.Sprintf("would remove 3 blobs (%s, %d bytes)", units.HumanSize(bytesWant), bytesWant)},
+		{[]string{"gc", "--ui-listen", web}, fmt.Sprintf("removed 3 blobs (%s, %d bytes)", units.HumanSize(bytesWant), bytesWant)},
 		{[]string{"gc", "--ui-listen", web}, "removed 0 blobs"},
 	} {
 		code, stdout, stderr = runCLI(t, tc.args...)

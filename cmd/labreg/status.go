@@ -9,8 +9,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { extraCommands = append(extraCommands, newStatusCmd) }
-
 func newStatusCmd(io streams) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [SERVICE]",

@@ -14,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/labreg/labreg/internal/units"
 	"github.com/labreg/labreg/registry"
 )
 
@@ -22,7 +23,7 @@ type pageTemplate struct{ t *template.Template }
 var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "error"}
 
 var funcs = template.FuncMap{
-	"size":        HumanSize,
+	"size":        units.HumanSize,
 	"when":        when,
 	"short":       shortDigest,
 	"repoURL":     func(repo string) string { return "/r/" + repo },
@@ -77,20 +78,6 @@ func parsePages() (map[string]*pageTemplate, error) {
 		out[n] = &pageTemplate{t}
 	}
 	return out, nil
-}
-
-// HumanSize is a size in decimal units as docker prints them: 2.1 MB.
-func HumanSize(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	v, i := float64(n), -1
-	for v >= unit && i < 4 {
-		v /= unit
-		i++
-	}
-	return fmt.Sprintf("%.1f %cB", v, "kMGTP"[i])
 }
 
 func when(t time.Time) string {
