@@ -52,6 +52,28 @@ type Registry struct {
 	ProxyRemoteURL string `yaml:"proxy_remote_url" flag:"proxy-remote-url" usage:"upstream registry URL for pull-through-cache mode"`
 	// DrainTimeout is how long shutdown waits for requests in flight. Default 30s.
 	DrainTimeout time.Duration `yaml:"drain_timeout" flag:"drain-timeout" usage:"how long shutdown waits for requests in flight"`
+	// GCDrainTimeout bounds how long garbage collection (and scrub --repair)
+	// waits for writes in flight once the registry is read-only; writes
+	// still running then are aborted with 503 and their clients retry.
+	// Default 30s.
+	GCDrainTimeout time.Duration `yaml:"gc_drain_timeout" flag:"gc-drain-timeout" usage:"how long GC waits for writes in flight before aborting them (503, clients retry)"`
+	// Storage is where blobs and manifests live: "filesystem" (<data>/storage)
+	// or s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION[&redirect=true] (an
+	// S3-compatible store, path-style whenever an endpoint is given, TLS from
+	// the endpoint's scheme). Default "filesystem".
+	Storage string `yaml:"storage" flag:"storage" usage:"filesystem, or s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION[&redirect=true]"`
+	// S3AccessKeyFile and S3SecretKeyFile hold the S3 credentials (e.g. swarm
+	// secrets). Default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, else the
+	// shared credentials file (~/.aws/credentials).
+	S3AccessKeyFile string `yaml:"s3_access_key_file" flag:"s3-access-key-file" usage:"file holding the S3 access key (default: AWS environment, ~/.aws/credentials)"`
+	S3SecretKeyFile string `yaml:"s3_secret_key_file" flag:"s3-secret-key-file" usage:"file holding the S3 secret key"`
+	// HTTPSecretFile holds the secret that signs upload state; every replica
+	// on shared storage needs the same one. Default: a secret generated in
+	// the data directory (filesystem only; required with s3://).
+	HTTPSecretFile string `yaml:"http_secret_file" flag:"http-secret-file" usage:"file holding the HTTP secret shared by all replicas (required with s3:// storage)"`
+	// Redis is redis://[USER[:PASSWORD]@]HOST:PORT[/DB] for distribution's
+	// blob-descriptor cache. Default: off.
+	Redis string `yaml:"redis" flag:"redis" usage:"redis://[USER[:PASSWORD]@]HOST:PORT[/DB] for the blob-descriptor cache (default: none)" redact:"url"`
 }
 
 // UI configures the catalog web UI served by `labreg serve`.
@@ -87,7 +109,9 @@ type Field struct {
 	Env   string // environment variable, e.g. "LABREG_LISTEN"
 	Usage string
 	Kind  reflect.Kind
-	value reflect.Value
+	// Redact hides the password of a URL-shaped value when displayed.
+	Redact bool
+	value  reflect.Value
 }
 
 // Default returns the built-in defaults. Advertise stays empty until
@@ -99,6 +123,9 @@ func Default() *Config {
 			Data:         DefaultDataDir(),
 			Realm:        "labreg",
 			DrainTimeout: 30 * time.Second,
+			// #10: the read-only window of GC is bounded.
+			GCDrainTimeout: 30 * time.Second,
+			Storage:        "filesystem",
 		},
 		UI:  UI{Listen: ":8080"},
 		Log: Log{Level: "info", Format: "text"},
@@ -131,22 +158,27 @@ func (c *Config) Fields() []Field {
 			f := sv.Type().Field(j)
 			flag := f.Tag.Get("flag")
 			out = append(out, Field{
-				Key:   sec.Tag.Get("yaml") + "." + f.Tag.Get("yaml"),
-				Flag:  flag,
-				Env:   "LABREG_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")),
-				Usage: f.Tag.Get("usage"),
-				Kind:  f.Type.Kind(),
-				value: sv.Field(j),
+				Key:    sec.Tag.Get("yaml") + "." + f.Tag.Get("yaml"),
+				Flag:   flag,
+				Env:    "LABREG_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")),
+				Usage:  f.Tag.Get("usage"),
+				Kind:   f.Type.Kind(),
+				Redact: f.Tag.Get("redact") == "url",
+				value:  sv.Field(j),
 			})
 		}
 	}
 	return out
 }
 
-// String returns the field's current value as text.
+// String returns the field's current value as text, with the password of
+// a Redact field hidden (it is for display: `labreg config`, the UI).
 func (f Field) String() string {
 	if d, ok := f.value.Interface().(time.Duration); ok {
 		return d.String()
+	}
+	if f.Redact {
+		return redact(f.value.String())
 	}
 	return fmt.Sprint(f.value.Interface())
 }
@@ -357,8 +389,24 @@ func (c *Config) Validate() error {
 	if (c.Registry.TLSCert == "") != (c.Registry.TLSKey == "") {
 		errs = append(errs, errors.New("registry.tls_cert and registry.tls_key: set both or neither"))
 	}
+	if st, err := ParseStorage(c.Registry.Storage); err != nil {
+		errs = append(errs, fmt.Errorf("registry.storage: %w", err))
+	} else if st.Shared() && c.Registry.HTTPSecretFile == "" {
+		errs = append(errs, errors.New("registry.http_secret_file: required with shared storage (s3://): every replica needs the same HTTP secret"))
+	}
+	if (c.Registry.S3AccessKeyFile == "") != (c.Registry.S3SecretKeyFile == "") {
+		errs = append(errs, errors.New("registry.s3_access_key_file and registry.s3_secret_key_file: set both or neither"))
+	}
+	if c.Registry.Redis != "" {
+		if _, err := ParseRedis(c.Registry.Redis); err != nil {
+			errs = append(errs, fmt.Errorf("registry.redis: %w", err))
+		}
+	}
 	if c.Registry.DrainTimeout < 0 {
 		errs = append(errs, errors.New("registry.drain_timeout: must not be negative"))
+	}
+	if c.Registry.GCDrainTimeout <= 0 {
+		errs = append(errs, errors.New("registry.gc_drain_timeout: must be positive (the read-only window of GC is bounded)"))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -22,10 +22,11 @@ import (
 const projectName = "labreg"
 
 // LoadFile reads a compose file and returns one Spec per service, in name
-// order. The subset labreg deploys: image, environment, ports (incl. mode
-// host), volumes, networks (overlay; ipam subnet, attachable), configs and
-// secrets from files, and deploy: mode, replicas, placement.constraints,
-// update_config, rollback_config, endpoint_mode. Relative file paths are
+// order, each with Stack set to StackName(path). The subset labreg deploys:
+// image, environment, ports (incl. mode host), volumes, networks (overlay;
+// ipam subnet, attachable), configs and secrets from files, and deploy:
+// mode, replicas, placement.constraints, update_config, rollback_config,
+// endpoint_mode. Relative file paths are
 // relative to the compose file; ${VAR} interpolates from the environment.
 func LoadFile(ctx context.Context, path string) ([]Spec, error) {
 	abs, err := filepath.Abs(path)
@@ -64,6 +65,7 @@ func LoadFile(ctx context.Context, path string) ([]Spec, error) {
 		if err != nil {
 			return nil, fmt.Errorf("compose file %s: service %s: %w", path, n, err)
 		}
+		s.Stack = StackName(path)
 		specs = append(specs, s)
 	}
 	if len(specs) == 0 {

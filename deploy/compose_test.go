@@ -29,7 +29,8 @@ func TestLoadExamples(t *testing.T) {
 			}
 		}},
 		{"samsung.yaml", func(t *testing.T, s deploy.Spec) {
-			if want := []string{"node.labels.zone == seoul", "node.labels.srv != nfs"}; !reflect.DeepEqual(s.Constraints, want) {
+			// worker1 and worker2 under the quiz's labels (srv=web, srv=nfs).
+			if want := []string{"node.labels.zone == seoul"}; !reflect.DeepEqual(s.Constraints, want) {
 				t.Errorf("constraints %q, want %q", s.Constraints, want)
 			}
 			if len(s.Networks) != 1 || s.Networks[0] != (deploy.Network{Name: "samsung", Subnet: "10.10.3.0/24", Attachable: true}) {
@@ -49,8 +50,31 @@ func TestLoadExamples(t *testing.T) {
 			if s.Mode != "global" || s.Replicas != nil {
 				t.Errorf("mode %q replicas %v", s.Mode, s.Replicas)
 			}
-			if len(s.Configs) != 1 || s.Configs[0].Target != "/usr/share/nginx/html/index.html" {
-				t.Errorf("configs %+v", s.Configs)
+			// webserver:1 (built by labreg build images/) serves /www.
+			if s.Image != "webserver:1" || len(s.Configs) != 1 || s.Configs[0].Target != "/www/index.html" {
+				t.Errorf("image %s configs %+v", s.Image, s.Configs)
+			}
+		}},
+		{"quiz-a.yaml", func(t *testing.T, s deploy.Spec) {
+			if s.Name != "web" || s.Image != "webserver:1" || s.Mode != "global" {
+				t.Errorf("got %s %s mode %q", s.Name, s.Image, s.Mode)
+			}
+			if want := []string{"node.labels.zone == seoul", "node.labels.srv == web"}; !reflect.DeepEqual(s.Constraints, want) {
+				t.Errorf("constraints %q, want %q", s.Constraints, want)
+			}
+			if len(s.Ports) != 1 || s.Ports[0].PublishMode != "host" || s.Ports[0].PublishedPort != 80 {
+				t.Errorf("ports %+v, want 80 in host mode", s.Ports)
+			}
+		}},
+		{"quiz-b.yaml", func(t *testing.T, s deploy.Spec) {
+			if s.Name != "samsung" || s.Image != "samsung:1.0" || s.Replicas == nil || *s.Replicas != 2 {
+				t.Errorf("got %s %s replicas %v", s.Name, s.Image, s.Replicas)
+			}
+			if want := []string{"node.labels.zone == seoul"}; !reflect.DeepEqual(s.Constraints, want) {
+				t.Errorf("constraints %q, want %q", s.Constraints, want)
+			}
+			if len(s.Networks) != 1 || s.Networks[0] != (deploy.Network{Name: "samsung", Subnet: "10.10.3.0/24", Attachable: true}) {
+				t.Errorf("networks %+v", s.Networks)
 			}
 		}},
 		{"db.yaml", func(t *testing.T, s deploy.Spec) {

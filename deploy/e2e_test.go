@@ -42,7 +42,7 @@ func TestBlueGreenRollback(t *testing.T) {
 	if !strings.Contains(r.out, reg+"/myhttpd:blue@"+blue) {
 		t.Errorf("deploy blue: stdout does not name the pinned image %s@%s", reg+"/myhttpd:blue", blue)
 	}
-	if !strings.Contains(r.err, "1/1: running") || !strings.Contains(r.err, blue[:19]) {
+	if !progressLine(r.err, svc, "slot 1", "running", blue) {
 		t.Errorf("deploy blue: progress shows no running slot with digest %s", blue[:19])
 	}
 	if got := get(t, url); got != "blue page\n" {
@@ -208,7 +208,7 @@ func TestSamsungFile(t *testing.T) {
 	svc := "samsung-" + id
 	yml := strings.Replace(string(src), "\n  samsung:\n    image:", "\n  "+svc+":\n    image:", 1)
 	yml = strings.Replace(yml, "replicas: 2", "replicas: 1", 1) // one node, one host port
-	yml = strings.Replace(yml, "          - node.labels.srv != nfs\n", "          - node.labels.srv != nfs\n          - "+onManager(t, docker)+"\n", 1)
+	yml = strings.Replace(yml, "          - node.labels.zone == seoul\n", "          - node.labels.zone == seoul\n          - "+onManager(t, docker)+"\n", 1)
 	if err := os.WriteFile(file, []byte(yml), 0o644); err != nil {
 		t.Fatal(err)
 	}

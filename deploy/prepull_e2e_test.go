@@ -31,8 +31,8 @@ func TestPrepullTimeout(t *testing.T) {
 
 	svc := "prestall-" + id
 	removeService(t, docker, svc)
-	var progress testenv.Buffer
-	c, err := deploy.New(deploy.Options{Registry: reg, DockerConfigDir: dockerConfig(t, reg, "", ""), Progress: &progress})
+	var progress recorder
+	c, err := deploy.New(deploy.Options{Registry: reg, DockerConfigDir: dockerConfig(t, reg, "", ""), OnProgress: progress.on})
 	if err != nil {
 		t.Fatal(err)
 	}

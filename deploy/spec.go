@@ -46,6 +46,11 @@ type Spec struct {
 	Rollback UpdatePolicy
 	// Labels are service labels.
 	Labels map[string]string
+	// Stack names the compose file the service comes from (LoadFile sets
+	// it, see StackName). The service and the networks, secrets and configs
+	// Deploy creates for it carry the label StackLabel=Stack, by which Down
+	// finds them. Default "": no label.
+	Stack string
 }
 
 // Network is a swarm overlay network a service attaches to.
@@ -114,11 +119,12 @@ func (s Spec) Validate() error {
 	default:
 		bad = append(bad, fmt.Sprintf("rollback failure action %q is not pause or continue", s.Rollback.FailureAction))
 	}
-	switch s.Update.Order + s.Rollback.Order {
-	case "", "start-first", "stop-first", "start-firststop-first", "stop-firststart-first",
-		"start-firststart-first", "stop-firststop-first":
-	default:
-		bad = append(bad, fmt.Sprintf("update/rollback order %q/%q is not start-first or stop-first", s.Update.Order, s.Rollback.Order))
+	for _, o := range []struct{ what, order string }{{"update", s.Update.Order}, {"rollback", s.Rollback.Order}} {
+		switch o.order {
+		case "", "start-first", "stop-first":
+		default:
+			bad = append(bad, fmt.Sprintf("%s order %q is not start-first or stop-first", o.what, o.order))
+		}
 	}
 	for _, f := range append(append([]File{}, s.Configs...), s.Secrets...) {
 		if f.Name == "" || f.Path == "" {
@@ -162,13 +168,18 @@ func (s Spec) apply(base swarm.ServiceSpec, image string, nets []swarm.NetworkAt
 		cs.Secrets = secrets
 	}
 	sp.TaskTemplate.ContainerSpec = &cs
-	if s.Labels != nil {
-		if sp.Labels == nil {
-			sp.Labels = map[string]string{}
+	if s.Labels != nil || s.Stack != "" {
+		labels := map[string]string{}
+		for k, v := range sp.Labels { // base's map is the existing service's: not changed in place
+			labels[k] = v
 		}
 		for k, v := range s.Labels {
-			sp.Labels[k] = v
+			labels[k] = v
 		}
+		if s.Stack != "" {
+			labels[StackLabel] = s.Stack
+		}
+		sp.Labels = labels
 	}
 
 	switch {

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -114,12 +115,23 @@ func (s *Server) hooks(next http.Handler) http.Handler {
 	e := s.extras
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isWrite(r.Method) && strings.HasPrefix(r.URL.Path, "/v2/") {
-			ok, reason := e.gate.enter()
+			// A write the gate must stop (it outlasted GC's drain bound)
+			// has its context cancelled with a *BusyError and its body
+			// read cut short; the upload handler answers 503 for it.
+			ctx, cancel := context.WithCancelCause(r.Context())
+			rc := http.NewResponseController(w)
+			id, ok, reason := e.gate.enter(func() {
+				cancel(&BusyError{Reason: e.gate.reasonNow()})
+				_ = rc.SetReadDeadline(time.Now())
+			})
 			if !ok {
+				cancel(nil)
 				writeUnavailable(w, reason)
 				return
 			}
-			defer e.gate.leave()
+			defer e.gate.leave(id)
+			defer cancel(nil)
+			r = r.WithContext(ctx)
 		}
 		// Only manifest requests make events; a blob request (the hot path)
 		// costs one substring check here.

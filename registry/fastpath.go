@@ -189,10 +189,9 @@ type copyFile struct{ f *os.File }
 func (c copyFile) Read(p []byte) (int, error)                { return c.f.Read(p) }
 func (c copyFile) Seek(off int64, whence int) (int64, error) { return c.f.Seek(off, whence) }
 
-// writeFastError writes an OCI error body with the status distribution
-// gives that code.
+// writeFastError answers with the status distribution gives code.
 func writeFastError(w http.ResponseWriter, code errcode.ErrorCode, detail any) {
-	_ = errcode.ServeJSON(w, code.WithDetail(detail))
+	writeError(w, 0, code, detail)
 }
 
 var _ io.ReadSeeker = copyFile{}

@@ -19,7 +19,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", s.serveHealth)
 	mux.Handle("/", s.fastPaths(s.app))
-	return s.instrument(s.hooks(s.ociAPI(mux))) // hooks (gate, index, events): events.go; ociAPI: manifest.go
+	// recoverer (errors.go) turns a handler's panic into a 500; hooks
+	// (gate, index, events): events.go; ociAPI: manifest.go.
+	return s.instrument(s.recoverer(s.hooks(s.ociAPI(mux))))
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding"
@@ -140,6 +141,12 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 		// Leave the upload as it was before this request, so that the
 		// client can retry with the same upload URL.
 		f.Truncate(size)
+		var busy *BusyError
+		if errors.As(context.Cause(r.Context()), &busy) {
+			// GC's drain bound cut this write short: the client retries.
+			writeUnavailable(w, busy.Reason)
+			return true
+		}
 		// A body that ends early (the client went away) is a size error.
 		writeFastError(w, errcode.ErrorCodeSizeInvalid, "writing upload data: "+err.Error())
 		return true

@@ -196,7 +196,8 @@ func newRollbackCmd(io streams) *cobra.Command {
 	f.BoolVarP(&detach, "detach", "d", false, "do not wait for the rollback to converge")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "give up watching the rollback after this long")
 	addProgressFlag(cmd, &progress, "rollback progress")
-	bindConfig(cmd, "registry.advertise", "client.registry", "log.")
+	// No client.registry: the previous spec names its image in full.
+	bindConfig(cmd, "registry.advertise", "log.")
 	return cmd
 }
 
@@ -205,7 +206,11 @@ func newDeployClient(c *config.Config, st streams, progress string) (*deploy.Cli
 	if err != nil {
 		return nil, err
 	}
-	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, Progress: w, Logger: newLogger(c, st.Err)})
+	var on func(deploy.Progress)
+	if w != nil {
+		on = printProgress(w)
+	}
+	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, OnProgress: on, Logger: newLogger(c, st.Err)})
 }
 
 // quietDeployClient loads cmd's configuration and opens a deploy client

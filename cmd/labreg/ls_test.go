@@ -91,6 +91,7 @@ func TestLsAndGC(t *testing.T) {
 	cancel()
 	<-done
 	done <- 0
+	http.DefaultClient.CloseIdleConnections() // as a new gc process would start without them
 	code, stdout, stderr = runCLI(t, "gc", "--ui-listen", web, "--data", dir)
 	if code != 0 || !strings.Contains(stderr, "collecting offline") || !strings.Contains(stdout, "removed 0 blobs") {
 		t.Errorf("gc without a server: exit %d, stdout %q, stderr %q", code, stdout, stderr)

@@ -32,7 +32,14 @@ func newServeCmd(io streams) *cobra.Command {
 				ReadOnly:       c.Registry.ReadOnly,
 				ProxyRemoteURL: c.Registry.ProxyRemoteURL,
 				DrainTimeout:   c.Registry.DrainTimeout,
+				GCDrainTimeout: c.Registry.GCDrainTimeout,
 				Logger:         log,
+
+				Storage:         c.Registry.Storage,
+				S3AccessKeyFile: c.Registry.S3AccessKeyFile,
+				S3SecretKeyFile: c.Registry.S3SecretKeyFile,
+				HTTPSecretFile:  c.Registry.HTTPSecretFile,
+				Redis:           c.Registry.Redis,
 			})
 			if err != nil {
 				return err

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/labreg/labreg/registry"
@@ -52,19 +53,21 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
+// apiError answers with err's status and an OCI error body whose message
+// is err's text, through the registry's one error renderer.
 func apiError(w http.ResponseWriter, err error) {
 	status := statusOf(err)
-	code := map[int]string{
-		http.StatusNotFound: "NOT_FOUND", http.StatusBadRequest: "BAD_REQUEST",
-		http.StatusForbidden: "DENIED", http.StatusServiceUnavailable: "UNAVAILABLE",
+	code := map[int]errcode.ErrorCode{
+		http.StatusNotFound: registry.ErrorCodeNotFound, http.StatusBadRequest: registry.ErrorCodeBadRequest,
+		http.StatusForbidden: errcode.ErrorCodeDenied, http.StatusServiceUnavailable: errcode.ErrorCodeUnavailable,
 	}[status]
-	if code == "" {
-		code = "UNKNOWN"
+	if code == 0 {
+		code = errcode.ErrorCodeUnknown
 	}
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", fmt.Sprint(int(registry.RetryAfter.Seconds())))
 	}
-	writeJSON(w, status, map[string]any{"errors": []map[string]string{{"code": code, "message": err.Error()}}})
+	registry.WriteError(w, status, code.WithMessage(err.Error()))
 }
 
 func (u *UI) apiRepos(w http.ResponseWriter, r *http.Request) {

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/labreg/labreg/registry"
 )
@@ -26,7 +27,9 @@ type Client struct {
 	HTTP *http.Client
 }
 
-// ErrUnreachable wraps the error of a client that found no UI listening.
+// ErrUnreachable wraps the error of a client that found no UI listening:
+// the connection was refused. Any other transport failure (TLS, a timeout,
+// a cancelled context) is not this error: something may be listening.
 var ErrUnreachable = errors.New("no labreg UI answers")
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
@@ -55,7 +58,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.BaseURL, err)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.BaseURL, err)
+		}
+		return fmt.Errorf("%s %s: %w", method, u, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusUnauthorized {
