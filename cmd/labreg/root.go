@@ -83,6 +83,7 @@ var commands = []func(streams) *cobra.Command{
 	newConfigCmd,
 	newDeployCmd,
 	newDoctorCmd,
+	newDownCmd,
 	newGCCmd,
 	newLsCmd,
 	newDownCmd,
