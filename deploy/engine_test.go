@@ -20,6 +20,7 @@ import (
 type fakeEngine struct {
 	serviceInspect func(id string) (swarm.Service, error)
 	serviceList    func() ([]swarm.Service, error)
+	serviceCreate  func(o client.ServiceCreateOptions) (string, error)
 	serviceUpdate  func(id string, o client.ServiceUpdateOptions) error
 	serviceRemove  func(id string) error
 	taskList       func(f client.Filters) ([]swarm.Task, error)
@@ -44,8 +45,12 @@ func (f *fakeEngine) ServiceList(context.Context, client.ServiceListOptions) (cl
 	return client.ServiceListResult{Items: s}, err
 }
 
-func (f *fakeEngine) ServiceCreate(context.Context, client.ServiceCreateOptions) (client.ServiceCreateResult, error) {
-	return client.ServiceCreateResult{}, errNotFaked
+func (f *fakeEngine) ServiceCreate(_ context.Context, o client.ServiceCreateOptions) (client.ServiceCreateResult, error) {
+	if f.serviceCreate == nil {
+		return client.ServiceCreateResult{}, errNotFaked
+	}
+	id, err := f.serviceCreate(o)
+	return client.ServiceCreateResult{ID: id}, err
 }
 
 func (f *fakeEngine) ServiceUpdate(_ context.Context, id string, o client.ServiceUpdateOptions) (client.ServiceUpdateResult, error) {
@@ -283,4 +288,44 @@ func (f *fakeEngine) SecretRemove(context.Context, string, client.SecretRemoveOp
 
 func (f *fakeEngine) ConfigRemove(context.Context, string, client.ConfigRemoveOptions) (client.ConfigRemoveResult, error) {
 	return client.ConfigRemoveResult{}, errNotFaked
+}
+
+// TestDeployPrepullTimeout: a node whose pull never finishes (its prepull
+// task stays preparing) ends the deploy at DeployOptions.Timeout with a
+// *RolloutError naming the node; the service is never created and the
+// prepull job is removed. (TestPrepullTimeout does it on the real swarm
+// with a stalled registry.)
+func TestDeployPrepullTimeout(t *testing.T) {
+	var created, removed []string
+	e := &fakeEngine{
+		serviceList: func() ([]swarm.Service, error) { return nil, nil },
+		serviceCreate: func(o client.ServiceCreateOptions) (string, error) {
+			created = append(created, o.Spec.Name)
+			if o.Spec.Labels["labreg.prepull"] != "web" || o.Spec.Mode.GlobalJob == nil {
+				t.Errorf("created %s, not a prepull job for web", o.Spec.Name)
+			}
+			return "job1", nil
+		},
+		serviceRemove: func(id string) error { removed = append(removed, id); return nil },
+		nodeList:      func() ([]swarm.Node, error) { return threeWorkers[:1], nil },
+		taskList: func(client.Filters) ([]swarm.Task, error) {
+			return []swarm.Task{task("p1", 0, "n1", swarm.TaskStatePreparing, swarm.TaskStateComplete, imgNew, "")}, nil
+		},
+	}
+	var events []Progress
+	const timeout = 300 * time.Millisecond
+	start := time.Now()
+	_, err := fakeClient(e, &events).Deploy(t.Context(), Spec{Name: "web", Image: imgNew},
+		DeployOptions{Prepull: true, NoRegistryAuth: true, Timeout: timeout})
+	took := time.Since(start)
+	var re *RolloutError
+	if !errors.As(err, &re) || re.State != "timeout" || !strings.Contains(re.Message, "not pulled yet on worker1 (preparing)") {
+		t.Fatalf("err = %v, want a timeout naming worker1", err)
+	}
+	if took < timeout {
+		t.Errorf("returned after %s, before the timeout %s", took, timeout)
+	}
+	if len(created) != 1 || !reflect.DeepEqual(removed, []string{"job1"}) {
+		t.Errorf("created %v, removed %v: want only the prepull job, removed", created, removed)
+	}
 }

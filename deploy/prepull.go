@@ -117,6 +117,11 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		}
 		select {
 		case <-ctx.Done():
+			// Say which nodes had not pulled when the deadline passed,
+			// not at the last poll (a node may have taken its task since).
+			if p, n, ok := c.prepullPending(ctx, r.ID, done); ok {
+				pending, names = p, n
+			}
 			return nil, prepullCtxErr(ctx, service, image, start, pending, names, ctx.Err())
 		case <-tick.C:
 		}
@@ -145,6 +150,32 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		return out, e
 	}
 	return out, nil
+}
+
+// prepullPending looks once more, after ctx ended, at which eligible nodes
+// have not pulled yet (done are the nodes that finished).
+func (c *Client) prepullPending(ctx context.Context, job string, done map[string]PullTime) (map[string]swarm.TaskState, map[string]string, bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	ineligible, names, err := c.prepullNodes(ctx)
+	if err != nil {
+		return nil, nil, false
+	}
+	tl, err := c.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", job)})
+	if err != nil {
+		return nil, nil, false
+	}
+	pending := map[string]swarm.TaskState{}
+	for _, t := range tl.Items {
+		_, finished := done[t.NodeID]
+		_, skip := ineligible[t.NodeID]
+		_, known := names[t.NodeID]
+		if finished || skip || (!known && t.NodeID != "") || numbered[t.Status.State] == 0 || numbered[t.Status.State] > numbered[swarm.TaskStatePreparing] {
+			continue
+		}
+		pending[t.NodeID] = t.Status.State
+	}
+	return pending, names, true
 }
 
 // prepullNodes returns the nodes a prepull does not wait for, with the

@@ -258,8 +258,10 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 		// Every node that runs (or is to run) a task of the service must
 		// run the new one; with an update delay the nodes not yet updated
 		// have no up-to-date task at all (the docker CLI counts only those
-		// and ends too early). A down node that still runs a task of any
-		// spec is eligible too: the rollout cannot reach it.
+		// and ends too early). A node whose task of any spec has not
+		// confirmed that it stopped is eligible too: a node that just went
+		// down gets its tasks' desired state set to shutdown at once, and
+		// the node list read here may be a second older than the tasks.
 		eligible := map[string]bool{}
 		for _, set := range [][]swarm.Task{o.Tasks, o.Old} {
 			for i := range set {
@@ -270,7 +272,10 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 				if _, known := nodes[t.NodeID]; !known {
 					continue // removed from the swarm
 				}
-				if t.DesiredState == swarm.TaskStateRunning || onDownNode(t) {
+				// ready: a new task waits for the old one to stop
+				// (stop-first) before it starts.
+				unconfirmed := !terminal(t.Status.State) && numbered[t.Status.State] >= numbered[swarm.TaskStateAssigned]
+				if (numbered[t.DesiredState] > 0 && !terminal(t.DesiredState)) || unconfirmed {
 					eligible[t.NodeID] = true
 				}
 			}

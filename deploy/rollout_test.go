@@ -246,6 +246,15 @@ func TestDecide(t *testing.T) {
 			phase: phaseWaiting, running: 1, expected: 2,
 		},
 		{
+			name: "global, stop-first: the new task waits (desired ready) for the old to stop: its node counts",
+			goal: deployNew,
+			obs: observation{Service: global(imgNew, update(swarm.UpdateStateUpdating, "updating")), Nodes: threeWorkers[:2],
+				Tasks: []swarm.Task{task("a2", 0, "n1", swarm.TaskStatePending, swarm.TaskStateReady, imgNew, "")},
+				Old: []swarm.Task{task("a1", 0, "n1", swarm.TaskStateRunning, swarm.TaskStateShutdown, imgOld, ""),
+					running("b", 0, "n2", imgOld)}},
+			phase: phaseWaiting, running: 0, expected: 2,
+		},
+		{
 			name: "global: a node that left the swarm is not waited for",
 			goal: deployNew,
 			obs: observation{Service: global(imgNew, update(swarm.UpdateStateCompleted, "update completed")), Nodes: threeWorkers[:2],
@@ -326,3 +335,17 @@ func TestDecideGlobalNodeDownSequence(t *testing.T) {
 }
 
 func ptrTime(t time.Time) *time.Time { return &t }
+
+// TestDecideGlobalNodeJustDown: swarm set the desired state of the down
+// node's task to shutdown, but the node list (read once a second) still
+// says ready: the node still counts, the service is not converged.
+func TestDecideGlobalNodeJustDown(t *testing.T) {
+	up := []swarm.Node{node("n1", "worker1", swarm.NodeStateReady), node("n2", "worker2", swarm.NodeStateReady)}
+	_, out := decide(goal{want: imgNew}, memory{convergedAt: t0.Add(-time.Minute)}, observation{Now: t0,
+		Service: global(imgNew, update(swarm.UpdateStateCompleted, "update completed")), Nodes: up,
+		Tasks: []swarm.Task{running("a", 0, "n1", imgNew)},
+		Old:   []swarm.Task{task("b", 0, "n2", swarm.TaskStateRunning, swarm.TaskStateShutdown, imgOld, "")}})
+	if out.phase == phaseConverged || out.phase == phaseVerifying || out.expected != 2 {
+		t.Errorf("phase %v, %d/%d tasks: want waiting on 2 nodes", out.phase, out.running, out.expected)
+	}
+}

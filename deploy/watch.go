@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -125,6 +126,13 @@ func (c *Client) watch(ctx context.Context, ws watchSpec) (Result, error) {
 			return res, ctxErr(ctx, ws, last, err)
 		}
 		o.Nodes = nodes
+		if c.opts.Logger.Enabled(ctx, slog.LevelDebug) {
+			var ns []string
+			for _, n := range nodes {
+				ns = append(ns, shortID(n.ID)+"/"+n.Description.Hostname+"/"+string(n.Status.State))
+			}
+			c.opts.Logger.Debug("rollout poll", "service", ws.name, "update", o.Service.UpdateStatus, "tasks", debugTasks(o.Tasks), "old", debugTasks(o.Old), "nodes", ns)
+		}
 		var out outcome
 		m, out = decide(ws.goal, m, o)
 		last = out
@@ -291,6 +299,16 @@ func (r *reporter) outcome(out outcome) {
 	if out.phase == phaseVerifying {
 		r.emit(Progress{Stage: StageVerify, Running: out.running, Total: out.expected, Image: out.want, Took: out.monitor})
 	}
+}
+
+// debugTasks lists tasks for the debug log: ID, slot, node, desired and
+// observed state, short digest.
+func debugTasks(ts []swarm.Task) []string {
+	var out []string
+	for _, t := range ts {
+		out = append(out, fmt.Sprintf("%s/%d/%s/%s/%s/%s", shortID(t.ID), t.Slot, shortID(t.NodeID), t.DesiredState, t.Status.State, shortDigest(taskImage(&t))))
+	}
+	return out
 }
 
 func taskImage(t *swarm.Task) string {
