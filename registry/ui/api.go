@@ -24,6 +24,7 @@ import (
 //	GET    /api/events?repo=&action=&page=&per=
 //	GET    /api/status
 //	POST   /api/gc  {"dry_run":true,"remove_untagged":false,"remove_empty_repos":false}
+//	POST   /api/scrub {"repair":false}
 //
 // Errors are OCI-style: {"errors":[{"code":"NOT_FOUND","message":"..."}]}.
 // Writes need no CSRF token: DELETE and a JSON POST cannot be sent
@@ -39,6 +40,7 @@ func (u *UI) routesAPI() {
 		writeJSON(w, http.StatusOK, u.statusView())
 	})
 	u.mux.HandleFunc("POST /api/gc", u.apiGC)
+	u.mux.HandleFunc("POST /api/scrub", u.apiScrub)
 	u.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		apiError(w, fmt.Errorf("no API endpoint %s %s: %w", r.Method, r.URL.Path, registry.ErrNotFound))
 	})
@@ -169,4 +171,30 @@ func (u *UI) apiGC(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+func (u *UI) apiScrub(w http.ResponseWriter, r *http.Request) {
+	if u.opts.Scrub == nil {
+		apiError(w, fmt.Errorf("scrub is not available: %w", errForbidden))
+		return
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		apiError(w, fmt.Errorf("POST /api/scrub needs Content-Type: application/json: %w", errBadRequest))
+		return
+	}
+	var req registry.ScrubOptions
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		apiError(w, fmt.Errorf("decoding scrub request: %v: %w", err, errBadRequest))
+		return
+	}
+	if req.Repair && u.opts.ReadOnly {
+		apiError(w, fmt.Errorf("scrub repair is not available in a read-only UI: %w", errForbidden))
+		return
+	}
+	rep, err := u.opts.Scrub.Scrub(r.Context(), req)
+	if err != nil {
+		apiError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
 }

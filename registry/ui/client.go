@@ -117,3 +117,9 @@ func (c *Client) GC(ctx context.Context, req GCRequest) (*registry.GCResult, err
 	var res registry.GCResult
 	return &res, c.do(ctx, http.MethodPost, "/api/gc", req, &res)
 }
+
+// Scrub checks (and with Repair, repairs) the server's storage.
+func (c *Client) Scrub(ctx context.Context, opts registry.ScrubOptions) (*registry.ScrubReport, error) {
+	var rep registry.ScrubReport
+	return &rep, c.do(ctx, http.MethodPost, "/api/scrub", opts, &rep)
+}

@@ -20,7 +20,7 @@ import (
 
 type pageTemplate struct{ t *template.Template }
 
-var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "error"}
+var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "scrub", "error"}
 
 var funcs = template.FuncMap{
 	"size":        units.HumanSize,
@@ -411,11 +411,13 @@ type StatusView struct {
 	UIReadOnly  bool      `json:"ui_readonly"`
 	Busy        string    `json:"read_only_reason,omitempty"`
 	Settings    []Setting `json:"config"`
+	// Scrub says the storage can be verified here (POST /scrub, /api/scrub).
+	Scrub bool `json:"scrub"`
 }
 
 func (u *UI) statusView() *StatusView {
 	s := &StatusView{Version: u.opts.Version, DataDir: u.opts.DataDir, StorageUsed: u.storageUsed(),
-		Advertise: u.opts.Advertise, UIReadOnly: u.opts.ReadOnly}
+		Advertise: u.opts.Advertise, UIReadOnly: u.opts.ReadOnly, Scrub: u.opts.Scrub != nil}
 	if busy, why := u.opts.ReadOnlyState(); busy {
 		s.Busy = why
 	}
@@ -468,4 +470,31 @@ func (u *UI) gcRun(w http.ResponseWriter, r *http.Request) {
 		v.Shown = v.Shown[:500]
 	}
 	u.render(w, r, http.StatusOK, "gc", "Garbage collection", v)
+}
+
+// ScrubView is the scrub result page.
+type ScrubView struct {
+	Report *registry.ScrubReport
+}
+
+func (u *UI) scrubRun(w http.ResponseWriter, r *http.Request) {
+	if u.opts.Scrub == nil {
+		u.fail(w, r, fmt.Errorf("scrub is not available: %w", errForbidden))
+		return
+	}
+	if err := checkCSRF(r); err != nil {
+		u.fail(w, r, fmt.Errorf("%v: %w", err, errForbidden))
+		return
+	}
+	opts := registry.ScrubOptions{Repair: r.PostFormValue("mode") == "repair"}
+	if opts.Repair && u.opts.ReadOnly {
+		u.fail(w, r, fmt.Errorf("scrub repair is not available in a read-only UI: %w", errForbidden))
+		return
+	}
+	rep, err := u.opts.Scrub.Scrub(r.Context(), opts)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	u.render(w, r, http.StatusOK, "scrub", "Scrub", &ScrubView{Report: rep})
 }

@@ -39,7 +39,7 @@ type fixture struct {
 func newFixture(t testing.TB, readOnly bool) *fixture {
 	t.Helper()
 	addr, srv := testenv.Registry(t, registry.Options{})
-	opts := Options{Catalog: srv.Catalog(), History: srv.Events(), GC: srv, ReadOnlyState: srv.ReadOnlyState,
+	opts := Options{Catalog: srv.Catalog(), History: srv.Events(), GC: srv, Scrub: srv, ReadOnlyState: srv.ReadOnlyState,
 		Advertise: "registry.lab:5000", ReadOnly: readOnly, Version: "v-test", DataDir: srv.DataDir(),
 		Settings: []Setting{{"registry.listen", ":5000"}, {"registry.proxy_remote_url", "https://bob:hunter2@upstream.example"}}}
 	if r, ok := any(srv).(Referrers); ok {
