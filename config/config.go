@@ -248,18 +248,67 @@ func (f Field) Set(s string) error {
 
 // Sources are the inputs of Load besides the defaults.
 type Sources struct {
-	// File is a YAML config file; empty means none (or $LABREG_CONFIG).
+	// File is a YAML config file; empty means $LABREG_CONFIG, else the first
+	// of DefaultFiles that exists.
 	File string
 	// Env looks up environment variables; nil means os.LookupEnv.
 	Env func(string) (string, bool)
 	// Flags maps flag names (e.g. "listen") to values the user set.
 	Flags map[string]string
+	// DefaultFiles are the config files looked for when neither File nor
+	// $LABREG_CONFIG names one; nil means DefaultFiles(Env).
+	DefaultFiles []string
+	// Server is set by `labreg serve`: it does not take registry.advertise
+	// from a running server (StateFile), it is that server.
+	Server bool
+}
+
+// DefaultFiles are the config files every labreg command (serve and the
+// clients alike) reads when no --config or $LABREG_CONFIG names one, the
+// first that exists: $XDG_CONFIG_HOME/labreg/config.yaml (default
+// ~/.config/labreg/config.yaml), then /etc/labreg/config.yaml.
+func DefaultFiles(env func(string) (string, bool)) []string {
+	if env == nil {
+		env = os.LookupEnv
+	}
+	var out []string
+	if x, ok := env("XDG_CONFIG_HOME"); ok && x != "" {
+		out = append(out, filepath.Join(x, "labreg", "config.yaml"))
+	} else if h, ok := env("HOME"); ok && h != "" {
+		out = append(out, filepath.Join(h, ".config", "labreg", "config.yaml"))
+	}
+	return append(out, "/etc/labreg/config.yaml")
+}
+
+// Origins says where each value of a loaded Config came from, by dotted
+// key: "config file F", "environment LABREG_X", "flag --x", "the running
+// labreg serve (…)", or how it was derived. Keys left at their default are
+// absent.
+type Origins map[string]string
+
+// Of is the origin of key, "default" when it kept its default.
+func (o Origins) Of(key string) string {
+	if s, ok := o[key]; ok {
+		return s
+	}
+	return "default"
 }
 
 // Load builds the effective configuration: defaults, then the file, then
 // LABREG_* variables, then flags; then Resolve and Validate.
 func Load(src Sources) (*Config, error) {
+	c, _, err := LoadOrigins(src)
+	return c, err
+}
+
+// LoadOrigins is Load that also says where each value came from. A client
+// (not src.Server) whose registry.advertise is set nowhere takes it, and
+// the TLS files, from the labreg serve running on this host (StateFile),
+// so that `labreg serve --advertise A` and the commands run later in
+// another shell agree on A.
+func LoadOrigins(src Sources) (*Config, Origins, error) {
 	c := Default()
+	origins := Origins{}
 	env := src.Env
 	if env == nil {
 		env = os.LookupEnv
@@ -268,21 +317,38 @@ func Load(src Sources) (*Config, error) {
 	if file == "" {
 		file, _ = env("LABREG_CONFIG")
 	}
+	if file == "" {
+		defaults := src.DefaultFiles
+		if defaults == nil {
+			defaults = DefaultFiles(env)
+		}
+		for _, f := range defaults {
+			if _, err := os.Stat(f); err == nil {
+				file = f
+				break
+			}
+		}
+	}
 	if file != "" {
 		data, err := os.ReadFile(file)
 		if err != nil {
-			return nil, fmt.Errorf("reading config file: %w", err)
+			return nil, nil, fmt.Errorf("reading config file: %w", err)
 		}
-		if err := c.decodeYAML(data); err != nil {
-			return nil, fmt.Errorf("config file %s: %w", file, err)
+		set, err := c.decodeYAML(data)
+		if err != nil {
+			return nil, nil, fmt.Errorf("config file %s: %w", file, err)
+		}
+		for _, k := range set {
+			origins[k] = "config file " + file
 		}
 	}
 	fields := c.Fields()
 	for _, f := range fields {
 		if v, ok := env(f.Env); ok {
 			if err := f.Set(v); err != nil {
-				return nil, fmt.Errorf("environment %s: %w", f.Env, err)
+				return nil, nil, fmt.Errorf("environment %s: %w", f.Env, err)
 			}
+			origins[f.Key] = "environment " + f.Env
 		}
 	}
 	byFlag := map[string]Field{}
@@ -297,31 +363,59 @@ func Load(src Sources) (*Config, error) {
 	for _, n := range names {
 		f, ok := byFlag[n]
 		if !ok {
-			return nil, fmt.Errorf("unknown setting --%s", n)
+			return nil, nil, fmt.Errorf("unknown setting --%s", n)
 		}
 		if err := f.Set(src.Flags[n]); err != nil {
-			return nil, fmt.Errorf("flag --%s: %w", n, err)
+			return nil, nil, fmt.Errorf("flag --%s: %w", n, err)
+		}
+		origins[f.Key] = "flag --" + n
+	}
+	if _, set := origins["registry.advertise"]; !set && !src.Server {
+		path := StateFile(env)
+		if st, ok := RunningServer(path); ok {
+			from := fmt.Sprintf("the running labreg serve (pid %d, %s)", st.PID, path)
+			c.Registry.Advertise, origins["registry.advertise"] = st.Advertise, from
+			_, certSet := origins["registry.tls_cert"]
+			_, keySet := origins["registry.tls_key"]
+			if st.TLS && !certSet && !keySet && st.TLSCert != "" {
+				c.Registry.TLSCert, origins["registry.tls_cert"] = st.TLSCert, from
+				c.Registry.TLSKey, origins["registry.tls_key"] = st.TLSKey, from
+			}
 		}
 	}
+	advertiseSet := c.Registry.Advertise != ""
+	clientSet := c.Client.Registry != ""
 	if err := c.Resolve(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return c, c.Validate()
+	if !advertiseSet {
+		how := "derived: this host's first non-loopback IPv4 and registry.listen's port (set registry.advertise"
+		if !src.Server {
+			how += "; no labreg serve runs here"
+		}
+		origins["registry.advertise"] = how + ")"
+	}
+	if !clientSet {
+		origins["client.registry"] = "registry.advertise"
+	}
+	return c, origins, c.Validate()
 }
 
 // decodeYAML applies a YAML document through the same Field setters as
-// env and flags, so every error names the key and its line.
-func (c *Config) decodeYAML(data []byte) error {
+// env and flags, so every error names the key and its line. It returns the
+// keys it set.
+func (c *Config) decodeYAML(data []byte) ([]string, error) {
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return err
+		return nil, err
 	}
 	if len(doc.Content) == 0 { // empty file
-		return nil
+		return nil, nil
 	}
+	var set []string
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
-		return fmt.Errorf("line %d: expected a mapping of sections (registry:, ui:, …)", root.Line)
+		return nil, fmt.Errorf("line %d: expected a mapping of sections (registry:, ui:, …)", root.Line)
 	}
 	byKey := map[string]Field{}
 	sections := map[string]bool{}
@@ -358,10 +452,12 @@ func (c *Config) decodeYAML(data []byte) error {
 			}
 			if err := f.Set(v.Value); err != nil {
 				errs = append(errs, fmt.Errorf("line %d: %w", v.Line, err))
+				continue
 			}
+			set = append(set, key)
 		}
 	}
-	return errors.Join(errs...)
+	return set, errors.Join(errs...)
 }
 
 // Resolve fills values derived from others: the advertised address from the
@@ -479,6 +575,26 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log.format: %q is not text or json", c.Log.Format))
 	}
 	return errors.Join(errs...)
+}
+
+// Annotated renders the configuration as YAML like YAML, each value's
+// comment ending with where it came from (see Origins).
+func (c *Config) Annotated(o Origins) []byte {
+	var b bytes.Buffer
+	sec := ""
+	for _, f := range c.Fields() {
+		s, k, _ := strings.Cut(f.Key, ".")
+		if s != sec {
+			fmt.Fprintf(&b, "%s:\n", s)
+			sec = s
+		}
+		v := f.String()
+		if f.Kind == reflect.String {
+			v = strconv.Quote(v)
+		}
+		fmt.Fprintf(&b, "  %s: %s  # %s, --%s; from: %s\n", k, v, f.Env, f.Flag, o.Of(f.Key))
+	}
+	return b.Bytes()
 }
 
 // YAML renders the configuration as a YAML document.

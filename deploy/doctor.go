@@ -2,11 +2,13 @@ package deploy
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/registry"
@@ -15,24 +17,21 @@ import (
 
 // Check is one doctor finding.
 type Check struct {
-	// Name says what was checked.
+	// Name says what was checked, e.g. "registry reachable", "node worker1".
 	Name string
+	// Node is the hostname of the node the check is about, if any.
+	Node string
 	// OK is true when nothing needs doing.
 	OK bool
-	// Detail says what was found and, when not OK, what to do.
+	// Detail says what was found.
 	Detail string
+	// Fix is what to do, when not OK: the exact commands, for Node when set.
+	Fix string
 }
 
-// Diagnosis is what Doctor found, with the fix for every node.
+// Diagnosis is what Doctor found.
 type Diagnosis struct {
 	Checks []Check
-	// DaemonJSON is the /etc/docker/daemon.json snippet every node needs
-	// for a plain-HTTP registry at the advertised address.
-	DaemonJSON string
-	// Restart is the command that applies it.
-	Restart string
-	// Nodes are the hostnames that need the snippet.
-	Nodes []string
 }
 
 // OK reports whether every check passed.
@@ -45,11 +44,27 @@ func (d Diagnosis) OK() bool {
 	return true
 }
 
-// Doctor checks that this engine is a swarm manager, that the registry at
-// advertise (HOST:PORT) answers GET /v2/, and that this engine treats it as
-// an insecure (plain-HTTP) registry; it returns the daemon.json snippet and
-// restart command every node needs.
-func (c *Client) Doctor(ctx context.Context, advertise string) (Diagnosis, error) {
+// DoctorOptions tunes Doctor. The zero value checks a plain-HTTP registry
+// on every node.
+type DoctorOptions struct {
+	// TLS says the registry serves HTTPS (registry.tls_cert is set): it is
+	// probed over https:// and nodes must trust its certificate, not list
+	// it as an insecure registry. Default: plain HTTP.
+	TLS bool
+	// LocalOnly checks this engine only, without the probe job on every
+	// node. Default false.
+	LocalOnly bool
+	// Timeout bounds the probe job on the nodes. Default 1m.
+	Timeout time.Duration
+}
+
+// Doctor checks that this engine is a swarm manager advertised on an
+// address its workers reach, that the registry at advertise (HOST:PORT)
+// answers GET /v2/ from here, that this engine trusts it, and (unless
+// LocalOnly) that every ready node can pull from it: it pushes a small
+// probe image there and runs a global job of it, like Prepull. Every
+// failed check carries the exact fix, per node.
+func (c *Client) Doctor(ctx context.Context, advertise string, opts DoctorOptions) (Diagnosis, error) {
 	var d Diagnosis
 	info, err := c.api.Info(ctx, client.InfoOptions{})
 	if err != nil {
@@ -61,53 +76,119 @@ func (c *Client) Doctor(ctx context.Context, advertise string) (Diagnosis, error
 	case in.Swarm.ControlAvailable:
 		sw.OK, sw.Detail = true, fmt.Sprintf("%s is a manager of a %d-node swarm (%s)", in.Name, in.Swarm.Nodes, in.Swarm.NodeAddr)
 	case in.Swarm.LocalNodeState == "active":
-		sw.Detail = in.Name + " is a swarm worker: run labreg deploy on a manager (docker node promote " + in.Name + ")"
+		sw.Detail = in.Name + " is a swarm worker"
+		sw.Fix = "run labreg on a manager, or on a manager: docker node promote " + in.Name
 	default:
-		sw.Detail = fmt.Sprintf("%s is not in a swarm (%s): docker swarm init --advertise-addr=<this node's IP>", in.Name, in.Swarm.LocalNodeState)
+		sw.Detail = fmt.Sprintf("%s is not in a swarm (%s)", in.Name, in.Swarm.LocalNodeState)
+		sw.Fix = "docker swarm init --advertise-addr=<this node's address that the workers reach>"
 	}
 	d.Checks = append(d.Checks, sw)
+	if sw.OK {
+		d.Checks = append(d.Checks, swarmAddrCheck(in.Swarm.NodeAddr, in.Swarm.Nodes))
+	}
 
+	scheme := "http"
+	if opts.TLS {
+		scheme = "https"
+	}
 	reach := Check{Name: "registry reachable"}
-	hc := &http.Client{Timeout: 5 * time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+advertise+"/v2/", nil)
+	// The probe only asks whether something answers; whether the nodes
+	// trust the certificate is the node checks' business.
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // reachability only, no data
+	}}
+	url := scheme + "://" + advertise + "/v2/"
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return d, fmt.Errorf("registry.advertise %q: %w", advertise, err)
 	}
 	resp, err := hc.Do(req)
+	authOn := false
 	switch {
 	case err != nil:
-		reach.Detail = fmt.Sprintf("GET http://%s/v2/: %v (is labreg serve running and --advertise an address every node reaches?)", advertise, err)
+		reach.Detail = fmt.Sprintf("GET %s: %v", url, err)
+		reach.Fix = "start labreg serve, and advertise an address every node reaches (labreg serve --advertise HOST:PORT, or registry.advertise in /etc/labreg/config.yaml)"
+		if !opts.TLS && strings.Contains(err.Error(), "malformed HTTP response") {
+			reach.Fix = "the registry speaks HTTPS: set registry.tls_cert (labreg doctor then checks it as a TLS registry)"
+		}
 	case resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized:
 		reach.OK = true
-		reach.Detail = fmt.Sprintf("GET http://%s/v2/: %s", advertise, resp.Status)
+		reach.Detail = fmt.Sprintf("GET %s: %s", url, resp.Status)
 		if resp.StatusCode == http.StatusUnauthorized {
-			reach.Detail += " (basic auth on: deploy with docker login + --with-registry-auth)"
+			authOn = true
+			reach.Detail += " (basic auth on: nodes pull with the credentials labreg deploy forwards from this machine's docker login)"
 		}
 	default:
-		reach.Detail = fmt.Sprintf("GET http://%s/v2/: %s (not an OCI registry?)", advertise, resp.Status)
+		reach.Detail = fmt.Sprintf("GET %s: %s (not an OCI registry?)", url, resp.Status)
+		reach.Fix = "registry.advertise must name labreg serve's registry port (default 5000), not the web UI's"
 	}
 	if resp != nil {
 		resp.Body.Close()
 	}
+	if opts.TLS && err != nil && strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		reach.Fix = "the registry speaks plain HTTP: drop registry.tls_cert/tls_key here, or serve with --tls-cert and --tls-key"
+	}
 	d.Checks = append(d.Checks, reach)
 
-	ins := Check{Name: "insecure registry on this engine"}
-	if insecure(in.RegistryConfig, advertise) {
-		ins.OK, ins.Detail = true, fmt.Sprintf("this engine pulls from %s over plain HTTP", advertise)
-	} else {
-		ins.Detail = fmt.Sprintf("this engine would pull from %s over HTTPS and fail: add it to insecure-registries (below)", advertise)
+	local := Check{Name: "this engine trusts the registry", Node: in.Name}
+	switch {
+	case opts.TLS:
+		// An engine verifies a TLS registry's certificate against the system
+		// roots and /etc/docker/certs.d/HOST:PORT/ca.crt: the probe tells.
+		local.OK, local.Detail = true, fmt.Sprintf("%s serves HTTPS: no insecure-registries entry needed (the node probe checks the certificate is trusted)", advertise)
+	case insecure(in.RegistryConfig, advertise):
+		local.OK, local.Detail = true, fmt.Sprintf("this engine pulls from %s over plain HTTP", advertise)
+	default:
+		local.Detail = fmt.Sprintf("this engine would pull from %s over HTTPS and fail (\"server gave HTTP response to HTTPS client\")", advertise)
+		local.Fix = insecureFix(in.Name, advertise)
 	}
-	d.Checks = append(d.Checks, ins)
+	d.Checks = append(d.Checks, local)
 
-	snippet, _ := json.MarshalIndent(map[string][]string{"insecure-registries": {advertise}}, "", "  ")
-	d.DaemonJSON = string(snippet)
-	d.Restart = "sudo systemctl restart docker"
-	if nodes, err := c.Nodes(ctx); err == nil {
-		for _, n := range nodes {
-			d.Nodes = append(d.Nodes, n.Hostname)
-		}
+	if opts.LocalOnly || !sw.OK {
+		return d, nil
 	}
+	if !reach.OK {
+		d.Checks = append(d.Checks, Check{Name: "nodes", Detail: "not probed: the registry does not answer from here",
+			Fix: "fix registry reachable first"})
+		return d, nil
+	}
+	nodes, err := c.probeNodes(ctx, advertise, opts, authOn)
+	if err != nil {
+		d.Checks = append(d.Checks, Check{Name: "nodes", Detail: "not probed: " + err.Error(),
+			Fix: "labreg doctor pushes a small image labreg-doctor:probe to the registry; make it writable from here (docker login " + advertise + ")"})
+		return d, nil
+	}
+	d.Checks = append(d.Checks, nodes...)
 	return d, nil
+}
+
+// swarmAddrCheck flags a swarm advertised on a loopback address: a worker
+// joins through whatever address it is given, but after a restart it
+// dials the advertised one (127.0.0.1:2377, itself) forever.
+func swarmAddrCheck(nodeAddr string, nodes int) Check {
+	ch := Check{Name: "swarm address", OK: true, Detail: "the swarm is advertised on " + nodeAddr}
+	a, err := netip.ParseAddr(nodeAddr)
+	if err != nil || !a.IsLoopback() {
+		return ch
+	}
+	const fix = "re-create the swarm on an address the workers reach: on each worker `docker swarm leave`; here " +
+		"`docker swarm leave --force && docker swarm init --advertise-addr=<this node's address>`; then join the workers with the new token (docker swarm join-token worker)"
+	if nodes <= 1 {
+		ch.Detail += " (loopback): fine alone, but a worker that joins will lose the swarm when its docker restarts; " + fix
+		return ch
+	}
+	ch.OK = false
+	ch.Detail += fmt.Sprintf(" (loopback) with %d other node(s): a worker whose docker restarts dials %s:2377, itself, and never rejoins", nodes-1, nodeAddr)
+	ch.Fix = fix
+	return ch
+}
+
+// insecureFix is the daemon.json change and restart that make node trust a
+// plain-HTTP registry at advertise.
+func insecureFix(node, advertise string) string {
+	snippet, _ := json.Marshal(map[string][]string{"insecure-registries": {advertise}})
+	return fmt.Sprintf("on %s: add %q to \"insecure-registries\" in /etc/docker/daemon.json (e.g. %s), then `sudo systemctl restart docker`",
+		node, advertise, snippet)
 }
 
 // insecure reports whether the engine's registry config lets it use host

@@ -3,26 +3,43 @@ package main
 import (
 	"errors"
 	"fmt"
-	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/labreg/labreg/deploy"
 )
 
 func newDoctorCmd(io streams) *cobra.Command {
+	var (
+		local   bool
+		timeout time.Duration
+	)
 	cmd := &cobra.Command{
 		Use:   "doctor",
-		Short: "Check that this swarm can deploy from the registry and print what each node needs",
-		Long: `Check that this engine is a swarm manager, that registry.advertise answers GET /v2/, and
-that this engine trusts it as a plain-HTTP (insecure) registry; print the daemon.json snippet
-and restart command every node needs. Exit status 1 when a check fails.`,
+		Short: "Check that every node of this swarm can pull from the registry, and print the fix for each that cannot",
+		Long: `Check that this engine is a swarm manager advertised on an address its workers reach (not
+loopback), that registry.advertise answers GET /v2/ from here, that this engine trusts it, and
+that every ready node can pull from it: doctor pushes a small image (labreg-doctor:probe) to the
+registry and runs it as a global job, like deploy --prepull. A failed check is followed by its
+exact fix for that node (the daemon.json insecure-registries entry and restart for a plain-HTTP
+registry, the CA certificate for a TLS one). The first line says which address is checked and
+where it came from (flag, LABREG_ADVERTISE, config file, the running labreg serve, or derived).
+Exit status 1 when a check fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, dc, err := quietDeployClient(cmd, io)
+			c, o, err := loadConfigOrigins(cmd)
+			if err != nil {
+				return err
+			}
+			dc, err := newDeployClient(c, io, "quiet")
 			if err != nil {
 				return err
 			}
 			defer dc.Close()
-			d, err := dc.Doctor(cmd.Context(), c.Registry.Advertise)
+			fmt.Fprintf(io.Out, "registry.advertise %s (from: %s)\n", c.Registry.Advertise, o.Of("registry.advertise"))
+			d, err := dc.Doctor(cmd.Context(), c.Registry.Advertise, deploy.DoctorOptions{
+				TLS: c.Registry.TLSCert != "", LocalOnly: local, Timeout: timeout})
 			if err != nil {
 				return err
 			}
@@ -32,18 +49,18 @@ and restart command every node needs. Exit status 1 when a check fails.`,
 					mark = "FAIL"
 				}
 				fmt.Fprintf(io.Out, "%s %s: %s\n", mark, ch.Name, ch.Detail)
+				if !ch.OK && ch.Fix != "" {
+					fmt.Fprintf(io.Out, "     fix: %s\n", ch.Fix)
+				}
 			}
-			nodes := "every node"
-			if len(d.Nodes) > 0 {
-				nodes = "every node (" + strings.Join(d.Nodes, ", ") + ")"
-			}
-			fmt.Fprintf(io.Out, "\nOn %s, merge into /etc/docker/daemon.json:\n%s\nthen: %s\n", nodes, d.DaemonJSON, d.Restart)
 			if !d.OK() {
 				return errors.New("doctor found problems (see above)")
 			}
 			return nil
 		},
 	}
-	bindConfig(cmd, "registry.advertise", "log.")
+	cmd.Flags().BoolVar(&local, "local", false, "check this engine only (no probe job on the nodes)")
+	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long the nodes get to pull the probe image")
+	bindConfig(cmd, "registry.advertise", "registry.tls_", "log.")
 	return cmd
 }

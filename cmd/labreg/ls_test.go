@@ -17,6 +17,7 @@ import (
 )
 
 func TestLsAndGC(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir()) // serve's state stays this test's
 	dir := t.TempDir()
 	reg, web := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())

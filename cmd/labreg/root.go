@@ -90,6 +90,7 @@ var commands = []func(streams) *cobra.Command{
 	newNodeCmd,
 	newRmCmd,
 	newRollbackCmd,
+	newScrubCmd,
 	newServeCmd,
 	newStatusCmd,
 	newVersionCmd,
@@ -207,24 +208,10 @@ func bindConfig(cmd *cobra.Command, prefixes ...string) {
 }
 
 // loadConfig builds the effective config from defaults, file, env and the
-// flags the user set on cmd.
+// flags the user set on cmd (see loadConfigOrigins).
 func loadConfig(cmd *cobra.Command) (*config.Config, error) {
-	file, _ := cmd.Root().PersistentFlags().GetString(configFlag)
-	set := map[string]string{}
-	known := map[string]bool{}
-	for _, f := range config.Default().Fields() {
-		known[f.Flag] = true
-	}
-	cmd.Flags().Visit(func(fl *pflagFlag) {
-		if known[fl.Name] {
-			set[fl.Name] = fl.Value.String()
-		}
-	})
-	c, err := config.Load(config.Sources{File: file, Flags: set})
-	if err != nil {
-		return nil, usageError{err}
-	}
-	return c, nil
+	c, _, err := loadConfigOrigins(cmd)
+	return c, err
 }
 
 func newLogger(c *config.Config, w io.Writer) *slog.Logger {

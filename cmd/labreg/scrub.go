@@ -11,8 +11,6 @@ import (
 	"github.com/labreg/labreg/registry/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newScrubCmd) }
-
 func newScrubCmd(io streams) *cobra.Command {
 	var (
 		opts    registry.ScrubOptions

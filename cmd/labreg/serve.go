@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 
 	"github.com/spf13/cobra"
 
+	"github.com/labreg/labreg/config"
 	"github.com/labreg/labreg/registry"
 	"github.com/labreg/labreg/registry/ui"
 )
@@ -17,7 +19,7 @@ func newServeCmd(io streams) *cobra.Command {
 		Short: "Run the private registry (and its web UI) on this node",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := loadConfig(cmd)
+			c, o, err := loadConfigOrigins(cmd)
 			if err != nil {
 				return err
 			}
@@ -73,8 +75,19 @@ func newServeCmd(io streams) *cobra.Command {
 				}
 				where = fmt.Sprintf("web UI on %s://%s", scheme, displayAddr(uiLn.Addr()))
 			}
+			// The client commands on this host take the advertised address
+			// from here when it is set nowhere else (config.LoadOrigins).
+			statePath := config.StateFile(nil)
+			unrecord, err := config.WriteServerState(statePath, config.ServerState{PID: os.Getpid(),
+				Advertise: c.Registry.Advertise, Listen: displayAddr(addr), TLS: c.Registry.TLSCert != "",
+				TLSCert: c.Registry.TLSCert, TLSKey: c.Registry.TLSKey})
+			if err != nil {
+				log.Warn("client commands on this host will not find the advertised address", "err", err)
+			}
+			defer unrecord()
 			fmt.Fprintf(io.Out, "labreg: registry on %s://%s (advertised as %s), %s, data in %s\n",
 				scheme, displayAddr(addr), c.Registry.Advertise, where, c.Registry.Data)
+			log.Info("advertised address", "advertise", c.Registry.Advertise, "from", o.Of("registry.advertise"), "recorded", statePath)
 			if web == nil {
 				return srv.Serve(ctx)
 			}

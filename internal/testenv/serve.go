@@ -55,6 +55,10 @@ func EnvWithout(prefix string) []string {
 // ServeProcess is one `labreg serve` subprocess started by Serve.
 type ServeProcess struct {
 	Addr string // where the registry listens, HOST:PORT
+	// RuntimeDir is the server's XDG_RUNTIME_DIR, a temp dir of the test,
+	// where it records itself for the client commands (config.StateFile):
+	// a client run with it finds this server, no other test's.
+	RuntimeDir string
 
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the process has exited
@@ -66,7 +70,8 @@ var serveLine = regexp.MustCompile(`registry on https?://(\S+)`)
 
 // Serve starts `labreg serve --listen 127.0.0.1:0 --ui-listen "" --data
 // data` followed by args, from the binary BuildLabreg makes, with no
-// LABREG_* variables of the caller's environment. data "" is a new temp
+// LABREG_* variables of the caller's environment and XDG_RUNTIME_DIR set
+// to RuntimeDir. data "" is a new temp
 // dir. It returns once the server has said where it listens and /v2/
 // answers there.
 //
@@ -80,12 +85,13 @@ func Serve(t testing.TB, data string, args ...string) *ServeProcess {
 	}
 	args = append([]string{"serve", "--listen", "127.0.0.1:0", "--ui-listen", "", "--data", data}, args...)
 	cmd := exec.Command(bin, args...)
-	cmd.Env = EnvWithout("LABREG_")
+	runtimeDir := t.TempDir()
+	cmd.Env = append(EnvWithout("LABREG_"), "XDG_RUNTIME_DIR="+runtimeDir)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &ServeProcess{cmd: cmd, exited: make(chan struct{})}
+	s := &ServeProcess{RuntimeDir: runtimeDir, cmd: cmd, exited: make(chan struct{})}
 	cmd.Stderr = &s.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting labreg serve: %v", err)

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -24,7 +25,12 @@ type Node struct {
 	Socket string // DOCKER_HOST of the node's engine, e.g. unix:///…/docker.sock
 	ID     string // swarm node ID
 
-	dockerd *exec.Cmd
+	n          int // number of its netns labreg-w<n>
+	ns, dir    string
+	dockerd    *exec.Cmd
+	exited     chan struct{} // closed when dockerd has exited
+	logf       *os.File
+	cleanupNet func()
 }
 
 var workerSeq atomic.Int32
@@ -35,9 +41,10 @@ var workerSeq atomic.Int32
 const WorkerSubnet = "10.213.0.0/16"
 
 // Worker starts a dockerd in a new network namespace (veth link to the
-// host, own data-root/exec-root/socket/pidfile, own hostname via unshare
-// --uts), joins it to the default engine's swarm as a worker, and removes
-// it from the swarm and stops it when the test ends.
+// host, own data-root/exec-root/socket/pidfile and daemon config file, own
+// hostname via unshare --uts), joins it to the default engine's swarm as a
+// worker, and removes it from the swarm and stops it when the test ends.
+// It trusts every registry in WorkerSubnet over plain HTTP.
 //
 // Use it only in tests that run alone against the swarm (no t.Parallel):
 // while it is joined, the scheduler may place any service's tasks on it.
@@ -46,22 +53,81 @@ func Worker(t testing.TB, name string) *Node {
 	t.Helper()
 	docker := Swarm(t)
 	lockSwarm(t, syscall.LOCK_EX) // no unconstrained services while joined (see SwarmServices)
-	for _, tool := range []string{"ip", "nsenter", "unshare", "dockerd"} {
-		Tool(t, tool, "apt-get install iproute2 util-linux docker.io")
-	}
 	removeStaleWorkers(t, docker) // left by a killed earlier run
 	n := int(workerSeq.Add(1)) + os.Getpid()%200
+	node := startNode(t, fmt.Sprintf("%s-%d", name, n), n, []string{WorkerSubnet})
+	leave := func() {
+		node.docker("swarm", "leave", "--force")
+		id := node.ID
+		if id == "" {
+			id = node.Name // join failed half-way
+		}
+		exec.Command(docker, "node", "rm", "--force", id).Run()
+	}
+	token, err := exec.Command(docker, "swarm", "join-token", "-q", "worker").Output()
+	if err != nil {
+		node.stop()
+		t.Fatalf("swarm join-token: %v", err)
+	}
+	if out, err := node.docker("swarm", "join", "--token", strings.TrimSpace(string(token)),
+		"--advertise-addr", node.IP, node.HostIP+":2377"); err != nil {
+		leave()
+		node.stop()
+		t.Fatalf("worker join: %v: %s", err, out)
+	}
+	t.Cleanup(func() { leave(); node.stop() })
+	// By ID: a stale node of a killed run may have had the same name.
+	if node.ID, err = node.docker("info", "--format", "{{.Swarm.NodeID}}"); err != nil || node.ID == "" {
+		t.Fatalf("worker %s: swarm node ID: %v %s", node.Name, err, node.ID)
+	}
+	// The manager listens on every address (swarm's default listen-addr),
+	// so the host's end of the link reaches it whatever it advertises.
+	// Wait until the manager sees the worker ready.
+	waitReady(t, docker, "", node.ID, node.Name, 60*time.Second)
+	return node
+}
+
+// waitReady waits until the manager (docker CLI with host "" for the
+// default engine, else -H host) sees node id ready.
+func waitReady(t testing.TB, docker, host, id, name string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	args := []string{"node", "inspect", id, "--format", "{{.Status.State}}"}
+	if host != "" {
+		args = append([]string{"-H", host}, args...)
+	}
+	for time.Now().Before(deadline) {
+		out, _ := exec.Command(docker, args...).Output()
+		if strings.TrimSpace(string(out)) == "ready" {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("node %s never became ready", name)
+}
+
+// startNode starts a dockerd named name in a new network namespace
+// labreg-w<n> (veth lrw<n>h/lrw<n>n, addresses 10.213.<n%250>.1 and .2/24)
+// with its own daemon config file (see daemonConfig) trusting insecure,
+// and waits until it answers. The caller stops it with node.stop.
+func startNode(t testing.TB, name string, n int, insecure []string) *Node {
+	t.Helper()
+	for _, tool := range []string{"ip", "nsenter", "unshare", "dockerd", "docker"} {
+		Tool(t, tool, "apt-get install iproute2 util-linux docker.io")
+	}
 	ns := fmt.Sprintf("labreg-w%d", n)
 	hostIf, nodeIf := fmt.Sprintf("lrw%dh", n), fmt.Sprintf("lrw%dn", n)
 	node := &Node{
-		Name:   fmt.Sprintf("%s-%d", name, n),
+		Name:   name,
 		HostIP: fmt.Sprintf("10.213.%d.1", n%250),
 		IP:     fmt.Sprintf("10.213.%d.2", n%250),
+		ns:     ns,
 	}
 	dir, err := os.MkdirTemp("", "labreg-worker-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	node.dir = dir
 	node.Socket = "unix://" + filepath.Join(dir, "docker.sock")
 	sh := func(args ...string) error {
 		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
@@ -74,6 +140,7 @@ func Worker(t testing.TB, name string) *Node {
 		exec.Command("ip", "netns", "del", ns).Run()
 		exec.Command("ip", "link", "del", hostIf).Run()
 	}
+	node.cleanupNet = cleanupNet
 	cleanupNet()
 	for _, c := range [][]string{
 		{"ip", "netns", "add", ns},
@@ -88,97 +155,119 @@ func Worker(t testing.TB, name string) *Node {
 	} {
 		if err := sh(c...); err != nil {
 			cleanupNet()
+			os.RemoveAll(dir)
 			t.Fatal(err)
 		}
 	}
-	pidfile := filepath.Join(dir, "docker.pid")
-	logf, _ := os.Create(filepath.Join(dir, "dockerd.log"))
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+ns, "unshare", "--uts", "--",
-		"sh", "-c", `hostname "$0" && exec "$@"`, node.Name,
-		"dockerd", "--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
-		"-H", node.Socket, "--pidfile", pidfile, "--insecure-registry", WorkerSubnet)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		cleanupNet()
+	if err := node.start(insecure); err != nil {
+		node.stop()
 		t.Fatal(err)
 	}
-	ndocker := func(args ...string) (string, error) {
-		out, err := exec.Command(docker, append([]string{"-H", node.Socket}, args...)...).CombinedOutput()
-		return strings.TrimSpace(string(out)), err
-	}
-	node.dockerd = cmd
 	liveWorkers.Store(n, true)
-	stop := func() {
-		ndocker("swarm", "leave", "--force")
-		id := node.ID
-		if id == "" {
-			id = node.Name // join failed half-way
-		}
-		exec.Command(docker, "node", "rm", "--force", id).Run()
-		cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		logf.Close()
-		cleanupNet()
-		exec.Command("sh", "-c", "umount -R "+filepath.Join(dir, "exec")+" 2>/dev/null; umount -R "+filepath.Join(dir, "data")+" 2>/dev/null").Run()
-		os.RemoveAll(dir)
-		liveWorkers.Delete(n)
+	node.n = n
+	return node
+}
+
+// daemonConfig is the node's own daemon.json (dockerd --config-file), so
+// that the host's /etc/docker/daemon.json never applies to it.
+func (n *Node) daemonConfig(insecure []string) (string, error) {
+	p := filepath.Join(n.dir, "daemon.json")
+	b, _ := json.Marshal(map[string]any{"insecure-registries": insecure})
+	return p, os.WriteFile(p, b, 0o644)
+}
+
+// start runs the node's dockerd with insecure as its insecure registries
+// and waits up to 60s until it answers.
+func (n *Node) start(insecure []string) error {
+	cfg, err := n.daemonConfig(insecure)
+	if err != nil {
+		return err
 	}
+	logf, err := os.OpenFile(filepath.Join(n.dir, "dockerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("nsenter", "--net=/run/netns/"+n.ns, "unshare", "--uts", "--",
+		"sh", "-c", `hostname "$0" && exec "$@"`, n.Name,
+		"dockerd", "--config-file", cfg, "--data-root", filepath.Join(n.dir, "data"), "--exec-root", filepath.Join(n.dir, "exec"),
+		"-H", n.Socket, "--pidfile", filepath.Join(n.dir, "docker.pid"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	n.dockerd, n.logf = cmd, logf
+	n.exited = make(chan struct{})
+	go func(done chan struct{}) { cmd.Wait(); close(done) }(n.exited)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := ndocker("info"); err == nil {
-			break
+		if _, err := n.docker("info"); err == nil {
+			return nil
 		}
 		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "dockerd.log"))
-			stop()
-			t.Fatalf("worker dockerd did not start:\n%s", tail(string(log), 20))
+			log, _ := os.ReadFile(filepath.Join(n.dir, "dockerd.log"))
+			return fmt.Errorf("dockerd of %s did not start:\n%s", n.Name, tail(string(log), 20))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	token, err := exec.Command(docker, "swarm", "join-token", "-q", "worker").Output()
-	if err != nil {
-		stop()
-		t.Fatalf("swarm join-token: %v", err)
+}
+
+// docker runs the docker CLI against the node's engine.
+func (n *Node) docker(args ...string) (string, error) {
+	out, err := exec.Command("docker", append([]string{"-H", n.Socket}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// stopDockerd stops the node's dockerd (SIGTERM, then SIGKILL after 20s).
+func (n *Node) stopDockerd() {
+	if n.dockerd == nil {
+		return
 	}
-	if out, err := ndocker("swarm", "join", "--token", strings.TrimSpace(string(token)),
-		"--advertise-addr", node.IP, node.HostIP+":2377"); err != nil {
-		stop()
-		t.Fatalf("worker join: %v: %s", err, out)
+	n.dockerd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.exited:
+	case <-time.After(20 * time.Second):
+		n.dockerd.Process.Kill()
+		<-n.exited
 	}
-	t.Cleanup(stop)
-	// By ID: a stale node of a killed run may have had the same name.
-	if node.ID, err = ndocker("info", "--format", "{{.Swarm.NodeID}}"); err != nil || node.ID == "" {
-		t.Fatalf("worker %s: swarm node ID: %v %s", node.Name, err, node.ID)
+	n.logf.Close()
+	n.dockerd = nil
+}
+
+// stop stops the dockerd and removes the node's netns, veth and files.
+func (n *Node) stop() {
+	n.stopDockerd()
+	n.cleanupNet()
+	exec.Command("sh", "-c", "umount -R "+filepath.Join(n.dir, "exec")+" 2>/dev/null; umount -R "+filepath.Join(n.dir, "data")+" 2>/dev/null").Run()
+	os.RemoveAll(n.dir)
+	if n.n != 0 {
+		liveWorkers.Delete(n.n)
 	}
-	// The manager listens on every address (swarm's default listen-addr),
-	// so the host's end of the link reaches it whatever it advertises.
-	// Wait until the manager sees the worker ready.
-	for time.Now().Before(deadline) {
-		out, _ := exec.Command(docker, "node", "inspect", node.ID, "--format", "{{.Status.State}}").Output()
-		if strings.TrimSpace(string(out)) == "ready" {
-			return node
-		}
-		time.Sleep(200 * time.Millisecond)
+}
+
+// Restart stops the node's dockerd and starts it again with insecure as its
+// insecure registries (nil: none), as an operator who edits daemon.json and
+// runs `systemctl restart docker` does. The node keeps its swarm state and
+// rejoins through the manager's advertised address; Restart returns once
+// the manager (docker CLI -H managerHost, "" for the default engine) sees
+// it ready again.
+func (n *Node) Restart(t testing.TB, managerHost string, insecure []string) {
+	t.Helper()
+	n.stopDockerd()
+	if err := n.start(insecure); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("worker %s never became ready", node.Name)
-	return nil
+	waitReady(t, "docker", managerHost, n.ID, n.Name, 90*time.Second)
 }
 
 // Crash stops the node's dockerd without leaving the swarm, as a crashed
 // machine or a killed test run does: the manager marks the node down once
 // its heartbeats stop (10-20 s here). The test's cleanup still removes it.
 func (n *Node) Crash() error {
-	if err := n.dockerd.Process.Signal(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("stopping the dockerd of %s: %w", n.Name, err)
+	if n.dockerd == nil {
+		return fmt.Errorf("the dockerd of %s is not running", n.Name)
 	}
-	n.dockerd.Wait()
+	n.stopDockerd()
 	return nil
 }
 
