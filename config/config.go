@@ -45,6 +45,12 @@ type Registry struct {
 	Htpasswd string `yaml:"htpasswd" flag:"htpasswd" usage:"htpasswd file (bcrypt); enables basic auth"`
 	// Realm is the basic-auth realm. Default "labreg".
 	Realm string `yaml:"realm" flag:"realm" usage:"basic-auth realm"`
+	// AuthFailBurst is how many failed logins in a row a client address
+	// (IPv4, or IPv6 /64) may make before it gets 429 with Retry-After;
+	// negative: no limit. Default 10.
+	AuthFailBurst int `yaml:"auth_fail_burst" flag:"auth-fail-burst" usage:"failed logins in a row allowed per client address before 429 (negative: no limit)"`
+	// AuthFailInterval is how often one failed login is forgiven. Default 6s.
+	AuthFailInterval time.Duration `yaml:"auth_fail_interval" flag:"auth-fail-interval" usage:"how often one failed login per client address is forgiven"`
 	// ReadOnly rejects pushes and deletes. Default false.
 	ReadOnly bool `yaml:"readonly" flag:"readonly" usage:"serve read-only (no push or delete)"`
 	// ProxyRemoteURL turns the registry into a pull-through cache of that
@@ -60,6 +66,10 @@ type UI struct {
 	Listen string `yaml:"listen" flag:"ui-listen" usage:"web UI listen address (empty: no UI)"`
 	// ReadOnly hides and refuses every delete and GC action. Default false.
 	ReadOnly bool `yaml:"readonly" flag:"ui-readonly" usage:"web UI without delete or GC"`
+	// Hosts are the comma-separated host names the UI answers to (Host and
+	// Origin headers; IP addresses and localhost always pass). Default: the
+	// hosts of ui.listen and registry.advertise.
+	Hosts string `yaml:"hosts" flag:"ui-hosts" usage:"comma-separated host names the web UI answers to (default: ui.listen and registry.advertise hosts)"`
 }
 
 // Client configures the commands that talk to a registry (build, deploy, ls, gc).
@@ -95,10 +105,12 @@ type Field struct {
 func Default() *Config {
 	return &Config{
 		Registry: Registry{
-			Listen:       ":5000",
-			Data:         DefaultDataDir(),
-			Realm:        "labreg",
-			DrainTimeout: 30 * time.Second,
+			Listen:           ":5000",
+			Data:             DefaultDataDir(),
+			Realm:            "labreg",
+			DrainTimeout:     30 * time.Second,
+			AuthFailBurst:    10,
+			AuthFailInterval: 6 * time.Second,
 		},
 		UI:  UI{Listen: ":8080"},
 		Log: Log{Level: "info", Format: "text"},
@@ -162,6 +174,12 @@ func (f Field) Set(s string) error {
 			return fmt.Errorf("%s: %q is not true or false", f.Key, s)
 		}
 		f.value.SetBool(b)
+	case int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a whole number", f.Key, s)
+		}
+		f.value.SetInt(int64(n))
 	case time.Duration:
 		d, err := time.ParseDuration(s)
 		if err != nil {
@@ -356,6 +374,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.Registry.TLSCert == "") != (c.Registry.TLSKey == "") {
 		errs = append(errs, errors.New("registry.tls_cert and registry.tls_key: set both or neither"))
+	}
+	if c.Registry.AuthFailInterval <= 0 {
+		errs = append(errs, errors.New("registry.auth_fail_interval: must be positive"))
 	}
 	if c.Registry.DrainTimeout < 0 {
 		errs = append(errs, errors.New("registry.drain_timeout: must not be negative"))
