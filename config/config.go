@@ -45,6 +45,12 @@ type Registry struct {
 	Htpasswd string `yaml:"htpasswd" flag:"htpasswd" usage:"htpasswd file (bcrypt); enables basic auth"`
 	// Realm is the basic-auth realm. Default "labreg".
 	Realm string `yaml:"realm" flag:"realm" usage:"basic-auth realm"`
+	// AuthFailBurst is how many failed logins in a row a client address
+	// (IPv4, or IPv6 /64) may make before it gets 429 with Retry-After;
+	// negative: no limit. Default 10.
+	AuthFailBurst int `yaml:"auth_fail_burst" flag:"auth-fail-burst" usage:"failed logins in a row allowed per client address before 429 (negative: no limit)"`
+	// AuthFailInterval is how often one failed login is forgiven. Default 6s.
+	AuthFailInterval time.Duration `yaml:"auth_fail_interval" flag:"auth-fail-interval" usage:"how often one failed login per client address is forgiven"`
 	// ReadOnly rejects pushes and deletes. Default false.
 	ReadOnly bool `yaml:"readonly" flag:"readonly" usage:"serve read-only (no push or delete)"`
 	// ProxyRemoteURL turns the registry into a pull-through cache of that
@@ -102,6 +108,10 @@ type UI struct {
 	Listen string `yaml:"listen" flag:"ui-listen" usage:"web UI listen address (empty: no UI)"`
 	// ReadOnly hides and refuses every delete and GC action. Default false.
 	ReadOnly bool `yaml:"readonly" flag:"ui-readonly" usage:"web UI without delete or GC"`
+	// Hosts are the comma-separated host names the UI answers to (Host and
+	// Origin headers; IP addresses and localhost always pass). Default: the
+	// hosts of ui.listen and registry.advertise.
+	Hosts string `yaml:"hosts" flag:"ui-hosts" usage:"comma-separated host names the web UI answers to (default: ui.listen and registry.advertise hosts)"`
 }
 
 // Client configures the commands that talk to a registry (build, deploy, ls, gc).
@@ -154,6 +164,8 @@ func Default() *Config {
 			UploadMemory:      256 << 20,
 			MinFreePercent:    1,
 			UploadPurgeAge:    24 * time.Hour,
+			AuthFailBurst:     10,
+			AuthFailInterval:  6 * time.Second,
 		},
 		UI:  UI{Listen: ":8080"},
 		Log: Log{Level: "info", Format: "text"},
@@ -537,6 +549,9 @@ func (c *Config) Validate() error {
 		if _, err := ParseRedis(c.Registry.Redis); err != nil {
 			errs = append(errs, fmt.Errorf("registry.redis: %w", err))
 		}
+	}
+	if c.Registry.AuthFailInterval <= 0 {
+		errs = append(errs, errors.New("registry.auth_fail_interval: must be positive"))
 	}
 	if c.Registry.DrainTimeout < 0 {
 		errs = append(errs, errors.New("registry.drain_timeout: must not be negative"))

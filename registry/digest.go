@@ -164,9 +164,6 @@ type aliasDelete struct {
 // resolveAlias readdresses a request for d to the digest d links to, or
 // answers 404 itself and returns false.
 func (a *ociAPI) resolveAlias(w http.ResponseWriter, r *http.Request, p apiPath, d digest.Digest) (*aliasDelete, bool) {
-	if !a.authorized(w, r, p.repo, "pull") {
-		return nil, false
-	}
 	c, err := a.readAlias(r.Context(), p.repo, p.kind, d)
 	var nf storagedriver.PathNotFoundError
 	switch {

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
-	"github.com/distribution/distribution/v3/registry/auth"
 	"github.com/distribution/reference"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -26,7 +25,8 @@ import (
 // and PUT (upload.go) are handled here. Anything unusual — another storage
 // driver, proxy mode, a missing link, a non-sha256 digest, a malformed
 // header, a failed auth check — falls through, untouched, to distribution,
-// which then answers exactly as it always does.
+// which then answers exactly as it always does. Credentials were checked
+// before any of this runs (Server.authenticate).
 
 var (
 	fastBlobPath   = regexp.MustCompile(`^/v2/(` + reference.NameRegexp.String() + `)/blobs/(sha256:[a-f0-9]{64})$`)
@@ -40,8 +40,7 @@ type fastPath struct {
 	secret   string // distribution's http.secret: signs upload state
 	headers  http.Header
 	readOnly bool
-	auth     auth.AccessController // nil: no auth configured
-	budget   *memBudget            // Options.UploadMemory
+	budget   *memBudget // Options.UploadMemory
 	// blobs and uploads count the requests served here (the rest go to
 	// distribution): labreg_fastpath_requests_total{kind="blob|upload"}.
 	blobs, uploads prometheus.Counter
@@ -70,7 +69,6 @@ func (s *Server) fastPaths(next http.Handler) http.Handler {
 		secret:   cfg.HTTP.Secret,
 		headers:  cfg.HTTP.Headers,
 		readOnly: s.opts.ReadOnly,
-		auth:     s.access, // the htpasswd controller distribution uses, or nil
 		budget:   newMemBudget(s.opts.UploadMemory),
 		blobs:    served.WithLabelValues("blob"),
 		uploads:  served.WithLabelValues("upload"),
@@ -116,22 +114,6 @@ func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
 	return false
 }
 
-// authorized asks the access controller distribution would ask, for the
-// access records distribution would ask for (app.go appendAccessRecords).
-// Any refusal falls through so that distribution renders the challenge.
-func (fp *fastPath) authorized(r *http.Request, repo string) bool {
-	if fp.auth == nil {
-		return true
-	}
-	res := auth.Resource{Type: "repository", Name: repo}
-	access := []auth.Access{{Resource: res, Action: "pull"}}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		access = append(access, auth.Access{Resource: res, Action: "push"})
-	}
-	grant, err := fp.auth.Authorized(r, access...)
-	return err == nil && grant != nil
-}
-
 // commonHeaders are the headers distribution's app puts on every response.
 func (fp *fastPath) commonHeaders(h http.Header) {
 	for k, vs := range fp.headers {
@@ -164,9 +146,6 @@ func (fp *fastPath) serveBlob(w http.ResponseWriter, r *http.Request, name, dgst
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return false
-	}
-	if !fp.authorized(r, name) {
 		return false
 	}
 	h := w.Header()

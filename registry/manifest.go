@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
-	"github.com/distribution/distribution/v3/registry/auth"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
@@ -32,15 +31,11 @@ type ociAPI struct {
 	// drv is the registry's storage driver (storage.go), used to keep
 	// sha512 aliases (digest.go).
 	drv storagedriver.StorageDriver
-	// ac checks credentials for the endpoints served here (Server.access);
-	// nil without htpasswd.
-	ac auth.AccessController
 }
 
 // ociAPI wraps next (distribution, or whatever serves /v2/ under us).
 func (s *Server) ociAPI(next http.Handler) http.Handler {
 	a := &ociAPI{s: s, next: next, idx: s.referrerIndex(), drv: s.store.driver}
-	a.ac = s.access
 	return a
 }
 
@@ -92,26 +87,6 @@ func (a *ociAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		a.next.ServeHTTP(w, r)
 	}
-}
-
-// authorized checks the request's credentials for action on repo when
-// htpasswd auth is on, and answers 401 with a challenge when they fail.
-func (a *ociAPI) authorized(w http.ResponseWriter, r *http.Request, repo, action string) bool {
-	if a.ac == nil {
-		return true
-	}
-	_, err := a.ac.Authorized(r, auth.Access{Resource: auth.Resource{Type: "repository", Name: repo}, Action: action})
-	if err == nil {
-		return true
-	}
-	var ch auth.Challenge
-	if errors.As(err, &ch) {
-		ch.SetHeaders(r, w)
-		writeError(w, http.StatusUnauthorized, errcode.ErrorCodeUnauthorized, err.Error())
-		return false
-	}
-	writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnauthorized, err.Error())
-	return false
 }
 
 // putManifest forwards a manifest PUT to distribution with the body read

@@ -257,9 +257,6 @@ func (a *ociAPI) serveReferrers(w http.ResponseWriter, r *http.Request, repo, re
 		writeError(w, http.StatusMethodNotAllowed, errcode.ErrorCodeUnsupported, "referrers: only GET")
 		return
 	}
-	if !a.authorized(w, r, repo, "pull") {
-		return
-	}
 	subject, err := digest.Parse(ref)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, errcode.ErrorCodeDigestInvalid, err.Error())

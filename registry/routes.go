@@ -19,10 +19,12 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", s.serveHealth)
 	mux.Handle("/", s.fastPaths(s.app))
-	// recoverer (errors.go) turns a handler's panic into a 500; limits
-	// (upload cap, body progress): limits.go; hooks (gate, index, events):
-	// events.go; ociAPI: manifest.go.
-	return s.instrument(s.recoverer(s.limits(s.hooks(s.ociAPI(mux)))))
+	// recoverer (errors.go) turns a handler's panic into a 500;
+	// authenticate (auth.go) refuses bad credentials before anything
+	// touches storage or takes an upload slot; limits (upload cap, body
+	// progress): limits.go; hooks (gate, index, events): events.go;
+	// ociAPI: manifest.go.
+	return s.instrument(s.recoverer(s.authenticate(s.limits(s.hooks(s.ociAPI(mux))))))
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {

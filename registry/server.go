@@ -25,14 +25,12 @@ import (
 
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/health"
-	"github.com/distribution/distribution/v3/registry/auth"
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
 	"github.com/labreg/labreg/config"
 
-	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"             // htpasswd auth
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the data dir
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"   // tests and benchmarks
 )
@@ -47,6 +45,9 @@ type Options struct {
 	Htpasswd string
 	// Realm is the basic-auth realm. Default "labreg".
 	Realm string
+	// AuthLimit bounds failed logins per client address (auth.go).
+	// Default: 10 in a row, then one every 6s.
+	AuthLimit AuthLimit
 	// ReadOnly rejects pushes and deletes. Default false.
 	ReadOnly bool
 	// ProxyRemoteURL makes the registry a pull-through cache. Default: off.
@@ -107,9 +108,10 @@ type Server struct {
 	store  *backend // the one storage driver (storage.go)
 	health *health.Registry
 	extras *extras // catalog, events, read-only gate (catalog.go)
-	// access checks htpasswd credentials for labreg's own handlers
-	// (referrers, manifest hooks, fast paths); nil when auth is off.
-	access  auth.AccessController
+	// auth checks every /v2 request's credentials before anything else
+	// runs (auth.go); nil when auth is off. distribution has no auth of
+	// its own configured: labreg's check is the one.
+	auth    *Authenticator
 	handler http.Handler
 	log     *slog.Logger
 	metrics *prometheus.Registry
@@ -160,16 +162,11 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err := checkDataDir(opts.DataDir); err != nil {
 		return nil, err
 	}
-	var access auth.AccessController
+	var authn *Authenticator
 	if opts.Htpasswd != "" {
-		if _, err := os.Stat(opts.Htpasswd); err != nil {
-			return nil, fmt.Errorf("htpasswd file: %w", err)
-		}
-		// The controller distribution builds from the same options, so
-		// labreg's handlers authenticate exactly as distribution does.
 		var err error
-		if access, err = auth.GetAccessController("htpasswd", htpasswdParams(opts)); err != nil {
-			return nil, fmt.Errorf("htpasswd file %s: %w", opts.Htpasswd, err)
+		if authn, err = NewAuthenticator(opts.Htpasswd, opts.Realm, opts.AuthLimit); err != nil {
+			return nil, err
 		}
 	}
 	store, err := openBackend(ctx, opts)
@@ -210,7 +207,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, access: access}
+	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, auth: authn}
 	s.extras = newExtras(s)
 	s.handler = s.routes()
 	go s.removeStrayTemps(time.Now())
@@ -245,9 +242,6 @@ func distributionConfig(opts Options, storage configuration.Storage, secret stri
 	}
 	// Foreign (non-distributable) layers carry URLs; accept any http(s) URL.
 	cfg.Validation.Manifests.URLs.Allow = []string{"^https?://"}
-	if opts.Htpasswd != "" {
-		cfg.Auth = configuration.Auth{"htpasswd": htpasswdParams(opts)}
-	}
 	if opts.ProxyRemoteURL != "" {
 		cfg.Proxy.RemoteURL = opts.ProxyRemoteURL
 	}
@@ -255,11 +249,6 @@ func distributionConfig(opts Options, storage configuration.Storage, secret stri
 	cfg.Health.StorageDriver.Interval = 10 * time.Second
 	cfg.Health.StorageDriver.Threshold = 3
 	return cfg
-}
-
-// htpasswdParams are the htpasswd auth options for distribution.
-func htpasswdParams(opts Options) configuration.Parameters {
-	return configuration.Parameters{"realm": opts.Realm, "path": opts.Htpasswd}
 }
 
 // newApp turns distribution's construction panics into errors.

@@ -122,10 +122,6 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 			return false // no hash state at this offset: distribution re-hashes
 		}
 	}
-	if !fp.authorized(r, name) {
-		return false
-	}
-
 	// From here on this request is ours.
 	hd := w.Header()
 	fp.commonHeaders(hd)

@@ -31,6 +31,7 @@ func newServeCmd(io streams) *cobra.Command {
 				TLSKey:            c.Registry.TLSKey,
 				Htpasswd:          c.Registry.Htpasswd,
 				Realm:             c.Registry.Realm,
+				AuthLimit:         registry.AuthLimit{Burst: c.Registry.AuthFailBurst, Interval: c.Registry.AuthFailInterval},
 				ReadOnly:          c.Registry.ReadOnly,
 				ProxyRemoteURL:    c.Registry.ProxyRemoteURL,
 				DrainTimeout:      c.Registry.DrainTimeout,
@@ -67,7 +68,7 @@ func newServeCmd(io streams) *cobra.Command {
 			)
 			where := "no web UI"
 			if c.UI.Listen != "" {
-				if web, err = newWebUI(srv, c.Registry.Advertise, c.UI.ReadOnly || c.Registry.ReadOnly, c.Registry.Htpasswd, c.Registry.Realm, c.Registry.Data, settings(c), log); err != nil {
+				if web, err = newWebUI(srv, c.Registry.Advertise, c.UI.ReadOnly || c.Registry.ReadOnly, uiHosts(c), c.Registry.Data, settings(c), log); err != nil {
 					return err
 				}
 				if uiLn, err = net.Listen("tcp", c.UI.Listen); err != nil {

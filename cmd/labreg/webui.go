@@ -2,6 +2,8 @@ package main
 
 import (
 	"log/slog"
+	"net"
+	"strings"
 
 	"github.com/labreg/labreg/config"
 	"github.com/labreg/labreg/registry"
@@ -9,7 +11,7 @@ import (
 )
 
 // newWebUI wires the catalog UI to the registry server in-process.
-func newWebUI(srv *registry.Server, advertise string, readOnly bool, htpasswd, realm, data string, st []ui.Setting, log *slog.Logger) (*ui.UI, error) {
+func newWebUI(srv *registry.Server, advertise string, readOnly bool, hosts []string, data string, st []ui.Setting, log *slog.Logger) (*ui.UI, error) {
 	opts := ui.Options{
 		Catalog:       srv.Catalog(),
 		History:       srv.Events(),
@@ -18,8 +20,8 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, htpasswd, r
 		ReadOnlyState: srv.ReadOnlyState,
 		Advertise:     advertise,
 		ReadOnly:      readOnly,
-		Htpasswd:      htpasswd,
-		Realm:         realm,
+		Auth:          srv.Authenticator(), // nil: auth off
+		Hosts:         hosts,
 		Version:       versionString(),
 		DataDir:       data,
 		Settings:      st,
@@ -30,6 +32,27 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, htpasswd, r
 		opts.Referrers = r
 	}
 	return ui.New(opts)
+}
+
+// uiHosts are the host names the web UI answers to: ui.hosts, else the
+// hosts of ui.listen and registry.advertise (the UI adds localhost and
+// accepts IP addresses).
+func uiHosts(c *config.Config) []string {
+	var hosts []string
+	if c.UI.Hosts != "" {
+		for _, h := range strings.Split(c.UI.Hosts, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				hosts = append(hosts, h)
+			}
+		}
+		return hosts
+	}
+	for _, hp := range []string{c.UI.Listen, c.Registry.Advertise} {
+		if h, _, err := net.SplitHostPort(hp); err == nil && h != "" {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
 }
 
 // settings lists the effective configuration for the status page (the UI

@@ -28,7 +28,8 @@ import (
 //
 // Errors are OCI-style: {"errors":[{"code":"NOT_FOUND","message":"..."}]}.
 // Writes need no CSRF token: DELETE and a JSON POST cannot be sent
-// cross-site without a CORS preflight, which this API never grants.
+// cross-site without a CORS preflight, which this API never grants; and
+// ServeHTTP refuses a foreign Host or Origin (DNS rebinding).
 func (u *UI) routesAPI() {
 	u.mux.HandleFunc("GET /api/repositories", u.apiRepos)
 	u.mux.HandleFunc("GET /api/repositories/{rest...}", u.apiRepoGET)

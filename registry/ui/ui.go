@@ -19,17 +19,16 @@ import (
 	"html/template"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/distribution/distribution/v3/registry/auth"
-	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd" // the registry's htpasswd check
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -93,9 +92,18 @@ type Options struct {
 	Advertise string
 	// ReadOnly hides and refuses deletes and GC. Default false.
 	ReadOnly bool
-	// Htpasswd, when set, makes the UI ask for the same basic-auth
-	// credentials as the registry. Realm defaults to "labreg".
+	// Auth, when set, makes the UI ask for the registry's basic-auth
+	// credentials (registry.Server.Authenticator: the same failed-login
+	// limit). Default: Htpasswd and Realm, when Htpasswd is set.
+	Auth *registry.Authenticator
+	// Htpasswd, when set and Auth is not, makes the UI check basic-auth
+	// credentials against this file. Realm defaults to "labreg".
 	Htpasswd, Realm string
+	// Hosts are the host names the UI answers to: a request whose Host,
+	// or whose Origin when it changes something, names another host is
+	// refused (DNS rebinding, cross-site forms). IP addresses and
+	// localhost are always accepted. Default: the host of Advertise.
+	Hosts []string
 	// Version, DataDir and Settings are shown on the status page; settings
 	// whose key names a secret are redacted.
 	Version  string
@@ -109,7 +117,8 @@ type Options struct {
 type UI struct {
 	opts  Options
 	mux   *http.ServeMux
-	auth  auth.AccessController
+	auth  *registry.Authenticator
+	hosts map[string]bool
 	pages map[string]*pageTemplate
 	log   *slog.Logger
 
@@ -141,16 +150,20 @@ func New(opts Options) (*UI, error) {
 	if opts.ReadOnlyState == nil {
 		opts.ReadOnlyState = func() (bool, string) { return false, "" }
 	}
-	u := &UI{opts: opts, log: opts.Logger, rows: map[string]template.HTML{}}
-	if opts.Htpasswd != "" {
-		if _, err := os.Stat(opts.Htpasswd); err != nil {
-			return nil, fmt.Errorf("ui: htpasswd file: %w", err)
-		}
-		ac, err := auth.GetAccessController("htpasswd", map[string]any{"realm": opts.Realm, "path": opts.Htpasswd})
+	u := &UI{opts: opts, log: opts.Logger, rows: map[string]template.HTML{}, auth: opts.Auth, hosts: map[string]bool{"localhost": true}}
+	if u.auth == nil && opts.Htpasswd != "" {
+		ac, err := registry.NewAuthenticator(opts.Htpasswd, opts.Realm, registry.AuthLimit{})
 		if err != nil {
-			return nil, fmt.Errorf("ui: htpasswd: %w", err)
+			return nil, fmt.Errorf("ui: %w", err)
 		}
 		u.auth = ac
+	}
+	hosts := opts.Hosts
+	if len(hosts) == 0 && opts.Advertise != "" {
+		hosts = []string{opts.Advertise}
+	}
+	for _, h := range hosts {
+		u.hosts[hostName(h)] = true
 	}
 	var err error
 	if u.pages, err = parsePages(); err != nil {
@@ -184,24 +197,78 @@ func (u *UI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Frame-Options", "DENY")
 	w.Header().Set("Referrer-Policy", "same-origin")
 	w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+	if !u.hostAllowed(r.Host) {
+		u.refuse(w, r, http.StatusForbidden, fmt.Sprintf("the web UI does not answer to host %q: add it to ui.hosts", hostName(r.Host)))
+		return
+	}
 	if u.auth != nil {
-		if _, err := u.auth.Authorized(r); err != nil {
-			var ch auth.Challenge
-			if errors.As(err, &ch) {
-				ch.SetHeaders(r, w)
+		name, err := u.auth.Check(r)
+		if err != nil {
+			if errors.Is(err, registry.ErrNoCredentials) || errors.Is(err, registry.ErrBadCredentials) {
+				err = fmt.Errorf("%w: use the registry's credentials", err)
 			}
-			http.Error(w, "authentication required: use the registry's credentials", http.StatusUnauthorized)
+			u.auth.Refuse(w, err)
+			return
+		}
+		r = r.WithContext(registry.WithUser(r.Context(), name))
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if err := u.checkOrigin(r); err != nil {
+			u.refuse(w, r, http.StatusForbidden, err.Error())
 			return
 		}
 	}
 	u.mux.ServeHTTP(w, r)
 }
 
-// user is the authenticated user name, if any.
-func user(r *http.Request) string {
-	n, _, _ := r.BasicAuth()
-	return n
+// refuse answers a refused request: an OCI error body under /api/, text
+// for a page.
+func (u *UI) refuse(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	if strings.HasPrefix(r.URL.Path, "/api/") {
+		registry.WriteError(w, status, errcode.ErrorCodeDenied.WithMessage(msg))
+		return
+	}
+	http.Error(w, msg, status)
 }
+
+// hostName is the host of HOST[:PORT], lower case, without brackets.
+func hostName(hostport string) string {
+	h := hostport
+	if host, _, err := net.SplitHostPort(hostport); err == nil {
+		h = host
+	}
+	return strings.ToLower(strings.Trim(h, "[]"))
+}
+
+// hostAllowed reports whether the UI answers to hostport: one of its
+// names, localhost or an IP address (DNS rebinding needs a name).
+func (u *UI) hostAllowed(hostport string) bool {
+	h := hostName(hostport)
+	return u.hosts[h] || net.ParseIP(h) != nil
+}
+
+// checkOrigin refuses a request that changes something when its Origin
+// is "null" (sandboxed or file: pages) or names a host the UI does not
+// answer to. Requests without Origin (curl, older browsers' same-origin
+// forms) pass; forms still need their CSRF token.
+func (u *UI) checkOrigin(r *http.Request) error {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return nil
+	}
+	ou, err := url.Parse(o)
+	if o == "null" || err != nil || ou.Host == "" || (ou.Scheme != "http" && ou.Scheme != "https") {
+		return fmt.Errorf("request from origin %q refused", o)
+	}
+	if !u.hostAllowed(ou.Host) || hostName(ou.Host) != hostName(r.Host) {
+		return fmt.Errorf("cross-origin request from %s refused", o)
+	}
+	return nil
+}
+
+// user is the authenticated user name; "" when UI auth is off (a Basic
+// header the UI did not check names nobody).
+func user(r *http.Request) string { return registry.User(r.Context()) }
 
 const csrfCookie = "labreg_csrf"
 
@@ -218,14 +285,9 @@ func csrfToken(w http.ResponseWriter, r *http.Request) string {
 	return tok
 }
 
-// checkCSRF accepts a form POST whose csrf field matches its cookie and
-// whose Origin, when sent, is this host.
+// checkCSRF accepts a form POST whose csrf field matches its cookie (its
+// Origin was checked by ServeHTTP).
 func checkCSRF(r *http.Request) error {
-	if o := r.Header.Get("Origin"); o != "" && o != "null" {
-		if ou, err := url.Parse(o); err != nil || ou.Host != r.Host {
-			return fmt.Errorf("cross-origin request from %s refused", o)
-		}
-	}
 	c, err := r.Cookie(csrfCookie)
 	if err != nil || len(c.Value) != 32 {
 		return errors.New("missing CSRF cookie: reload the page and try again")
