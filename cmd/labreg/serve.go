@@ -65,8 +65,12 @@ func newServeCmd(io streams) *cobra.Command {
 				}
 				where = fmt.Sprintf("web UI on %s://%s", scheme, displayAddr(uiLn.Addr()))
 			}
+			data := c.Registry.Data
+			if c.Registry.Storage != "" && c.Registry.Storage != "filesystem" {
+				data = c.Registry.Storage + ", local state in " + data
+			}
 			fmt.Fprintf(io.Out, "labreg: registry on %s://%s (advertised as %s), %s, data in %s\n",
-				scheme, displayAddr(addr), c.Registry.Advertise, where, c.Registry.Data)
+				scheme, displayAddr(addr), c.Registry.Advertise, where, data)
 			if web == nil {
 				return srv.Serve(ctx)
 			}
