@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"os/exec"
 	"strings"
 	"testing"
@@ -48,9 +49,15 @@ func TestLabregImage(t *testing.T) {
 	}
 
 	t.Cleanup(func() { exec.Command(docker, "rmi", "-f", ref).Run() })
-	run, err := exec.Command(docker, "run", "--rm", "--network", "none", ref, "version").CombinedOutput()
+	if out, err := exec.Command(docker, "pull", "-q", ref).CombinedOutput(); err != nil {
+		t.Fatalf("docker pull %s: %v\n%s", ref, err, out)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(docker, "run", "--rm", "--network", "none", ref, "version")
+	cmd.Stderr = &stderr
+	run, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("docker run %s version: %v\n%s", ref, err, run)
+		t.Fatalf("docker run %s version: %v\n%s%s", ref, err, run, stderr.String())
 	}
 	if v := strings.TrimSpace(string(run)); !strings.HasPrefix(v, "labreg ") || !strings.HasSuffix(v, " linux/"+cfg.Architecture) {
 		t.Errorf("the image's `labreg version` printed %q, want \"labreg <version> <go> linux/%s\"", v, cfg.Architecture)

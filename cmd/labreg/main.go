@@ -11,6 +11,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	// Root CAs for when the system has none (labreg's FROM scratch image),
+	// so an https:// S3 endpoint or upstream registry verifies.
+	_ "golang.org/x/crypto/x509roots/fallback"
 )
 
 func main() {

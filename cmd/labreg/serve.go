@@ -86,8 +86,12 @@ func newServeCmd(io streams) *cobra.Command {
 				log.Warn("client commands on this host will not find the advertised address", "err", err)
 			}
 			defer unrecord()
+			data := c.Registry.Data
+			if c.Registry.Storage != "" && c.Registry.Storage != "filesystem" {
+				data = c.Registry.Storage + ", local state in " + data
+			}
 			fmt.Fprintf(io.Out, "labreg: registry on %s://%s (advertised as %s), %s, data in %s\n",
-				scheme, displayAddr(addr), c.Registry.Advertise, where, c.Registry.Data)
+				scheme, displayAddr(addr), c.Registry.Advertise, where, data)
 			log.Info("advertised address", "advertise", c.Registry.Advertise, "from", o.Of("registry.advertise"), "recorded", statePath)
 			if web == nil {
 				return srv.Serve(ctx)
