@@ -157,7 +157,7 @@ func TestFailedUpdateRollsBack(t *testing.T) {
 	if r.code != 3 {
 		t.Errorf("deploy crash: exit %d, want 3 (rollout rolled back)", r.code)
 	}
-	for _, w := range []string{"rollback completed", "non-zero exit (1)"} {
+	for _, w := range []string{"rollback completed", "for " + reg + "/app:crash@", "non-zero exit (1)"} {
 		if !strings.Contains(r.err, w) {
 			t.Errorf("deploy crash: error does not say %q", w)
 		}

@@ -176,7 +176,12 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 	out.updateMsg = msg
 	failed := func(st string, task *swarm.Task) (memory, outcome) {
 		out.phase = phaseFailed
-		out.failure = &RolloutError{Service: svc.Spec.Name, State: st, Message: msg, Image: out.want, Rollback: g.rollback}
+		// the image asked for, also when swarm rolled back to another
+		img := g.want
+		if img == "" {
+			img = out.want
+		}
+		out.failure = &RolloutError{Service: svc.Spec.Name, State: st, Message: msg, Image: img, Rollback: g.rollback}
 		if task != nil {
 			out.failure.Task, out.failure.TaskErr = describeTask(task, hostname(task.NodeID)), taskErr(task)
 			out.failedTask = task

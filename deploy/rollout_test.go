@@ -143,7 +143,7 @@ func TestDecide(t *testing.T) {
 			obs: observation{Service: replicated(1, imgOld, update(swarm.UpdateStateRollbackCompleted, "rollback completed")),
 				Nodes: threeWorkers[:1], Tasks: []swarm.Task{running("b", 1, "n1", imgOld)},
 				Old: []swarm.Task{task("crash1", 1, "n1", swarm.TaskStateFailed, swarm.TaskStateShutdown, imgNew, "task: non-zero exit (1)")}},
-			phase: phaseFailed, state: "rollback_completed", says: []string{"rollback completed", "non-zero exit (1)", "slot 1 on worker1"},
+			phase: phaseFailed, state: "rollback_completed", says: []string{"rollback completed", "for " + imgNew, "non-zero exit (1)", "slot 1 on worker1"},
 		},
 		{
 			name: "rollback paused",
