@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin/labreg
 DATA    ?= $(CURDIR)/.labreg-data
 
-.PHONY: all build up webserver test bench vet fmt clean
+.PHONY: all build up webserver test fuzz bench vet fmt clean
 
 all: build
 
@@ -33,15 +33,42 @@ webserver:
 	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -buildvcs=false -ldflags='-s -w -buildid=' \
 		-o images/webserver/1/webserver ./images/webserver
 
-test:
+# After the tests, each Go fuzz target (registry/fuzz_test.go) runs for
+# FUZZTIME on top of its seed corpus (registry/testdata/fuzz).
+FUZZTIME ?= 10s
+FUZZPKGS ?= ./registry
+
+# The tests, after the linters (make vet); then the fuzz targets.
+test: vet
 	$(GO) test -count=1 -timeout 28m ./...
+	$(MAKE) fuzz
+
+fuzz:
+	@for pkg in $(FUZZPKGS); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$t for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
 
-vet:
+# go vet, gofmt and staticcheck at a pinned version, installed once into
+# bin/ (a few minutes to compile; later runs reuse it and the Go cache).
+# .ci/run keeps its copy outside the checkout (STATICCHECK=...).
+STATICCHECK_VERSION ?= v0.8.2
+STATICCHECK         ?= bin/staticcheck-$(STATICCHECK_VERSION)
+
+vet: $(STATICCHECK)
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(STATICCHECK) ./...
+
+$(STATICCHECK):
+	@mkdir -p $(dir $@)
+	tmp=$$(mktemp -d) && GOBIN=$$tmp $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) && \
+		mv $$tmp/staticcheck $@ && rmdir $$tmp
 
 clean:
 	rm -rf bin

@@ -24,33 +24,33 @@ import (
 func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode string, progress io.Writer) ([]*planned, error) {
 	produced := map[string]bool{}
 	for _, p := range plans {
-		produced[refKey(p.ref)] = true
+		produced[refKey(p.Ref)] = true
 	}
 	for i := 0; i < len(plans); i++ {
 		p := plans[i]
-		for _, base := range p.bases {
-			r, err := parseRef(base, p.t.Insecure)
-			if err != nil || r.Context().RegistryStr() != p.ref.Context().RegistryStr() {
+		for _, base := range p.Bases {
+			r, err := parseRef(base, p.Insecure)
+			if err != nil || r.Context().RegistryStr() != p.Ref.Context().RegistryStr() {
 				continue
 			}
 			key := refKey(r)
 			if produced[key] {
 				continue
 			}
-			dir := filepath.Join(filepath.Dir(filepath.Dir(p.t.Context)), r.Context().RepositoryStr(), r.Identifier())
+			dir := filepath.Join(filepath.Dir(filepath.Dir(p.Context)), r.Context().RepositoryStr(), r.Identifier())
 			if _, err := os.Stat(filepath.Join(dir, "Dockerfile")); err != nil {
 				continue
 			}
 			if has, err := b.inRegistry(ctx, r); err != nil || has {
 				continue // present, or the build itself will say why it cannot be read
 			}
-			t := p.t
+			t := p.Target
 			t.Context, t.Dockerfile, t.Ref = dir, "", r.String()
 			np, err := b.plan(ctx, t, mode, progress)
 			if err != nil {
 				return nil, err
 			}
-			fmt.Fprintf(progress, "%s: base of %s, not in the registry: building %s first\n", shortName(r), shortName(p.ref), dir)
+			fmt.Fprintf(progress, "%s: base of %s, not in the registry: building %s first\n", shortName(r), shortName(p.Ref), dir)
 			produced[key] = true
 			plans = append(plans, np)
 		}
@@ -59,13 +59,15 @@ func (b *Builder) missingBases(ctx context.Context, plans []*planned, mode strin
 }
 
 // inRegistry reports whether ref's registry has it (a HEAD of the
-// manifest), asking with the native engine's credentials and transport
-// when it has them, as the build will when it pulls the base.
+// manifest), asking with the Builder's keychain and transport, which are
+// those the engine pulls the base with.
 func (b *Builder) inRegistry(ctx context.Context, ref name.Reference) (bool, error) {
-	var kc authn.Keychain = authn.DefaultKeychain
-	var tr http.RoundTripper = remote.DefaultTransport
-	if n, ok := b.Native.(*Native); ok {
-		kc, tr = n.keychain, n.transport
+	kc, tr := b.Keychain, b.Transport
+	if kc == nil {
+		kc = authn.DefaultKeychain
+	}
+	if tr == nil {
+		tr = remote.DefaultTransport
 	}
 	_, err := remote.Head(ref, remote.WithContext(ctx), remote.WithAuthFromKeychain(kc), remote.WithTransport(tr))
 	switch {

@@ -28,7 +28,7 @@ func TestBuilderBuildsMissingBaseBeside(t *testing.T) {
 		"images/other/1/Dockerfile": "FROM scratch\nCOPY h /h\n", // not a base of app: never built
 		"images/other/1/h":          "other",
 	})
-	app := Target{Context: filepath.Join(root, "images/app/1.0"), Ref: addr + "/app:1.0", Push: true, Insecure: true,
+	app := Target{Context: filepath.Join(root, "images/app/1.0"), Ref: addr + "/app:1.0", Insecure: true,
 		BuildArgs: map[string]string{"REGISTRY": addr}}
 	build := func() ([]string, string) {
 		var refs []string
@@ -71,7 +71,7 @@ type staticKeychain struct{ authn.Basic }
 func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return &k.Basic, nil }
 
 // TestBuilderMissingBaseWithCredentials: on a registry with htpasswd auth,
-// whether the base is there is asked with the native engine's keychain,
+// whether the base is there is asked with the Builder's keychain,
 // so a missing base beside the target is built first (asked without
 // credentials, the 401 would pass for "present" and the FROM would fail).
 func TestBuilderMissingBaseWithCredentials(t *testing.T) {
@@ -84,12 +84,16 @@ func TestBuilderMissingBaseWithCredentials(t *testing.T) {
 		"images/app/1.0/Dockerfile": "FROM " + addr + "/base:1\nCOPY g /g\n",
 		"images/app/1.0/g":          "app",
 	})
-	n := newTestNative(t)
-	n.keychain = staticKeychain{authn.Basic{Username: user, Password: pass}}
+	kc := staticKeychain{authn.Basic{Username: user, Password: pass}}
+	n, err := NewNative(NativeOptions{Keychain: kc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
 	var refs []string
 	var progress bytes.Buffer
-	b := &Builder{Native: n, Progress: &progress}
-	app := Target{Context: filepath.Join(root, "images/app/1.0"), Ref: addr + "/app:1.0", Push: true, Insecure: true}
+	b := &Builder{Native: n, Keychain: kc, Progress: &progress}
+	app := Target{Context: filepath.Join(root, "images/app/1.0"), Ref: addr + "/app:1.0", Insecure: true}
 	if err := b.Build(context.Background(), []Target{app}, func(r Result) { refs = append(refs, r.Ref) }); err != nil {
 		t.Fatalf("build: %v\n%s", err, progress.String())
 	}

@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
+	"net/http"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 )
 
@@ -19,28 +20,42 @@ const (
 
 // Builder builds many targets: it plans every Dockerfile first (so a bad
 // one stops the run before anything is pushed), then builds them bases
-// first, each with the engine its Dockerfile needs.
+// first, each with the engine its Dockerfile needs, and publishes each.
 type Builder struct {
 	// Native builds Dockerfiles without RUN. Required.
 	Native Engine
 	// BuildKit returns the engine for Dockerfiles with RUN (and for all of
-	// them in ModeBuildKit); it is called at most once, when first needed.
-	// nil: such Dockerfiles fail with ErrNeedsRun.
-	BuildKit func(ctx context.Context) (Engine, error)
+	// them in ModeBuildKit); it is called at most once, when first needed,
+	// and closed at the end when it is an io.Closer. nil: such Dockerfiles
+	// fail with ErrNeedsRun.
+	BuildKit func(ctx context.Context) (SelfPublisher, error)
+	// Publisher publishes each image. Default: &Registry{Keychain,
+	// Transport, Progress}.
+	Publisher Publisher
 	// Mode is ModeAuto (default), ModeNative or ModeBuildKit.
 	Mode string
+	// Keychain and Transport are used to ask a registry whether it has a
+	// base (missing bases beside a target are built first); give the ones
+	// the engine pulls with. Default: authn.DefaultKeychain,
+	// remote.DefaultTransport.
+	Keychain  authn.Keychain
+	Transport http.RoundTripper
 	// Progress receives progress lines. Default: discarded.
 	Progress io.Writer
 }
 
+// planned is a plan and the engine it needs.
 type planned struct {
-	t      Target
-	df     *Dockerfile
-	bases  []string
-	useBK  bool
-	runAt  int
-	ref    name.Reference
-	needed []int
+	*Plan
+	useBK bool
+	runAt int
+}
+
+// localBases is an engine that takes images of this run that were
+// published where its pulls do not reach them (an OCI layout) as the
+// bases of later FROMs.
+type localBases interface {
+	addLocal(p *Plan, a Artifact)
 }
 
 // Build builds targets and calls done after each one, in build order.
@@ -55,6 +70,10 @@ func (b *Builder) Build(ctx context.Context, targets []Target, done func(Result)
 	}
 	if mode != ModeAuto && mode != ModeNative && mode != ModeBuildKit {
 		return fmt.Errorf("engine %q: want auto, native or buildkit", mode)
+	}
+	pub := b.Publisher
+	if pub == nil {
+		pub = &Registry{Keychain: b.Keychain, Transport: b.Transport, Progress: progress}
 	}
 	var plans []*planned
 	var errs []error
@@ -77,7 +96,7 @@ func (b *Builder) Build(ctx context.Context, targets []Target, done func(Result)
 	if err != nil {
 		return err
 	}
-	var bk Engine
+	var bk SelfPublisher
 	defer func() {
 		if c, ok := bk.(io.Closer); ok {
 			c.Close()
@@ -85,22 +104,33 @@ func (b *Builder) Build(ctx context.Context, targets []Target, done func(Result)
 	}()
 	for _, i := range order {
 		p := plans[i]
-		eng := b.Native
+		var res Result
 		if p.useBK {
 			if bk == nil {
 				if b.BuildKit == nil {
-					return &DockerfileError{File: p.df.Path, Line: p.runAt, Instruction: "RUN",
+					return &DockerfileError{File: p.Dockerfile.Path, Line: p.runAt, Instruction: "RUN",
 						Err: errors.New("needs the buildkit engine, which this labreg was built without")}
 				}
 				if bk, err = b.BuildKit(ctx); err != nil {
-					return fmt.Errorf("%s needs BuildKit: %w", p.df.Path, err)
+					return fmt.Errorf("%s needs BuildKit: %w", p.Dockerfile.Path, err)
 				}
 			}
-			eng = bk
-		}
-		res, err := eng.Build(ctx, p.t)
-		if err != nil {
-			return fmt.Errorf("building %s: %w", p.t.Ref, err)
+			if res, err = bk.BuildAndPublish(ctx, p.Plan, pub); err != nil {
+				return fmt.Errorf("building %s: %w", p.Target.Ref, err)
+			}
+		} else {
+			a, err := b.Native.Build(ctx, p.Plan)
+			if err != nil {
+				return fmt.Errorf("building %s: %w", p.Target.Ref, err)
+			}
+			if res, err = pub.Publish(ctx, a, p.Plan); err != nil {
+				return err
+			}
+			if _, pushed := pub.(*Registry); !pushed {
+				if lb, ok := b.Native.(localBases); ok {
+					lb.addLocal(p.Plan, a)
+				}
+			}
 		}
 		if done != nil {
 			done(res)
@@ -110,37 +140,27 @@ func (b *Builder) Build(ctx context.Context, targets []Target, done func(Result)
 }
 
 func (b *Builder) plan(ctx context.Context, t Target, mode string, progress io.Writer) (*planned, error) {
-	ref, err := parseRef(t.Ref, t.Insecure)
+	if t.Ref == "" {
+		return nil, fmt.Errorf("%s: %w", t.Context, errNoRef)
+	}
+	p, err := NewPlan(ctx, t, progress)
 	if err != nil {
 		return nil, err
 	}
-	df, err := ParseDockerfile(dockerfilePath(t))
-	if err != nil {
-		return nil, err
-	}
-	if err := GoBuild(ctx, df, t.Context, runtime.GOARCH, progress); err != nil {
-		return nil, err
-	}
-	if df, err = Plan(t); err != nil {
-		return nil, err
-	}
-	p := &planned{t: t, df: df, ref: ref}
-	if p.bases, err = df.Bases(t.BuildArgs); err != nil {
-		return nil, err
-	}
-	line, hasRun := df.HasRun()
-	p.runAt = line
+	pl := &planned{Plan: p}
+	line, hasRun := p.Run()
+	pl.runAt = line
 	switch mode {
 	case ModeBuildKit:
-		p.useBK = true
+		pl.useBK = true
 	case ModeNative:
 		if hasRun {
-			return nil, &DockerfileError{File: df.Path, Line: line, Instruction: "RUN", Err: ErrNeedsRun}
+			return nil, &DockerfileError{File: p.Dockerfile.Path, Line: line, Instruction: "RUN", Err: ErrNeedsRun}
 		}
 	default:
-		p.useBK = hasRun
+		pl.useBK = hasRun
 	}
-	return p, nil
+	return pl, nil
 }
 
 // buildOrder sorts plans so that an image comes after every other target
@@ -148,11 +168,11 @@ func (b *Builder) plan(ctx context.Context, t Target, mode string, progress io.W
 func buildOrder(plans []*planned) ([]int, error) {
 	byName := map[string]int{}
 	for i, p := range plans {
-		byName[refKey(p.ref)] = i
+		byName[refKey(p.Ref)] = i
 	}
 	deps := make([][]int, len(plans))
 	for i, p := range plans {
-		for _, b := range p.bases {
+		for _, b := range p.Bases {
 			r, err := name.ParseReference(b)
 			if err != nil {
 				continue
@@ -168,7 +188,7 @@ func buildOrder(plans []*planned) ([]int, error) {
 	visit = func(i int) error {
 		switch state[i] {
 		case 1:
-			return fmt.Errorf("%s: FROM cycle through %s", plans[i].df.Path, plans[i].t.Ref)
+			return fmt.Errorf("%s: FROM cycle through %s", plans[i].Dockerfile.Path, plans[i].Target.Ref)
 		case 2:
 			return nil
 		}
@@ -194,11 +214,4 @@ func buildOrder(plans []*planned) ([]int, error) {
 // a FROM against the targets that produce it.
 func refKey(ref name.Reference) string {
 	return ref.Context().Name() + ":" + ref.Identifier()
-}
-
-func dockerfilePath(t Target) string {
-	if t.Dockerfile != "" {
-		return t.Dockerfile
-	}
-	return t.Context + "/Dockerfile"
 }

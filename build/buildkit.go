@@ -36,7 +36,7 @@ const DockerAddr = "docker"
 // used when NewBuildKit gets an empty address.
 const DefaultBuildKitAddr = "unix:///run/buildkit/buildkitd.sock"
 
-// BuildKit is the Engine that builds Dockerfiles with BuildKit's
+// BuildKit is the engine that builds Dockerfiles with BuildKit's
 // dockerfile.v0 frontend, on a buildkitd or on the BuildKit embedded in the
 // Docker Engine. It handles every Dockerfile, RUN included.
 type BuildKit struct {
@@ -52,7 +52,7 @@ type BuildKit struct {
 	docker *dockerEngine
 }
 
-var _ Engine = (*BuildKit)(nil)
+var _ SelfPublisher = (*BuildKit)(nil)
 
 // BuildKitOption configures NewBuildKit and NewDockerBuildKit.
 type BuildKitOption func(*BuildKit)
@@ -107,7 +107,7 @@ func NewBuildKit(ctx context.Context, addr string, progress io.Writer, opts ...B
 
 // dialBuildkitd connects to a buildkitd at addr and checks that it answers.
 func dialBuildkitd(ctx context.Context, addr string, progress io.Writer) (*BuildKit, error) {
-	if isUnixSocketMissing(addr) {
+	if isUnixSocketMissing(ctx, addr) {
 		return nil, fmt.Errorf("connecting to buildkitd at %s: nothing listens there", addr)
 	}
 	c, err := client.New(ctx, addr)
@@ -153,25 +153,36 @@ func (b *BuildKit) Close() error {
 	return err
 }
 
-// Build solves t's Dockerfile and pushes the image to t.Ref, or writes it
-// to the OCI layout t.Layout (a directory, or a tar archive when the name
-// ends in ".tar") when t.Push is false. Result.Uploaded stays 0: BuildKit
-// does not report how many blobs a push sent.
-func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
-	res := Result{Ref: t.Ref}
-	if t.Context == "" {
+// BuildAndPublish solves p's Dockerfile and lets BuildKit publish the
+// result: to a *Registry it pushes to p.Ref (with the docker config's
+// credentials, WithDockerConfig, not the Registry's Keychain), to a
+// *Layout it writes the OCI layout Layout.Dir (a directory, or a tar
+// archive when the name ends in ".tar"). Other publishers are an error:
+// BuildKit hands over no image. Result.Uploaded stays 0: BuildKit does not
+// report how many blobs a push sent.
+func (b *BuildKit) BuildAndPublish(ctx context.Context, p *Plan, to Publisher) (Result, error) {
+	res := Result{Ref: p.Target.Ref}
+	var push bool
+	var layoutDir string
+	switch to := to.(type) {
+	case *Registry:
+		push = true
+	case *Layout:
+		if to.Dir == "" {
+			return res, errNoOutput
+		}
+		layoutDir = to.Dir
+	default:
+		return res, fmt.Errorf("BuildKit publishes to a registry or an OCI layout, not to a %T", to)
+	}
+	if p.Context == "" {
 		return res, errors.New("build target has no context directory")
 	}
-	if t.Ref == "" && t.Push {
-		return res, errors.New("build target has no image reference to push to")
+	if p.Ref == nil {
+		return res, errNoRef
 	}
-	dockerfile := t.Dockerfile
-	if dockerfile == "" {
-		dockerfile = filepath.Join(t.Context, "Dockerfile")
-	}
-	if _, err := os.Stat(dockerfile); err != nil {
-		return res, fmt.Errorf("reading Dockerfile: %w", err)
-	}
+	t := p.Target
+	dockerfile := p.Dockerfile.Path
 	contextFS, err := fsutil.NewFS(t.Context)
 	if err != nil {
 		return res, fmt.Errorf("opening build context %s: %w", t.Context, err)
@@ -203,8 +214,8 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 	var closeOutput func() error
 	switch {
 	case b.docker != nil:
-		if !t.Push {
-			if err := b.docker.checkLayout(t); err != nil {
+		if !push {
+			if err := checkDockerLayout(layoutDir); err != nil {
 				return res, err
 			}
 		}
@@ -212,14 +223,14 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 		// only through its "moby" exporter; pushing (or saving to a
 		// layout) goes through the Engine API afterwards.
 		opt.Exports = []client.ExportEntry{{Type: "moby", Attrs: map[string]string{"name": t.Ref}}}
-	case t.Push:
+	case push:
 		ex := map[string]string{"name": t.Ref, "push": "true"}
 		if t.Insecure {
 			ex[string(exptypes.OptKeyInsecure)] = "true"
 		}
 		opt.Exports = []client.ExportEntry{{Type: client.ExporterImage, Attrs: ex}}
 	default:
-		ex, closer, err := ociExport(t)
+		ex, closer, err := ociExport(t.Ref, layoutDir)
 		if err != nil {
 			return res, err
 		}
@@ -233,12 +244,17 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 	}
 	if err != nil {
 		if closeOutput != nil {
-			os.Remove(t.Layout) // a partial archive
+			os.Remove(layoutDir) // a partial archive
 		}
 		return res, dockerfileError(dockerfile, t.BuildArgs, failed, err)
 	}
 	if b.docker != nil {
-		return b.docker.finish(ctx, t, cfg, b.progress)
+		if push {
+			res.Digest, err = b.docker.push(ctx, t.Ref, cfg, b.progress)
+		} else {
+			res.Digest, err = b.docker.saveLayout(ctx, t.Ref, layoutDir)
+		}
+		return res, err
 	}
 	res.Digest = resp.ExporterResponse[exptypes.ExporterImageDigestKey]
 	if res.Digest == "" {
@@ -247,17 +263,11 @@ func (b *BuildKit) Build(ctx context.Context, t Target) (Result, error) {
 	return res, nil
 }
 
-// ociExport is the export entry writing t to the OCI layout t.Layout.
-func ociExport(t Target) (client.ExportEntry, func() error, error) {
-	if t.Layout == "" {
-		return client.ExportEntry{}, nil, errNoOutput
-	}
-	attrs := map[string]string{}
-	if t.Ref != "" {
-		attrs["name"] = t.Ref
-	}
-	if strings.HasSuffix(t.Layout, ".tar") {
-		f, err := os.Create(t.Layout)
+// ociExport is the export entry writing ref to the OCI layout dir.
+func ociExport(ref, dir string) (client.ExportEntry, func() error, error) {
+	attrs := map[string]string{"name": ref}
+	if strings.HasSuffix(dir, ".tar") {
+		f, err := os.Create(dir)
 		if err != nil {
 			return client.ExportEntry{}, nil, fmt.Errorf("creating OCI layout archive: %w", err)
 		}
@@ -270,7 +280,7 @@ func ociExport(t Target) (client.ExportEntry, func() error, error) {
 		}, f.Close, nil
 	}
 	attrs["tar"] = "false"
-	return client.ExportEntry{Type: client.ExporterOCI, Attrs: attrs, OutputDir: t.Layout}, nil, nil
+	return client.ExportEntry{Type: client.ExporterOCI, Attrs: attrs, OutputDir: dir}, nil, nil
 }
 
 // nopCloser keeps BuildKit from closing the archive before Build checks
@@ -450,12 +460,14 @@ func locateFailure(dockerfile string, buildArgs map[string]string, failed []stri
 
 // isUnixSocketMissing reports whether addr is a unix socket nobody
 // listens on, to say so plainly instead of with a gRPC timeout.
-func isUnixSocketMissing(addr string) bool {
+func isUnixSocketMissing(ctx context.Context, addr string) bool {
 	p, ok := strings.CutPrefix(addr, "unix://")
 	if !ok {
 		return false
 	}
-	c, err := net.DialTimeout("unix", p, time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "unix", p)
 	if err != nil {
 		return true
 	}

@@ -14,8 +14,6 @@ import (
 	"github.com/distribution/reference"
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	bkclient "github.com/moby/buildkit/client"
 	"github.com/moby/moby/api/types/registry"
@@ -42,7 +40,7 @@ func NewDockerBuildKit(ctx context.Context, progress io.Writer, opts ...BuildKit
 	if progress == nil {
 		progress = io.Discard
 	}
-	api, err := dockerclient.New(dockerclient.FromEnv, dockerclient.WithAPIVersionNegotiation())
+	api, err := dockerclient.New(dockerclient.FromEnv)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the Docker Engine: %w", err)
 	}
@@ -74,18 +72,6 @@ func NewDockerBuildKit(ctx context.Context, progress io.Writer, opts ...BuildKit
 		o(bk)
 	}
 	return bk, nil
-}
-
-// finish takes the image the "moby" exporter tagged t.Ref in the Engine's
-// store and pushes it (reading the digest from the push's output), or
-// saves it into the OCI layout t.Layout.
-func (d *dockerEngine) finish(ctx context.Context, t Target, cfg *configfile.ConfigFile, progress io.Writer) (Result, error) {
-	if t.Push {
-		dgst, err := d.push(ctx, t.Ref, cfg, progress)
-		return Result{Ref: t.Ref, Digest: dgst}, err
-	}
-	dgst, err := d.saveLayout(ctx, t)
-	return Result{Ref: t.Ref, Digest: dgst}, err
 }
 
 // push pushes ref with the Engine API, authenticated with the docker
@@ -167,27 +153,21 @@ func registryAuth(ref string, cfg *configfile.ConfigFile) (string, error) {
 	return base64.URLEncoding.EncodeToString(buf), nil
 }
 
-// checkLayout rejects layouts saveLayout cannot write, before building.
-func (d *dockerEngine) checkLayout(t Target) error {
-	if t.Layout == "" {
-		return errNoOutput
-	}
-	if strings.HasSuffix(t.Layout, ".tar") {
-		return fmt.Errorf("writing %s: through the Docker Engine labreg writes OCI layout directories, not archives (use a buildkitd for archives)", t.Layout)
+// checkDockerLayout rejects layouts saveLayout cannot write, before building.
+func checkDockerLayout(dir string) error {
+	if strings.HasSuffix(dir, ".tar") {
+		return fmt.Errorf("writing %s: through the Docker Engine labreg writes OCI layout directories, not archives (use a buildkitd for archives)", dir)
 	}
 	return nil
 }
 
-// saveLayout exports t.Ref from the Engine (docker save) and appends it to
-// the OCI layout directory t.Layout, returning its manifest digest. The
-// classic store cannot export OCI archives itself.
-func (d *dockerEngine) saveLayout(ctx context.Context, t Target) (string, error) {
-	if err := d.checkLayout(t); err != nil {
-		return "", err
-	}
-	tag, err := name.NewTag(t.Ref)
+// saveLayout exports ref from the Engine (docker save) and writes it into
+// the OCI layout directory dir with the Layout publisher, returning its
+// manifest digest. The classic store cannot export OCI archives itself.
+func (d *dockerEngine) saveLayout(ctx context.Context, ref, dir string) (string, error) {
+	tag, err := name.NewTag(ref)
 	if err != nil {
-		return "", fmt.Errorf("parsing reference %q: %w", t.Ref, err)
+		return "", fmt.Errorf("parsing reference %q: %w", ref, err)
 	}
 	tmp, err := os.CreateTemp("", "labreg-save-*.tar")
 	if err != nil {
@@ -195,36 +175,22 @@ func (d *dockerEngine) saveLayout(ctx context.Context, t Target) (string, error)
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	rc, err := d.api.ImageSave(ctx, []string{t.Ref})
+	rc, err := d.api.ImageSave(ctx, []string{ref})
 	if err != nil {
-		return "", fmt.Errorf("saving %s from the Docker Engine: %w", t.Ref, err)
+		return "", fmt.Errorf("saving %s from the Docker Engine: %w", ref, err)
 	}
 	_, err = io.Copy(tmp, rc)
 	rc.Close()
 	if err != nil {
-		return "", fmt.Errorf("saving %s from the Docker Engine: %w", t.Ref, err)
+		return "", fmt.Errorf("saving %s from the Docker Engine: %w", ref, err)
 	}
 	img, err := tarball.ImageFromPath(tmp.Name(), &tag)
 	if err != nil {
-		return "", fmt.Errorf("reading the saved image %s: %w", t.Ref, err)
+		return "", fmt.Errorf("reading the saved image %s: %w", ref, err)
 	}
-	p, err := layout.FromPath(t.Layout)
-	if err != nil {
-		if err := os.MkdirAll(filepath.Dir(filepath.Clean(t.Layout)), 0o755); err != nil {
-			return "", err
-		}
-		if p, err = layout.Write(t.Layout, empty.Index); err != nil {
-			return "", fmt.Errorf("creating OCI layout %s: %w", t.Layout, err)
-		}
-	}
-	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{
-		"org.opencontainers.image.ref.name": t.Ref,
-	})); err != nil {
-		return "", fmt.Errorf("writing %s to OCI layout %s: %w", t.Ref, t.Layout, err)
-	}
-	dgst, err := img.Digest()
-	if err != nil {
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(dir)), 0o755); err != nil {
 		return "", err
 	}
-	return dgst.String(), nil
+	res, err := (&Layout{Dir: dir}).Publish(ctx, img, &Plan{Target: Target{Ref: ref}, Ref: tag})
+	return res.Digest, err
 }

@@ -203,14 +203,6 @@ func (e *envList) Set(k, v string) {
 	e.vals[k] = v
 }
 
-func (e *envList) clone() *envList {
-	c := newEnvList()
-	for _, k := range e.keys {
-		c.Set(k, e.vals[k])
-	}
-	return c
-}
-
 // fromSlice adds "K=V" entries (an image config's Env).
 func (e *envList) fromSlice(kvs []string) {
 	for _, kv := range kvs {

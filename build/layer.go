@@ -25,7 +25,8 @@ import (
 type layerEntry struct {
 	name     string // absolute, clean path in the image
 	mode     fs.FileMode
-	link     string
+	link     string // symlink target, or the hard link's target name when hardlink
+	hardlink bool
 	uid, gid int
 	size     int64
 	open     func() (io.ReadCloser, error)
@@ -151,6 +152,9 @@ func writeEntry(tw *tar.Writer, e layerEntry, epoch time.Time) error {
 		h.Mode |= 0o1000
 	}
 	switch {
+	case e.hardlink:
+		h.Typeflag = tar.TypeLink
+		h.Linkname = strings.TrimPrefix(e.link, "/")
 	case e.mode.IsDir():
 		h.Typeflag = tar.TypeDir
 		h.Name += "/"

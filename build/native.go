@@ -2,25 +2,19 @@ package build
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -46,8 +40,8 @@ type NativeOptions struct {
 
 // Native is the daemonless engine: it assembles images from a base image
 // and local files with go-containerregistry, and builds any Dockerfile
-// that needs no RUN. Images it built earlier serve as bases of later
-// builds without a round trip to the registry.
+// that needs no RUN. Images of this run published to an OCI layout serve
+// as bases of later builds. Close it when its images are published.
 type Native struct {
 	progress  io.Writer
 	keychain  authn.Keychain
@@ -57,6 +51,7 @@ type Native struct {
 
 	mu    sync.Mutex
 	built map[string]v1.Image // by reference name, for FROM of an earlier target
+	tmp   string              // temporary directory, made when first needed
 }
 
 var _ Engine = (*Native)(nil)
@@ -108,111 +103,88 @@ func SourceDateEpoch() (time.Time, error) {
 	return time.Unix(n, 0).UTC(), nil
 }
 
-// Build builds t and pushes it (or writes it to t.Layout).
-func (n *Native) Build(ctx context.Context, t Target) (Result, error) {
-	if !t.Push && t.Layout == "" {
-		return Result{}, errNoOutput
-	}
-	ref, err := parseRef(t.Ref, t.Insecure)
-	if err != nil {
-		return Result{}, err
-	}
-	df, err := Plan(t)
-	if err != nil {
-		return Result{}, err
-	}
+// Build builds p's image. A Dockerfile with RUN is an error
+// (ErrNeedsRun): only BuildKit runs containers.
+func (n *Native) Build(ctx context.Context, p *Plan) (Artifact, error) {
+	df := p.Dockerfile
 	if line, ok := df.HasRun(); ok {
-		return Result{}, &DockerfileError{File: df.Path, Line: line, Instruction: "RUN", Err: ErrNeedsRun}
+		return nil, &DockerfileError{File: df.Path, Line: line, Instruction: "RUN", Err: ErrNeedsRun}
 	}
-	cctx, err := openContext(t.Context)
+	if p.Ref == nil {
+		return nil, errNoRef
+	}
+	cctx, err := openContext(p.Context)
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
-	tmp, err := os.MkdirTemp("", "labreg-build-")
+	tmp, err := n.tmpDir()
 	if err != nil {
-		return Result{}, fmt.Errorf("creating a temporary directory: %w", err)
+		return nil, err
 	}
-	defer os.RemoveAll(tmp)
-
 	epoch := n.epoch
-	if s, ok := t.BuildArgs["SOURCE_DATE_EPOCH"]; ok {
+	if s, ok := p.BuildArgs["SOURCE_DATE_EPOCH"]; ok {
 		sec, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return Result{}, fmt.Errorf("--build-arg SOURCE_DATE_EPOCH=%q is not a number of seconds", s)
+			return nil, fmt.Errorf("--build-arg SOURCE_DATE_EPOCH=%q is not a number of seconds", s)
 		}
 		epoch = time.Unix(sec, 0).UTC()
 	}
-	counter := &uploadCounter{next: n.transport}
 	ev := &evaluator{
-		df: df, ctxDir: cctx, args: t.BuildArgs, platform: n.platform, epoch: epoch,
-		tmpDir: tmp, progress: n.progress, name: shortName(ref),
+		df: df, ctxDir: cctx, args: p.BuildArgs, platform: n.platform, epoch: epoch,
+		tmpDir: tmp, progress: n.progress, name: shortName(p.Ref),
 		resolve: func(ctx context.Context, s string) (v1.Image, error) {
-			return n.pull(ctx, s, ref, t.Insecure, counter)
+			return n.pull(ctx, s, p.Ref, p.Insecure)
 		},
 	}
-	img, err := ev.run(ctx)
-	if err != nil {
-		return Result{}, err
-	}
-	digest, err := img.Digest()
-	if err != nil {
-		return Result{}, fmt.Errorf("computing the image digest: %w", err)
-	}
-	res := Result{Ref: t.Ref, Digest: digest.String()}
-	if t.Push {
-		if err := remote.Write(ref, img,
-			remote.WithContext(ctx),
-			remote.WithAuthFromKeychain(n.keychain),
-			remote.WithTransport(counter),
-			remote.WithJobs(4),
-		); err != nil {
-			return Result{}, fmt.Errorf("pushing %s: %w", t.Ref, err)
-		}
-		res.Uploaded = int(counter.uploads.Load())
-		fmt.Fprintf(n.progress, "%s: pushed %s (%d blobs uploaded)\n", shortName(ref), digest, res.Uploaded)
-	} else {
-		if err := writeLayout(t.Layout, t.Ref, img); err != nil {
-			return Result{}, err
-		}
-		fmt.Fprintf(n.progress, "%s: wrote %s to OCI layout %s\n", shortName(ref), digest, t.Layout)
-	}
-	if !t.Push {
-		// Not in a registry: later targets FROM this one take it from here.
-		// Pushed images are pulled back instead, so that their layers are
-		// mounted across repositories rather than uploaded again.
-		n.mu.Lock()
-		n.built[ref.Name()] = img
-		n.mu.Unlock()
-	}
-	return res, nil
+	return ev.run(ctx)
 }
 
-// Plan parses t's Dockerfile and checks every instruction and local source
-// without building or fetching anything: a Dockerfile that passes Plan
-// fails later only for reasons outside it (registry, network).
-func Plan(t Target) (*Dockerfile, error) {
-	dfPath := t.Dockerfile
-	if dfPath == "" {
-		dfPath = filepath.Join(t.Context, "Dockerfile")
+// tmpDir is where layers bigger than memLimit are spooled. They are read
+// again when the image is published, and when a later build uses it as a
+// local base, so the directory lives until Close.
+func (n *Native) tmpDir() (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tmp == "" {
+		dir, err := os.MkdirTemp("", "labreg-build-")
+		if err != nil {
+			return "", fmt.Errorf("creating a temporary directory: %w", err)
+		}
+		n.tmp = dir
 	}
-	df, err := ParseDockerfile(dfPath)
-	if err != nil {
-		return nil, err
+	return n.tmp, nil
+}
+
+// Close removes the engine's temporary files: the images it built cannot
+// be published after that.
+func (n *Native) Close() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.tmp == "" {
+		return nil
 	}
-	cctx, err := openContext(t.Context)
-	if err != nil {
-		return nil, err
+	err := os.RemoveAll(n.tmp)
+	n.tmp = ""
+	return err
+}
+
+// addLocal makes img, built from p and published where pulls do not reach
+// it (an OCI layout), the image later FROMs of p.Ref get. Images pushed to
+// a registry are pulled back instead, so that their layers are mounted
+// across repositories rather than uploaded again.
+func (n *Native) addLocal(p *Plan, a Artifact) {
+	img, ok := a.(v1.Image)
+	if !ok {
+		return
 	}
-	ev := &evaluator{df: df, ctxDir: cctx, args: t.BuildArgs, dry: true, progress: io.Discard}
-	if _, err := ev.run(context.Background()); err != nil && !errors.Is(err, ErrNeedsRun) {
-		return nil, err
-	}
-	return df, nil
+	n.mu.Lock()
+	n.built[p.Ref.Name()] = img
+	n.mu.Unlock()
 }
 
 // pull resolves a base image: one built earlier by this engine, else the
 // registry (insecure when it is the target's registry and that is).
-func (n *Native) pull(ctx context.Context, s string, target name.Reference, insecure bool, tr http.RoundTripper) (v1.Image, error) {
+func (n *Native) pull(ctx context.Context, s string, target name.Reference, insecure bool) (v1.Image, error) {
 	opts := []name.Option{}
 	if r, err := name.ParseReference(s); err == nil && insecure && r.Context().RegistryStr() == target.Context().RegistryStr() {
 		opts = append(opts, name.Insecure)
@@ -231,7 +203,7 @@ func (n *Native) pull(ctx context.Context, s string, target name.Reference, inse
 		remote.WithContext(ctx),
 		remote.WithAuthFromKeychain(n.keychain),
 		remote.WithPlatform(n.platform),
-		remote.WithTransport(tr),
+		remote.WithTransport(n.transport),
 	)
 	if err != nil {
 		if isNotFound(err) {
@@ -259,22 +231,6 @@ func shortName(ref name.Reference) string {
 	return ref.Context().RepositoryStr() + ":" + ref.Identifier()
 }
 
-// writeLayout puts img into the OCI layout at dir under the name ref,
-// replacing an older image of that name.
-func writeLayout(dir, ref string, img v1.Image) error {
-	p, err := layout.FromPath(dir)
-	if err != nil {
-		if p, err = layout.Write(dir, empty.Index); err != nil {
-			return fmt.Errorf("creating OCI layout %s: %w", dir, err)
-		}
-	}
-	anns := map[string]string{"org.opencontainers.image.ref.name": ref}
-	if err := p.ReplaceImage(img, match.Annotation("org.opencontainers.image.ref.name", ref), layout.WithAnnotations(anns)); err != nil {
-		return fmt.Errorf("writing %s to OCI layout %s: %w", ref, dir, err)
-	}
-	return nil
-}
-
 // emptyImage is the scratch base: no layers, OCI or Docker media types.
 func emptyImage(oci bool) v1.Image {
 	if oci {
@@ -284,19 +240,3 @@ func emptyImage(oci bool) v1.Image {
 }
 
 func newGzipReader(r io.Reader) (io.Reader, error) { return gzip.NewReader(r) }
-
-// uploadCounter counts blobs actually uploaded (completed blob uploads;
-// cross-repository mounts and blobs the registry had are not counted).
-type uploadCounter struct {
-	next    http.RoundTripper
-	uploads atomic.Int64
-}
-
-func (c *uploadCounter) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := c.next.RoundTrip(r)
-	if err == nil && r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/blobs/uploads/") &&
-		resp.StatusCode == http.StatusCreated {
-		c.uploads.Add(1)
-	}
-	return resp, err
-}

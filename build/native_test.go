@@ -31,7 +31,22 @@ func newTestNative(t *testing.T) *Native {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { n.Close() })
 	return n
+}
+
+// buildOne plans tg, builds it with the native engine n and publishes it
+// with pub, as Builder does for one target without bases to build.
+func buildOne(ctx context.Context, n *Native, tg Target, pub Publisher) (Result, error) {
+	p, err := NewPlan(ctx, tg, nil)
+	if err != nil {
+		return Result{}, err
+	}
+	a, err := n.Build(ctx, p)
+	if err != nil {
+		return Result{}, err
+	}
+	return pub.Publish(ctx, a, p)
 }
 
 func tarGz(t *testing.T, files map[string]string) string {
@@ -112,8 +127,8 @@ func TestNativeBuildsEveryInstruction(t *testing.T) {
 	})
 	n := newTestNative(t)
 	ref := addr + "/lab/full:1"
-	res, err := n.Build(context.Background(), Target{Context: dir, Ref: ref, Push: true, Insecure: true,
-		BuildArgs: map[string]string{"VERSION": "2.0"}})
+	res, err := buildOne(context.Background(), n, Target{Context: dir, Ref: ref, Insecure: true,
+		BuildArgs: map[string]string{"VERSION": "2.0"}}, &Registry{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,8 +206,8 @@ func TestNativeBuildsEveryInstruction(t *testing.T) {
 	}
 
 	// Same directory again: same digest, nothing uploaded.
-	again, err := newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: ref, Push: true, Insecure: true,
-		BuildArgs: map[string]string{"VERSION": "2.0"}})
+	again, err := buildOne(context.Background(), newTestNative(t), Target{Context: dir, Ref: ref, Insecure: true,
+		BuildArgs: map[string]string{"VERSION": "2.0"}}, &Registry{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +239,7 @@ func TestBuilderExampleImages(t *testing.T) {
 	}
 	var targets []Target
 	for _, d := range slices.Backward(dirs) { // worst order: derived images first
-		targets = append(targets, Target{Context: d.Path, Ref: addr + "/" + d.Repo + ":" + d.Tag, Push: true, Insecure: true,
+		targets = append(targets, Target{Context: d.Path, Ref: addr + "/" + d.Repo + ":" + d.Tag, Insecure: true,
 			BuildArgs: map[string]string{"REGISTRY": addr}})
 	}
 	run := func() []Result {
@@ -258,8 +273,8 @@ func TestBuilderPushesNothingWhenOneDockerfileIsBad(t *testing.T) {
 	bad := writeTree(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY nope.txt /\n"})
 	b := &Builder{Native: newTestNative(t)}
 	err := b.Build(context.Background(), []Target{
-		{Context: good, Ref: addr + "/good:1", Push: true, Insecure: true},
-		{Context: bad, Ref: addr + "/bad:1", Push: true, Insecure: true},
+		{Context: good, Ref: addr + "/good:1", Insecure: true},
+		{Context: bad, Ref: addr + "/bad:1", Insecure: true},
 	}, nil)
 	if err == nil || !strings.Contains(err.Error(), `Dockerfile:2: COPY: source "nope.txt" not found in build context`) {
 		t.Fatalf("err = %v, want the bad COPY named", err)
@@ -277,25 +292,26 @@ func TestNativeUnreachableRegistry(t *testing.T) {
 	dead := l.Addr().String()
 	l.Close()
 	dir := writeTree(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a"})
-	_, err = newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: dead + "/x:1", Push: true, Insecure: true})
+	_, err = buildOne(context.Background(), newTestNative(t), Target{Context: dir, Ref: dead + "/x:1", Insecure: true}, &Registry{})
 	if err == nil || !strings.Contains(err.Error(), "pushing "+dead+"/x:1") || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("err = %v; want a push error naming the registry", err)
 	}
 	// A base image from the dead registry.
 	dir = writeTree(t, map[string]string{"Dockerfile": "FROM " + dead + "/base:1\n"})
-	_, err = newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: dead + "/x:1", Push: true, Insecure: true})
+	_, err = buildOne(context.Background(), newTestNative(t), Target{Context: dir, Ref: dead + "/x:1", Insecure: true}, &Registry{})
 	if err == nil || !strings.Contains(err.Error(), "Dockerfile:1: FROM: pulling base image "+dead+"/base:1") {
 		t.Fatalf("err = %v; want the FROM line and the registry", err)
 	}
 }
 
-// TestNativeNoOutput: a target neither pushed nor given a layout is an
-// error before anything is built, as with the other engines, not a layout
+// TestNativeNoOutput: a layout publisher without a directory is an error
+// before anything is built, as with the other engines, not a layout
 // written into the working directory.
 func TestNativeNoOutput(t *testing.T) {
 	dir := writeTree(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a"})
 	t.Chdir(t.TempDir())
-	_, err := newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: "127.0.0.1:9/x:1"})
+	b := &Builder{Native: newTestNative(t), Publisher: &Layout{}}
+	err := b.Build(context.Background(), []Target{{Context: dir, Ref: "127.0.0.1:9/x:1"}}, nil)
 	if !errors.Is(err, errNoOutput) {
 		t.Fatalf("err = %v, want %v", err, errNoOutput)
 	}
@@ -307,7 +323,7 @@ func TestNativeNoOutput(t *testing.T) {
 func TestNativeNoPushWritesLayout(t *testing.T) {
 	dir := writeTree(t, map[string]string{"Dockerfile": "FROM scratch\nCOPY a /a\n", "a": "a"})
 	out := filepath.Join(t.TempDir(), "layout")
-	res, err := newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: "127.0.0.1:9/x:1", Layout: out})
+	res, err := buildOne(context.Background(), newTestNative(t), Target{Context: dir, Ref: "127.0.0.1:9/x:1"}, &Layout{Dir: out})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,10 +348,54 @@ func TestNativeNoPushWritesLayout(t *testing.T) {
 func TestNativeMissingBaseSaysHow(t *testing.T) {
 	addr, _ := testenv.Registry(t, registry.Options{})
 	dir := writeTree(t, map[string]string{"Dockerfile": "ARG REGISTRY\nFROM ${REGISTRY}/webserver:1\n"})
-	_, err := newTestNative(t).Build(context.Background(), Target{Context: dir, Ref: addr + "/x:1", Push: true, Insecure: true,
-		BuildArgs: map[string]string{"REGISTRY": addr}})
+	_, err := buildOne(context.Background(), newTestNative(t), Target{Context: dir, Ref: addr + "/x:1", Insecure: true,
+		BuildArgs: map[string]string{"REGISTRY": addr}}, &Registry{})
 	want := "Dockerfile:2: FROM: base image " + addr + "/webserver:1 is not in the registry (build its directory in the same run"
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("err = %v, want %q", err, want)
+	}
+}
+
+// TestBuilderLayoutBases: with a Layout publisher (labreg build --no-push)
+// an image FROM another target of the same run builds on the one just
+// written to the layout, with no registry at all, and both are in the
+// layout under their names.
+func TestBuilderLayoutBases(t *testing.T) {
+	const reg = "127.0.0.1:9" // nothing listens: nothing may be pulled or pushed
+	root := t.TempDir()
+	testenv.WriteFiles(t, root, map[string]string{
+		"base/1/Dockerfile": "FROM scratch\nCOPY f /f\n",
+		"base/1/f":          "base",
+		"app/1/Dockerfile":  "ARG REGISTRY\nFROM ${REGISTRY}/base:1\nCOPY g /g\n",
+		"app/1/g":           "app",
+	})
+	out := filepath.Join(t.TempDir(), "layout")
+	b := &Builder{Native: newTestNative(t), Publisher: &Layout{Dir: out}}
+	var got []Result
+	err := b.Build(context.Background(), []Target{
+		{Context: filepath.Join(root, "app/1"), Ref: reg + "/app:1", Insecure: true, BuildArgs: map[string]string{"REGISTRY": reg}},
+		{Context: filepath.Join(root, "base/1"), Ref: reg + "/base:1", Insecure: true},
+	}, func(r Result) { got = append(got, r) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Ref != reg+"/base:1" || got[1].Ref != reg+"/app:1" {
+		t.Fatalf("built %+v, want base:1 then app:1", got)
+	}
+	p, err := layout.FromPath(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := v1.NewHash(got[1].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := p.Image(h)
+	if err != nil {
+		t.Fatalf("layout lacks app:1: %v", err)
+	}
+	layers, err := img.Layers()
+	if err != nil || len(layers) != 2 {
+		t.Fatalf("app:1 has %d layers (%v), want the base's and its own", len(layers), err)
 	}
 }

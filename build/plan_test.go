@@ -1,6 +1,7 @@
 package build
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,7 +106,7 @@ func TestPlanErrors(t *testing.T) {
 			if strings.Contains(tc.name, "build arg") {
 				args["PAGE"] = "other"
 			}
-			_, err := Plan(Target{Context: dir, BuildArgs: args})
+			_, err := NewPlan(context.Background(), Target{Context: dir, BuildArgs: args}, nil)
 			df := filepath.Join(dir, "Dockerfile")
 			switch {
 			case tc.want == "" && err != nil:

@@ -52,6 +52,48 @@ type Registry struct {
 	ProxyRemoteURL string `yaml:"proxy_remote_url" flag:"proxy-remote-url" usage:"upstream registry URL for pull-through-cache mode"`
 	// DrainTimeout is how long shutdown waits for requests in flight. Default 30s.
 	DrainTimeout time.Duration `yaml:"drain_timeout" flag:"drain-timeout" usage:"how long shutdown waits for requests in flight"`
+	// GCDrainTimeout bounds how long garbage collection (and scrub --repair)
+	// waits for writes in flight once the registry is read-only; writes
+	// still running then are aborted with 503 and their clients retry.
+	// Default 30s.
+	GCDrainTimeout time.Duration `yaml:"gc_drain_timeout" flag:"gc-drain-timeout" usage:"how long GC waits for writes in flight before aborting them (503, clients retry)"`
+	// Storage is where blobs and manifests live: "filesystem" (<data>/storage)
+	// or s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION[&redirect=true] (an
+	// S3-compatible store, path-style whenever an endpoint is given, TLS from
+	// the endpoint's scheme). Default "filesystem".
+	Storage string `yaml:"storage" flag:"storage" usage:"filesystem, or s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION[&redirect=true]"`
+	// S3AccessKeyFile and S3SecretKeyFile hold the S3 credentials (e.g. swarm
+	// secrets). Default: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, else the
+	// shared credentials file (~/.aws/credentials).
+	S3AccessKeyFile string `yaml:"s3_access_key_file" flag:"s3-access-key-file" usage:"file holding the S3 access key (default: AWS environment, ~/.aws/credentials)"`
+	S3SecretKeyFile string `yaml:"s3_secret_key_file" flag:"s3-secret-key-file" usage:"file holding the S3 secret key"`
+	// HTTPSecretFile holds the secret that signs upload state; every replica
+	// on shared storage needs the same one. Default: a secret generated in
+	// the data directory (filesystem only; required with s3://).
+	HTTPSecretFile string `yaml:"http_secret_file" flag:"http-secret-file" usage:"file holding the HTTP secret shared by all replicas (required with s3:// storage)"`
+	// Redis is redis://[USER[:PASSWORD]@]HOST:PORT[/DB] for distribution's
+	// blob-descriptor cache. Default: off.
+	Redis string `yaml:"redis" flag:"redis" usage:"redis://[USER[:PASSWORD]@]HOST:PORT[/DB] for the blob-descriptor cache (default: none)" redact:"url"`
+	// ReadHeaderTimeout bounds reading a request's headers. Default 30s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout" flag:"read-header-timeout" usage:"how long a client may take to send request headers"`
+	// IdleTimeout closes keep-alive connections idle this long. Default 2m.
+	IdleTimeout time.Duration `yaml:"idle_timeout" flag:"idle-timeout" usage:"how long an idle keep-alive connection stays open"`
+	// BodyTimeout ends a request whose body sends no byte for this long.
+	// Default 60s.
+	BodyTimeout time.Duration `yaml:"body_timeout" flag:"body-timeout" usage:"end a request whose body sends no byte for this long"`
+	// MaxUploads caps blob uploads served at once; beyond it clients get
+	// 429 with Retry-After. Default 1024.
+	MaxUploads int `yaml:"max_uploads" flag:"max-uploads" usage:"blob uploads served at once (beyond: 429, retry)"`
+	// UploadMemory bounds the memory uploads hold, in bytes, taken as data
+	// arrives (1 MiB pieces; past it uploads go on with small buffers).
+	// Default 268435456 (256 MiB).
+	UploadMemory int64 `yaml:"upload_memory" flag:"upload-memory" usage:"bytes of memory all uploads together may hold"`
+	// MinFreePercent makes /healthz unhealthy while the data dir's file
+	// system has less than this share (%) free. Default 1.
+	MinFreePercent float64 `yaml:"min_free_percent" flag:"min-free-percent" usage:"/healthz is unhealthy below this much free space on the data dir (%)"`
+	// UploadPurgeAge is the age at which abandoned uploads are removed.
+	// Default 24h.
+	UploadPurgeAge time.Duration `yaml:"upload_purge_age" flag:"upload-purge-age" usage:"remove uploads abandoned for this long"`
 }
 
 // UI configures the catalog web UI served by `labreg serve`.
@@ -87,7 +129,9 @@ type Field struct {
 	Env   string // environment variable, e.g. "LABREG_LISTEN"
 	Usage string
 	Kind  reflect.Kind
-	value reflect.Value
+	// Redact hides the password of a URL-shaped value when displayed.
+	Redact bool
+	value  reflect.Value
 }
 
 // Default returns the built-in defaults. Advertise stays empty until
@@ -99,6 +143,17 @@ func Default() *Config {
 			Data:         DefaultDataDir(),
 			Realm:        "labreg",
 			DrainTimeout: 30 * time.Second,
+			// #10: the read-only window of GC is bounded.
+			GCDrainTimeout: 30 * time.Second,
+			Storage:        "filesystem",
+			// #10: bounded resources under slow or idle clients.
+			ReadHeaderTimeout: 30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			BodyTimeout:       60 * time.Second,
+			MaxUploads:        1024,
+			UploadMemory:      256 << 20,
+			MinFreePercent:    1,
+			UploadPurgeAge:    24 * time.Hour,
 		},
 		UI:  UI{Listen: ":8080"},
 		Log: Log{Level: "info", Format: "text"},
@@ -131,22 +186,27 @@ func (c *Config) Fields() []Field {
 			f := sv.Type().Field(j)
 			flag := f.Tag.Get("flag")
 			out = append(out, Field{
-				Key:   sec.Tag.Get("yaml") + "." + f.Tag.Get("yaml"),
-				Flag:  flag,
-				Env:   "LABREG_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")),
-				Usage: f.Tag.Get("usage"),
-				Kind:  f.Type.Kind(),
-				value: sv.Field(j),
+				Key:    sec.Tag.Get("yaml") + "." + f.Tag.Get("yaml"),
+				Flag:   flag,
+				Env:    "LABREG_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_")),
+				Usage:  f.Tag.Get("usage"),
+				Kind:   f.Type.Kind(),
+				Redact: f.Tag.Get("redact") == "url",
+				value:  sv.Field(j),
 			})
 		}
 	}
 	return out
 }
 
-// String returns the field's current value as text.
+// String returns the field's current value as text, with the password of
+// a Redact field hidden (it is for display: `labreg config`, the UI).
 func (f Field) String() string {
 	if d, ok := f.value.Interface().(time.Duration); ok {
 		return d.String()
+	}
+	if f.Redact {
+		return redact(f.value.String())
 	}
 	return fmt.Sprint(f.value.Interface())
 }
@@ -168,6 +228,18 @@ func (f Field) Set(s string) error {
 			return fmt.Errorf("%s: %q is not a duration (e.g. 30s)", f.Key, s)
 		}
 		f.value.SetInt(int64(d))
+	case int, int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a whole number", f.Key, s)
+		}
+		f.value.SetInt(n)
+	case float64:
+		x, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a number", f.Key, s)
+		}
+		f.value.SetFloat(x)
 	default:
 		return fmt.Errorf("%s: unsupported type %s", f.Key, f.Kind)
 	}
@@ -453,8 +525,44 @@ func (c *Config) Validate() error {
 	if (c.Registry.TLSCert == "") != (c.Registry.TLSKey == "") {
 		errs = append(errs, errors.New("registry.tls_cert and registry.tls_key: set both or neither"))
 	}
+	if st, err := ParseStorage(c.Registry.Storage); err != nil {
+		errs = append(errs, fmt.Errorf("registry.storage: %w", err))
+	} else if st.Shared() && c.Registry.HTTPSecretFile == "" {
+		errs = append(errs, errors.New("registry.http_secret_file: required with shared storage (s3://): every replica needs the same HTTP secret"))
+	}
+	if (c.Registry.S3AccessKeyFile == "") != (c.Registry.S3SecretKeyFile == "") {
+		errs = append(errs, errors.New("registry.s3_access_key_file and registry.s3_secret_key_file: set both or neither"))
+	}
+	if c.Registry.Redis != "" {
+		if _, err := ParseRedis(c.Registry.Redis); err != nil {
+			errs = append(errs, fmt.Errorf("registry.redis: %w", err))
+		}
+	}
 	if c.Registry.DrainTimeout < 0 {
 		errs = append(errs, errors.New("registry.drain_timeout: must not be negative"))
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+	}{{"registry.read_header_timeout", c.Registry.ReadHeaderTimeout}, {"registry.idle_timeout", c.Registry.IdleTimeout}, {"registry.body_timeout", c.Registry.BodyTimeout}} {
+		if d.v <= 0 {
+			errs = append(errs, fmt.Errorf("%s: must be positive (resources stay bounded)", d.key))
+		}
+	}
+	if c.Registry.MaxUploads <= 0 {
+		errs = append(errs, errors.New("registry.max_uploads: must be positive"))
+	}
+	if c.Registry.UploadMemory < 1<<20 {
+		errs = append(errs, errors.New("registry.upload_memory: must be at least 1048576 (1 MiB)"))
+	}
+	if c.Registry.MinFreePercent <= 0 || c.Registry.MinFreePercent >= 100 {
+		errs = append(errs, errors.New("registry.min_free_percent: must be between 0 and 100"))
+	}
+	if c.Registry.UploadPurgeAge < time.Minute {
+		errs = append(errs, errors.New("registry.upload_purge_age: must be at least 1m"))
+	}
+	if c.Registry.GCDrainTimeout <= 0 {
+		errs = append(errs, errors.New("registry.gc_drain_timeout: must be positive (the read-only window of GC is bounded)"))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

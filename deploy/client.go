@@ -7,14 +7,15 @@
 // rolled-back updates are failures (*RolloutError), unlike the docker CLI
 // (docker/cli#6752).
 //
-// The package never prints to os.Stdout: progress goes to the io.Writer in
-// Options, results are returned as values.
+// The package never prints: progress leaves as structured events through
+// Options.OnProgress (one vocabulary, Progress), results are returned as
+// values. The engine is reached through Engine, the calls deploy makes; the
+// rollout decision (rollout.go) is a pure function of what one poll sees.
 package deploy
 
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"time"
 
@@ -30,8 +31,8 @@ type Options struct {
 	// credentials are read from (config.json and credential helpers).
 	// Default: $DOCKER_CONFIG, else ~/.docker.
 	DockerConfigDir string
-	// Progress receives human-readable rollout progress. Default: discard.
-	Progress io.Writer
+	// OnProgress receives progress events (see Progress). Default: none.
+	OnProgress func(Progress)
 	// Logger receives debug logs (never credentials). Default: discard.
 	Logger *slog.Logger
 	// PollInterval is how often a rollout is polled. Default 100ms.
@@ -41,16 +42,16 @@ type Options struct {
 // Client deploys services to the swarm the Docker Engine at DOCKER_HOST (or
 // the default socket) manages.
 type Client struct {
-	api  *client.Client
+	api  Engine
 	opts Options
 }
 
 // New connects to the Docker Engine named by DOCKER_HOST / DOCKER_TLS_VERIFY /
-// DOCKER_CERT_PATH (default: the local socket) and negotiates the API version
-// on first use.
+// DOCKER_CERT_PATH (default: the local socket); the client negotiates the
+// API version on first use (DOCKER_API_VERSION fixes it).
 func New(opts Options) (*Client, error) {
-	if opts.Progress == nil {
-		opts.Progress = io.Discard
+	if opts.OnProgress == nil {
+		opts.OnProgress = func(Progress) {}
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -58,7 +59,7 @@ func New(opts Options) (*Client, error) {
 	if opts.PollInterval <= 0 {
 		opts.PollInterval = 100 * time.Millisecond
 	}
-	api, err := client.New(client.FromEnv, client.WithAPIVersionNegotiation())
+	api, err := client.New(client.FromEnv)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the Docker Engine: %w", err)
 	}

@@ -88,6 +88,26 @@ func TestLoadExamples(t *testing.T) {
 				t.Errorf("mounts %+v", s.Mounts)
 			}
 		}},
+		{"registry-ha.yaml", func(t *testing.T, s deploy.Spec) {
+			if s.Image != "labreg:1" || s.Replicas == nil || *s.Replicas != 2 {
+				t.Errorf("image %s replicas %v", s.Image, s.Replicas)
+			}
+			if len(s.Ports) != 2 || s.Ports[0].PublishMode != "host" || s.Ports[0].PublishedPort != 5000 || s.Ports[1].PublishMode != "host" {
+				t.Errorf("ports %+v, want 5000 and 8080 in host mode", s.Ports)
+			}
+			if want := []string{"node.labels.registry == true"}; !reflect.DeepEqual(s.Constraints, want) {
+				t.Errorf("constraints %q, want %q", s.Constraints, want)
+			}
+			if len(s.Secrets) != 3 {
+				t.Errorf("secrets %+v, want the two S3 keys and the HTTP secret", s.Secrets)
+			}
+			env := strings.Join(s.Env, "\n")
+			for _, w := range []string{"LABREG_STORAGE=s3://", "LABREG_HTTP_SECRET_FILE=/run/secrets/registry_http_secret", "LABREG_S3_SECRET_KEY_FILE=/run/secrets/registry_s3_secret_key"} {
+				if !strings.Contains(env, w) {
+					t.Errorf("env %q lacks %s", s.Env, w)
+				}
+			}
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.file, func(t *testing.T) {

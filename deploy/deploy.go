@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -93,7 +94,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		return res, err
 	}
 	res.Image = pinned
-	fmt.Fprintf(c.opts.Progress, "%s: image %s\n", s.Name, pinned)
+	c.opts.OnProgress(Progress{Service: s.Name, Stage: StageImage, Image: pinned})
 
 	nets, err := c.ensureNetworks(ctx, s.Networks, s.Stack)
 	if err != nil {
@@ -108,17 +109,23 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		return res, err
 	}
 
-	cur, err := c.api.ServiceInspect(ctx, s.Name, client.ServiceInspectOptions{})
+	// By exact name only: the engine's lookup would also take an ID
+	// prefix, and update whatever service's ID starts with s.Name.
+	cur, err := c.lookupService(ctx, s.Name)
+	var nf *ServiceNotFoundError
 	exists := err == nil
-	if err != nil && !cerrdefs.IsNotFound(err) {
-		return res, fmt.Errorf("inspecting service %s: %w", s.Name, err)
+	switch {
+	case err != nil && !errors.As(err, &nf):
+		return res, err
+	case exists && cur.Spec.Name != s.Name:
+		return res, fmt.Errorf("%q is the ID of service %s: deploy takes the service's name", s.Name, cur.Spec.Name)
 	}
 	// One deadline for the prepull and the rollout watch.
 	deadline := time.Now().Add(opts.timeout())
 	if opts.Prepull {
 		base := swarm.ServiceSpec{}
 		if exists {
-			base = cur.Service.Spec
+			base = cur.Spec
 		}
 		sp := s.apply(base, pinned, nets, configs, secrets)
 		pctx, cancel := context.WithDeadline(ctx, deadline)
@@ -128,7 +135,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 			return res, err
 		}
 	}
-	ws := watchSpec{name: s.Name, want: pinned, timeout: opts.timeout(), deadline: deadline, noAuth: opts.NoRegistryAuth || auth == ""}
+	ws := watchSpec{name: s.Name, goal: goal{want: pinned}, timeout: opts.timeout(), deadline: deadline, noAuth: opts.NoRegistryAuth || auth == ""}
 	if !exists {
 		sp := s.apply(swarm.ServiceSpec{}, pinned, nets, configs, secrets)
 		r, err := c.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: sp, EncodedRegistryAuth: auth})
@@ -138,7 +145,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		res.ID, res.Created, res.Warnings = r.ID, true, r.Warnings
 		ws.created = true
 	} else {
-		svc := cur.Service
+		svc := cur
 		sp := s.apply(svc.Spec, pinned, nets, configs, secrets)
 		r, err := c.api.ServiceUpdate(ctx, svc.ID, client.ServiceUpdateOptions{
 			Version: svc.Version, Spec: sp, EncodedRegistryAuth: auth,
@@ -150,7 +157,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		ws.before = svc.UpdateStatus
 	}
 	for _, w := range res.Warnings {
-		fmt.Fprintf(c.opts.Progress, "%s: warning: %s\n", s.Name, w)
+		c.opts.OnProgress(Progress{Service: s.Name, Stage: StageWarning, Message: w})
 	}
 	if opts.Detach {
 		return res, nil
@@ -180,7 +187,7 @@ func (c *Client) pushLocal(ctx context.Context, typed, full, auth string) (bool,
 			return false, fmt.Errorf("tagging local image %s as %s: %w", src, full, err)
 		}
 	}
-	fmt.Fprintf(c.opts.Progress, "%s is not in the registry: pushing it from the local engine (%s)\n", full, src)
+	c.opts.OnProgress(Progress{Stage: StagePush, Image: full, Message: fmt.Sprintf("%s is not in the registry: pushing it from the local engine (%s)", full, src)})
 	if auth == "" {
 		auth = "e30=" // base64url("{}"): the engine wants the header
 	}
@@ -195,16 +202,15 @@ func (c *Client) pushLocal(ctx context.Context, typed, full, auth string) (bool,
 	return true, nil
 }
 
-// Rollback returns service to its previous spec (`docker service rollback`)
+// Rollback returns service (its exact name or full ID) to its previous spec (`docker service rollback`)
 // with the registry credentials forwarded again, and watches it like
 // Deploy: rollback_paused is a *RolloutError.
 func (c *Client) Rollback(ctx context.Context, service string, opts DeployOptions) (Result, error) {
 	res := Result{Service: service}
-	cur, err := c.api.ServiceInspect(ctx, service, client.ServiceInspectOptions{})
+	svc, err := c.lookupService(ctx, service)
 	if err != nil {
-		return res, fmt.Errorf("inspecting service %s: %w", service, err)
+		return res, err
 	}
-	svc := cur.Service
 	if svc.PreviousSpec == nil {
 		return res, fmt.Errorf("service %s has no previous spec to roll back to", service)
 	}
@@ -226,16 +232,16 @@ func (c *Client) Rollback(ctx context.Context, service string, opts DeployOption
 		return res, fmt.Errorf("rolling back service %s: %w", service, err)
 	}
 	if svc.PreviousSpec.TaskTemplate.ContainerSpec != nil {
-		fmt.Fprintf(c.opts.Progress, "%s: rolling back to %s\n", svc.Spec.Name, svc.PreviousSpec.TaskTemplate.ContainerSpec.Image)
+		c.opts.OnProgress(Progress{Service: svc.Spec.Name, Stage: StageRollback, Rollback: true, Image: svc.PreviousSpec.TaskTemplate.ContainerSpec.Image})
 	}
 	for _, w := range r.Warnings {
-		fmt.Fprintf(c.opts.Progress, "%s: warning: %s\n", service, w)
+		c.opts.OnProgress(Progress{Service: svc.Spec.Name, Stage: StageWarning, Message: w})
 	}
 	if opts.Detach {
 		return Result{Service: svc.Spec.Name, ID: svc.ID}, nil
 	}
 	wr, err := c.watch(ctx, watchSpec{
-		id: svc.ID, name: svc.Spec.Name, rollback: true, before: svc.UpdateStatus, timeout: opts.timeout(),
+		id: svc.ID, name: svc.Spec.Name, goal: goal{rollback: true, before: svc.UpdateStatus}, timeout: opts.timeout(),
 	})
 	wr.Warnings = r.Warnings
 	return wr, err
@@ -277,7 +283,7 @@ func (c *Client) ensureNetworks(ctx context.Context, nets []Network, stack strin
 			if err != nil {
 				return nil, fmt.Errorf("creating overlay network %s: %w", n.Name, err)
 			}
-			fmt.Fprintf(c.opts.Progress, "network %s: created (overlay %s)\n", n.Name, n.Subnet)
+			c.opts.OnProgress(Progress{Stage: StageCreated, Message: fmt.Sprintf("network %s: created (overlay %s)", n.Name, n.Subnet)})
 			out = append(out, swarm.NetworkAttachmentConfig{Target: r.ID})
 		default:
 			return nil, fmt.Errorf("inspecting network %s: %w", n.Name, err)
@@ -362,7 +368,7 @@ func (c *Client) ensureSecrets(ctx context.Context, files []File, stack string) 
 				return nil, fmt.Errorf("creating secret %s from %s: %w", name, f.Path, err)
 			}
 			id = r.ID
-			fmt.Fprintf(c.opts.Progress, "secret %s: created from %s\n", name, f.Path)
+			c.opts.OnProgress(Progress{Stage: StageCreated, Message: fmt.Sprintf("secret %s: created from %s", name, f.Path)})
 		}
 		target := f.Target
 		if target == "" {
@@ -405,7 +411,7 @@ func (c *Client) ensureConfigs(ctx context.Context, files []File, stack string) 
 				return nil, fmt.Errorf("creating config %s from %s: %w", name, f.Path, err)
 			}
 			id = r.ID
-			fmt.Fprintf(c.opts.Progress, "config %s: created from %s\n", name, f.Path)
+			c.opts.OnProgress(Progress{Stage: StageCreated, Message: fmt.Sprintf("config %s: created from %s", name, f.Path)})
 		}
 		target := f.Target
 		if target == "" {

@@ -167,7 +167,7 @@ func (c *Client) Down(ctx context.Context, stack string, opts DownOptions) (Down
 		if _, err := c.api.ServiceRemove(ctx, o.ID, client.ServiceRemoveOptions{}); err != nil {
 			return res, fmt.Errorf("removing service %s: %w", o.Name, err)
 		}
-		fmt.Fprintf(c.opts.Progress, "service %s: removed\n", o.Name)
+		c.opts.OnProgress(Progress{Service: o.Name, Stage: StageRemoved, Message: fmt.Sprintf("service %s: removed", o.Name)})
 	}
 	// Tasks of the removed services hold their networks (and, on the
 	// manager, their secrets and configs) until they are gone.
@@ -189,7 +189,7 @@ func (c *Client) Down(ctx context.Context, stack string, opts DownOptions) (Down
 			case <-time.After(250 * time.Millisecond):
 			}
 		}
-		fmt.Fprintf(c.opts.Progress, "%s: removed\n", o)
+		c.opts.OnProgress(Progress{Stage: StageRemoved, Message: fmt.Sprintf("%s: removed", o)})
 		res.Removed = append(res.Removed, o)
 	}
 	return res, nil

@@ -42,7 +42,7 @@ func TestBlueGreenRollback(t *testing.T) {
 	if !strings.Contains(r.out, reg+"/myhttpd:blue@"+blue) {
 		t.Errorf("deploy blue: stdout does not name the pinned image %s@%s", reg+"/myhttpd:blue", blue)
 	}
-	if !strings.Contains(r.err, "1/1: running") || !strings.Contains(r.err, blue[:19]) {
+	if !progressLine(r.err, svc, "slot 1", "running", blue) {
 		t.Errorf("deploy blue: progress shows no running slot with digest %s", blue[:19])
 	}
 	if got := get(t, url); got != "blue page\n" {

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/labreg/labreg/deploy"
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
 )
@@ -176,4 +179,59 @@ func onManager(t testing.TB, docker string) string {
 		t.Fatalf("docker info: node ID: %v", err)
 	}
 	return "node.id==" + string(bytes.TrimSpace(out))
+}
+
+// recorder collects a client's progress events (deploy.Options.OnProgress).
+type recorder struct {
+	mu     sync.Mutex
+	events []deploy.Progress
+}
+
+func (r *recorder) on(p deploy.Progress) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, p)
+}
+
+// all returns the events so far, in order.
+func (r *recorder) all() []deploy.Progress {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]deploy.Progress(nil), r.events...)
+}
+
+// Reset forgets the events so far.
+func (r *recorder) Reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = nil
+}
+
+// String lists the events, one a line, for test logs and for checks that
+// no secret shows in any field.
+func (r *recorder) String() string {
+	var b strings.Builder
+	for _, p := range r.all() {
+		fmt.Fprintf(&b, "%+v\n", p)
+	}
+	return b.String()
+}
+
+// index is the position of the first event f accepts, or -1.
+func (r *recorder) index(f func(deploy.Progress) bool) int {
+	for i, p := range r.all() {
+		if f(p) {
+			return i
+		}
+	}
+	return -1
+}
+
+// taskRunning accepts a task event of svc at slot (replicated, 0 for
+// global) or node (global) that runs digest.
+func taskRunning(svc string, slot int, node, digest string) func(deploy.Progress) bool {
+	return func(p deploy.Progress) bool {
+		return p.Stage == deploy.StageTask && p.Service == svc && p.State == "running" &&
+			strings.HasSuffix(p.Image, "@"+digest) && (slot == 0 || p.Slot == slot) && (node == "" || p.Node == node)
+	}
 }

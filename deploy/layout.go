@@ -99,7 +99,7 @@ func (c *Client) pushLayout(ctx context.Context, dir, full string) (bool, error)
 	if err != nil {
 		return false, fmt.Errorf("reading OCI layout %s: %w", dir, err)
 	}
-	fmt.Fprintf(c.opts.Progress, "%s is not in the registry: pushing %s from OCI layout %s\n", full, desc.Digest, dir)
+	c.opts.OnProgress(Progress{Stage: StagePush, Image: full, Message: fmt.Sprintf("%s is not in the registry: pushing %s from OCI layout %s", full, desc.Digest, dir)})
 	var t remote.Taggable // an image or an index: remote.Push takes either
 	if desc.MediaType.IsIndex() {
 		var root v1.ImageIndex

@@ -54,7 +54,7 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		defer cancel()
 		_, _ = c.api.ServiceRemove(rctx, r.ID, client.ServiceRemoveOptions{})
 	}()
-	fmt.Fprintf(c.opts.Progress, "%s prepull: every eligible node pulls %s\n", service, shortImage(image))
+	c.opts.OnProgress(Progress{Service: service, Stage: StagePrepull, Image: image, Message: "every eligible node pulls " + shortImage(image)})
 	start := time.Now()
 	seen := map[string]time.Time{} // task -> first seen preparing
 	done := map[string]PullTime{}  // node -> result
@@ -89,7 +89,8 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 				// down, drained or gone: waiting would never end
 				if !skipped[t.NodeID] {
 					skipped[t.NodeID] = true
-					fmt.Fprintf(c.opts.Progress, "%s prepull: %s is %s: not waiting for it\n", service, nodeName(t.NodeID, names), why)
+					c.opts.OnProgress(Progress{Service: service, Stage: StagePrepull, Node: nodeName(t.NodeID, names),
+						Message: fmt.Sprintf("%s is %s: not waiting for it", nodeName(t.NodeID, names), why)})
 				}
 				continue
 			}
@@ -107,10 +108,8 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 			pt := PullTime{Node: nodeName(t.NodeID, names), Took: time.Since(from)}
 			if st == swarm.TaskStateRejected || isPullError(t.Status.Err) {
 				pt.Err = taskErr(&t)
-				fmt.Fprintf(c.opts.Progress, "%s prepull: %s: %s\n", service, pt.Node, oneLine(pt.Err))
-			} else {
-				fmt.Fprintf(c.opts.Progress, "%s prepull: %s pulled in %s\n", service, pt.Node, pt.Took.Round(time.Millisecond))
 			}
+			c.opts.OnProgress(Progress{Service: service, Stage: StagePrepull, Node: pt.Node, Image: image, Took: pt.Took, Err: oneLine(pt.Err)})
 			done[t.NodeID] = pt
 		}
 		if len(pending) == 0 && (len(done) > 0 || len(skipped) > 0) {
@@ -118,6 +117,11 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		}
 		select {
 		case <-ctx.Done():
+			// Say which nodes had not pulled when the deadline passed,
+			// not at the last poll (a node may have taken its task since).
+			if p, n, ok := c.prepullPending(ctx, r.ID, done); ok {
+				pending, names = p, n
+			}
 			return nil, prepullCtxErr(ctx, service, image, start, pending, names, ctx.Err())
 		case <-tick.C:
 		}
@@ -132,10 +136,46 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	if len(failed) > 0 {
+		// A *RolloutError like a prepull that timed out: the rollout did
+		// not happen (exit status 3 in labreg's CLI).
 		sort.Strings(failed)
-		return out, fmt.Errorf("prepull of %s failed on %d node(s): %s", image, len(failed), strings.Join(failed, "; "))
+		e := &RolloutError{Service: service, State: "prepull failed", Image: image,
+			Message: fmt.Sprintf("%d node(s) could not pull: %s", len(failed), strings.Join(failed, "; "))}
+		for _, pt := range out {
+			if pt.Err != "" && isPullError(pt.Err) {
+				e.Hint = c.pullHint(ctx, image, pt.Node, pt.Err, auth == "")
+				break
+			}
+		}
+		return out, e
 	}
 	return out, nil
+}
+
+// prepullPending looks once more, after ctx ended, at which eligible nodes
+// have not pulled yet (done are the nodes that finished).
+func (c *Client) prepullPending(ctx context.Context, job string, done map[string]PullTime) (map[string]swarm.TaskState, map[string]string, bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	ineligible, names, err := c.prepullNodes(ctx)
+	if err != nil {
+		return nil, nil, false
+	}
+	tl, err := c.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", job)})
+	if err != nil {
+		return nil, nil, false
+	}
+	pending := map[string]swarm.TaskState{}
+	for _, t := range tl.Items {
+		_, finished := done[t.NodeID]
+		_, skip := ineligible[t.NodeID]
+		_, known := names[t.NodeID]
+		if finished || skip || (!known && t.NodeID != "") || numbered[t.Status.State] == 0 || numbered[t.Status.State] > numbered[swarm.TaskStatePreparing] {
+			continue
+		}
+		pending[t.NodeID] = t.Status.State
+	}
+	return pending, names, true
 }
 
 // prepullNodes returns the nodes a prepull does not wait for, with the
@@ -181,10 +221,4 @@ func prepullCtxErr(ctx context.Context, service, image string, start time.Time, 
 		hint = "do the constraints match a ready, active node?"
 	}
 	return &RolloutError{Service: service, State: "timeout", Image: image, Message: msg, Hint: hint}
-}
-
-func isPullError(e string) bool {
-	e = strings.ToLower(e)
-	return strings.Contains(e, "no such image") || strings.Contains(e, "pull access denied") ||
-		strings.Contains(e, "manifest unknown") || strings.Contains(e, "unauthorized")
 }

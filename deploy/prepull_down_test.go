@@ -27,8 +27,8 @@ func TestPrepullNodeDown(t *testing.T) {
 	// pinned: the manager's engine does not trust the worker-side address
 	ref := w.HostIP + ":" + frontPort + "/down:" + id + "@" + digest.String()
 
-	var progress testenv.Buffer
-	c, err := deploy.New(deploy.Options{DockerConfigDir: dockerConfig(t, "", "", ""), Progress: &progress})
+	var progress recorder
+	c, err := deploy.New(deploy.Options{DockerConfigDir: dockerConfig(t, "", "", ""), OnProgress: progress.on})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,8 +58,10 @@ func TestPrepullNodeDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Deploy (prepull, detached): %v", err)
 	}
-	if want := "prepull: " + w.Name + " is down: not waiting for it"; !strings.Contains(progress.String(), want) {
-		t.Errorf("progress does not say %q", want)
+	if progress.index(func(p deploy.Progress) bool {
+		return p.Stage == deploy.StagePrepull && p.Node == w.Name && strings.Contains(p.Message, "is down: not waiting for it")
+	}) < 0 {
+		t.Errorf("progress does not say that %s is down and not waited for", w.Name)
 	}
 	if took > 45*time.Second {
 		t.Errorf("prepull took %s: it waited for a node that was down", took.Round(time.Millisecond))

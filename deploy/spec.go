@@ -119,11 +119,12 @@ func (s Spec) Validate() error {
 	default:
 		bad = append(bad, fmt.Sprintf("rollback failure action %q is not pause or continue", s.Rollback.FailureAction))
 	}
-	switch s.Update.Order + s.Rollback.Order {
-	case "", "start-first", "stop-first", "start-firststop-first", "stop-firststart-first",
-		"start-firststart-first", "stop-firststop-first":
-	default:
-		bad = append(bad, fmt.Sprintf("update/rollback order %q/%q is not start-first or stop-first", s.Update.Order, s.Rollback.Order))
+	for _, o := range []struct{ what, order string }{{"update", s.Update.Order}, {"rollback", s.Rollback.Order}} {
+		switch o.order {
+		case "", "start-first", "stop-first":
+		default:
+			bad = append(bad, fmt.Sprintf("%s order %q is not start-first or stop-first", o.what, o.order))
+		}
 	}
 	for _, f := range append(append([]File{}, s.Configs...), s.Secrets...) {
 		if f.Name == "" || f.Path == "" {

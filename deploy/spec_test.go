@@ -86,3 +86,29 @@ func TestApplyKeepsWhatIsNotSet(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateOrder: each order is checked on its own; the two values
+// concatenated ("start-firststop-first") once passed as one.
+func TestValidateOrder(t *testing.T) {
+	tests := []struct {
+		update, rollback string
+		bad              string
+	}{
+		{"", "", ""},
+		{"start-first", "stop-first", ""},
+		{"stop-first", "", ""},
+		{"start-firststop-first", "", `update order "start-firststop-first"`},
+		{"", "stop-firststart-first", `rollback order "stop-firststart-first"`},
+		{"start-first", "sideways", `rollback order "sideways"`},
+	}
+	for _, tc := range tests {
+		s := Spec{Name: "web", Image: "web:1", Update: UpdatePolicy{Order: tc.update}, Rollback: UpdatePolicy{Order: tc.rollback}}
+		err := s.Validate()
+		switch {
+		case tc.bad == "" && err != nil:
+			t.Errorf("%q/%q: %v", tc.update, tc.rollback, err)
+		case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad)):
+			t.Errorf("%q/%q: %v, want an error saying %s", tc.update, tc.rollback, err, tc.bad)
+		}
+	}
+}

@@ -58,7 +58,8 @@ type NodeStatus struct {
 	Labels                                                map[string]string
 }
 
-// Status reports services (all, or the one named), their tasks with the
+// Status reports services (all, or the one with the exact name or full ID
+// service), their tasks with the
 // digest each runs, the registry tags pointing at those digests, and the
 // nodes.
 func (c *Client) Status(ctx context.Context, service string) (Status, error) {
@@ -74,11 +75,11 @@ func (c *Client) Status(ctx context.Context, service string) (Status, error) {
 	}
 	var svcs []swarm.Service
 	if service != "" {
-		r, err := c.api.ServiceInspect(ctx, service, client.ServiceInspectOptions{})
+		svc, err := c.lookupService(ctx, service)
 		if err != nil {
-			return st, fmt.Errorf("inspecting service %s: %w", service, err)
+			return st, err
 		}
-		svcs = []swarm.Service{r.Service}
+		svcs = []swarm.Service{svc}
 	} else {
 		r, err := c.api.ServiceList(ctx, client.ServiceListOptions{})
 		if err != nil {

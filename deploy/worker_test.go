@@ -186,9 +186,9 @@ func TestWorkers(t *testing.T) {
 		if res.Tasks != 2 {
 			t.Errorf("green: %d tasks run it, want 2", res.Tasks)
 		}
-		for _, slot := range []string{"1/2", "2/2"} {
-			if !progressLine(prog.String(), svc, slot, "running", green) {
-				t.Errorf("green progress has no line %q running %s", slot, green[:19])
+		for _, slot := range []int{1, 2} {
+			if prog.index(taskRunning(svc, slot, "", green)) < 0 {
+				t.Errorf("green progress has no event: slot %d running %s", slot, green[:19])
 			}
 		}
 		onEveryWorker(t, docker, workers, svc, greenRef, p, "green "+id+"\n")
@@ -199,9 +199,9 @@ func TestWorkers(t *testing.T) {
 			t.Fatalf("rollback: %v\n%s", err, prog)
 		}
 		t.Logf("rollback progress:\n%s", prog)
-		for _, slot := range []string{"1/2", "2/2"} {
-			if !progressLine(prog.String(), svc, slot, "running", blue) {
-				t.Errorf("rollback progress has no line %q running %s", slot, blue[:19])
+		for _, slot := range []int{1, 2} {
+			if prog.index(taskRunning(svc, slot, "", blue)) < 0 {
+				t.Errorf("rollback progress has no event: slot %d running %s", slot, blue[:19])
 			}
 		}
 		onEveryWorker(t, docker, workers, svc, blueRef, p, "blue "+id+"\n")
@@ -231,16 +231,17 @@ func TestWorkers(t *testing.T) {
 		}
 		// Every eligible node reported its pull, with a duration, before the
 		// first task of the new image showed up in the rollout.
-		out := prog.String()
-		firstTask := len(out)
-		if m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(svc) + ` \d+/2: .*` + regexp.QuoteMeta(preDigest[:19])).FindStringIndex(out); m != nil {
-			firstTask = m[0]
+		events := prog.all()
+		firstTask := prog.index(func(p deploy.Progress) bool {
+			return p.Stage == deploy.StageTask && strings.HasSuffix(p.Image, "@"+preDigest)
+		})
+		if firstTask < 0 {
+			firstTask = len(events)
 		}
-		dur := regexp.MustCompile(`\b\d+(\.\d+)?(ns|µs|us|ms|s|m)\b`)
 		for _, w := range workers {
 			found := false
-			for _, l := range strings.Split(out[:firstTask], "\n") {
-				if strings.Contains(l, w.Name) && dur.MatchString(l) {
+			for _, p := range events[:firstTask] {
+				if p.Stage == deploy.StagePrepull && p.Node == w.Name && p.Err == "" && p.Took > 0 {
 					found = true
 				}
 			}
@@ -269,7 +270,7 @@ func TestWorkers(t *testing.T) {
 			t.Errorf("global blue: %d tasks, want one per worker (2)", res.Tasks)
 		}
 		for _, w := range workers {
-			if !progressLine(prog.String(), svc, w.Name, "running", blue) {
+			if prog.index(taskRunning(svc, 0, w.Name, blue)) < 0 {
 				t.Errorf("progress has no line for node %s running %s", w.Name, blue[:19])
 			}
 		}
@@ -295,11 +296,11 @@ func TestWorkers(t *testing.T) {
 }
 
 // client is a deploy client for the registry advertised at adv whose
-// progress goes to the returned buffer.
-func client(t testing.TB, adv string) (*deploy.Client, *testenv.Buffer) {
+// progress events go to the returned recorder.
+func client(t testing.TB, adv string) (*deploy.Client, *recorder) {
 	t.Helper()
-	prog := &testenv.Buffer{}
-	dc, err := deploy.New(deploy.Options{Registry: adv, Progress: prog})
+	prog := &recorder{}
+	dc, err := deploy.New(deploy.Options{Registry: adv, OnProgress: prog.on})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,8 +308,9 @@ func client(t testing.TB, adv string) (*deploy.Client, *testenv.Buffer) {
 	return dc, prog
 }
 
-// progressLine reports whether progress has a line "SVC ID: STATE DIGEST…"
-// (ID a slot "1/2" or a node name) with the short digest of digest.
+// progressLine reports whether labreg's progress output has a line
+// "SVC ID: STATE DIGEST…" (ID "slot 2" or a node name) with the short
+// digest of digest.
 func progressLine(progress, svc, id, state, digest string) bool {
 	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(svc+" "+id+": "+state) + `\s+` + regexp.QuoteMeta(digest[:19]))
 	return re.MatchString(progress)

@@ -10,6 +10,7 @@ import "sync"
 type pieceBuf struct {
 	b      []byte
 	mapped bool
+	small  bool // a smallPieceSize piece from smallPieces, not this pool
 }
 
 // bufPool keeps pieces between uploads: up to maxIdle of them; the rest

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -146,12 +147,7 @@ func (c *Catalog) saveSummary(d digest.Digest, s *Summary) {
 	if err != nil || c.cache == "" {
 		return
 	}
-	f, err := os.OpenFile(c.cache, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		return
-	}
-	f.Write(append(b, '\n'))
-	f.Close()
+	_ = appendLine(c.cache, append(b, '\n'))
 }
 
 type repoEntry struct {
@@ -193,6 +189,8 @@ type extras struct {
 	gate    *gate
 	dataDir string
 	lock    *os.File // <data>/.lock, locked shared while writes run (see gate)
+	// serveLock is <data>/.serve.lock, locked shared until Serve returns.
+	serveLock *os.File
 }
 
 // newExtras opens the catalog, event log and data-dir lock of a server.
@@ -212,7 +210,32 @@ func newExtras(s *Server) *extras {
 		e.gate.lock = f
 		runtime.AddCleanup(s, func(f *os.File) { f.Close() }, f)
 	}
+	// <data>/.serve.lock, held shared for the server's life: ServerRunning
+	// tells an offline tool that a server uses the data dir.
+	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".serve.lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) == nil {
+			e.serveLock = f // closed when Serve returns
+			runtime.AddCleanup(s, func(f *os.File) { f.Close() }, f)
+		} else {
+			f.Close()
+		}
+	}
 	return e
+}
+
+// ServerRunning reports whether a labreg server (in any process) has the
+// data dir open: it holds <data>/.serve.lock shared while it lives.
+func ServerRunning(dataDir string) bool {
+	f, err := os.Open(filepath.Join(dataDir, ".serve.lock"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return true
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false
 }
 
 // Catalog returns the in-process view of this server's storage that the
@@ -896,10 +919,11 @@ func Dockerfile(hist []ocispec.History) []string {
 
 // DeleteTag removes one tag; other tags on the same digest stay.
 func (c *Catalog) DeleteTag(ctx context.Context, repo, tag string) (digest.Digest, error) {
-	if ok, reason := c.gate.enter(); !ok {
+	id, ok, reason := c.gate.enter(nil)
+	if !ok {
 		return "", &BusyError{Reason: reason}
 	}
-	defer c.gate.leave()
+	defer c.gate.leave(id)
 	r, err := c.repository(ctx, repo)
 	if err != nil {
 		return "", err
@@ -918,10 +942,11 @@ func (c *Catalog) DeleteTag(ctx context.Context, repo, tag string) (digest.Diges
 // DeleteManifest removes the manifest dgst from repo and every tag that
 // points to it, and returns those tags.
 func (c *Catalog) DeleteManifest(ctx context.Context, repo string, dgst digest.Digest) ([]string, error) {
-	if ok, reason := c.gate.enter(); !ok {
+	id, ok, reason := c.gate.enter(nil)
+	if !ok {
 		return nil, &BusyError{Reason: reason}
 	}
-	defer c.gate.leave()
+	defer c.gate.leave(id)
 	r, err := c.repository(ctx, repo)
 	if err != nil {
 		return nil, err

@@ -70,9 +70,14 @@ var conformanceEnv = []string{
 // reference distribution 3.1.2 fails 91 of its tests (referrers, subject,
 // sha512).
 func TestConformance(t *testing.T) {
-	suite := conformanceBinary(t)
-	addr := testenv.Serve(t, "").Addr
+	runConformance(t, testenv.Serve(t, "").Addr)
+}
 
+// runConformance runs the suite against the registry at addr and fails t
+// on any failure.
+func runConformance(t *testing.T, addr string) {
+	t.Helper()
+	suite := conformanceBinary(t)
 	results := filepath.Join(t.TempDir(), "results")
 	cmd := exec.CommandContext(t.Context(), suite)
 	cmd.Dir = t.TempDir() // no oci-conformance.yaml there

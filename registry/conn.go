@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 )
 
 // connReadBuf is how much a connection reads from its socket at a time
@@ -25,16 +26,23 @@ func (l readBufferedListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &bufConn{Conn: c}, nil
+	bc := &bufConn{Conn: c}
+	if sc, ok := c.(syscall.Conn); ok {
+		bc.raw, _ = sc.SyscallConn()
+	}
+	return bc, nil
 }
 
 // bufConn is a net.Conn whose small reads are served from a buffer that
-// is filled by one large read. The buffer comes from a pool and goes back
-// as soon as it is empty, so an idle connection holds none. Reads at
-// least as large as the buffer go straight to the socket.
+// is filled by one large read. The buffer comes from a pool once the
+// socket has data (not before a read that would wait: an idle keep-alive
+// connection or a stalled upload holds none) and goes back as soon as it
+// is empty. Reads at least as large as the buffer go straight to the
+// socket.
 type bufConn struct {
 	net.Conn
-	mu   sync.Mutex // net/http reads from a background goroutine too
+	raw  syscall.RawConn // nil: not a socket, the buffer is taken before the read
+	mu   sync.Mutex      // net/http reads from a background goroutine too
 	buf  *[]byte
 	r, w int
 }
@@ -46,10 +54,11 @@ func (c *bufConn) Read(p []byte) (int, error) {
 		if len(p) >= connReadBuf {
 			return c.Conn.Read(p)
 		}
-		c.buf = connBufPool.Get().(*[]byte)
-		n, err := c.Conn.Read(*c.buf)
+		n, err := c.fill()
 		if n <= 0 {
-			c.release()
+			if c.buf != nil {
+				c.release()
+			}
 			return 0, err
 		}
 		c.r, c.w = 0, n
@@ -62,6 +71,54 @@ func (c *bufConn) Read(p []byte) (int, error) {
 		c.release()
 	}
 	return n, nil
+}
+
+// fill reads from the socket into a pooled buffer, taken only when the
+// socket is readable: the runtime's poller waits (with the connection's
+// deadlines) while the read would block, holding no buffer.
+func (c *bufConn) fill() (int, error) {
+	if c.raw == nil {
+		c.buf = connBufPool.Get().(*[]byte)
+		return c.Conn.Read(*c.buf)
+	}
+	var (
+		n     int
+		rerr  error
+		ready bool
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		if c.buf == nil {
+			c.buf = connBufPool.Get().(*[]byte)
+		}
+		n, rerr = syscall.Read(int(fd), *c.buf)
+		if rerr == syscall.EAGAIN {
+			c.release()
+			return false // wait until readable
+		}
+		ready = true
+		return true
+	})
+	switch {
+	case !ready: // a deadline or close ended the wait
+		return 0, wrapNetErr(c, err)
+	case rerr != nil:
+		return 0, wrapNetErr(c, rerr)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// wrapNetErr makes a socket error look as net.Conn.Read's would, so that
+// net/http sees timeouts as net.Error.
+func wrapNetErr(c net.Conn, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := err.(*net.OpError); ok {
+		return err
+	}
+	return &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 func (c *bufConn) release() {

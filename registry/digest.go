@@ -233,7 +233,11 @@ func (a *ociAPI) upload(w http.ResponseWriter, r *http.Request, p apiPath) {
 	var link bool // the alias link is ours to write (mount)
 	switch r.Method {
 	case http.MethodPut:
-		alias, _ = digest.Parse(q.Get("digest"))
+		// A missing or malformed digest is distribution's to refuse (400
+		// DIGEST_INVALID); only a valid one can be an alias.
+		if d, err := digest.Parse(q.Get("digest")); err == nil {
+			alias = d
+		}
 	case http.MethodPost:
 		m, err := digest.Parse(q.Get("mount"))
 		if err != nil || m.Algorithm() == digest.Canonical {
@@ -256,7 +260,7 @@ func (a *ociAPI) upload(w http.ResponseWriter, r *http.Request, p apiPath) {
 		a.next.ServeHTTP(w, r)
 		return
 	}
-	if alias.Algorithm() == digest.Canonical {
+	if alias != "" && alias.Algorithm() == digest.Canonical {
 		alias = ""
 	}
 	hw := &hookWriter{ResponseWriter: w, onStatus: func(status int) (int, error) {

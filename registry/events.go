@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -77,12 +78,7 @@ func (l *EventLog) Add(e Event) {
 	if len(l.events) > 2*maxEvents {
 		l.events = append(l.events[:0], l.events[len(l.events)-maxEvents:]...)
 	}
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err == nil {
-		_, err = f.Write(append(b, '\n'))
-		f.Close()
-	}
-	if err != nil {
+	if err := appendLine(l.path, append(b, '\n')); err != nil {
 		l.log.Warn("recording event", "path", l.path, "err", err)
 	}
 }
@@ -114,12 +110,23 @@ func (s *Server) hooks(next http.Handler) http.Handler {
 	e := s.extras
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isWrite(r.Method) && strings.HasPrefix(r.URL.Path, "/v2/") {
-			ok, reason := e.gate.enter()
+			// A write the gate must stop (it outlasted GC's drain bound)
+			// has its context cancelled with a *BusyError and its body
+			// read cut short; the upload handler answers 503 for it.
+			ctx, cancel := context.WithCancelCause(r.Context())
+			rc := http.NewResponseController(w)
+			id, ok, reason := e.gate.enter(func() {
+				cancel(&BusyError{Reason: e.gate.reasonNow()})
+				_ = rc.SetReadDeadline(time.Now())
+			})
 			if !ok {
+				cancel(nil)
 				writeUnavailable(w, reason)
 				return
 			}
-			defer e.gate.leave()
+			defer e.gate.leave(id)
+			defer cancel(nil)
+			r = r.WithContext(ctx)
 		}
 		// Only manifest requests make events; a blob request (the hot path)
 		// costs one substring check here.

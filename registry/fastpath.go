@@ -41,6 +41,7 @@ type fastPath struct {
 	headers  http.Header
 	readOnly bool
 	auth     auth.AccessController // nil: no auth configured
+	budget   *memBudget            // Options.UploadMemory
 	// blobs and uploads count the requests served here (the rest go to
 	// distribution): labreg_fastpath_requests_total{kind="blob|upload"}.
 	blobs, uploads prometheus.Counter
@@ -70,6 +71,7 @@ func (s *Server) fastPaths(next http.Handler) http.Handler {
 		headers:  cfg.HTTP.Headers,
 		readOnly: s.opts.ReadOnly,
 		auth:     s.access, // the htpasswd controller distribution uses, or nil
+		budget:   newMemBudget(s.opts.UploadMemory),
 		blobs:    served.WithLabelValues("blob"),
 		uploads:  served.WithLabelValues("upload"),
 	}
@@ -189,10 +191,9 @@ type copyFile struct{ f *os.File }
 func (c copyFile) Read(p []byte) (int, error)                { return c.f.Read(p) }
 func (c copyFile) Seek(off int64, whence int) (int64, error) { return c.f.Seek(off, whence) }
 
-// writeFastError writes an OCI error body with the status distribution
-// gives that code.
+// writeFastError answers with the status distribution gives code.
 func writeFastError(w http.ResponseWriter, code errcode.ErrorCode, detail any) {
-	_ = errcode.ServeJSON(w, code.WithDetail(detail))
+	writeError(w, 0, code, detail)
 }
 
 var _ io.ReadSeeker = copyFile{}

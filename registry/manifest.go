@@ -2,18 +2,16 @@ package registry
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"regexp"
+	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/distribution/v3/registry/auth"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
-	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 )
@@ -31,7 +29,7 @@ type ociAPI struct {
 	s    *Server
 	next http.Handler
 	idx  referrerIndex
-	// drv is distribution's storage under <data>/storage, used to keep
+	// drv is the registry's storage driver (storage.go), used to keep
 	// sha512 aliases (digest.go).
 	drv storagedriver.StorageDriver
 	// ac checks credentials for the endpoints served here (Server.access);
@@ -41,11 +39,7 @@ type ociAPI struct {
 
 // ociAPI wraps next (distribution, or whatever serves /v2/ under us).
 func (s *Server) ociAPI(next http.Handler) http.Handler {
-	a := &ociAPI{s: s, next: next, idx: s.referrerIndex()}
-	a.drv = filesystem.New(filesystem.DriverParameters{
-		RootDirectory: filepath.Join(s.opts.DataDir, "storage"),
-		MaxThreads:    100,
-	})
+	a := &ociAPI{s: s, next: next, idx: s.referrerIndex(), drv: s.store.driver}
 	a.ac = s.access
 	return a
 }
@@ -78,8 +72,12 @@ func parseAPIPath(p string) (apiPath, bool) {
 }
 
 func (a *ociAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if a.s.opts.ReadOnly && isWrite(r.Method) && strings.HasPrefix(r.URL.Path, "/v2/") {
+		refuseReadOnly(w) // requests.go
+		return
+	}
 	p, ok := a.guard(w, r)
-	if !ok {
+	if !ok || !a.checkRequest(w, r, p) { // manifest_guard.go, requests.go
 		return
 	}
 	switch {
@@ -114,20 +112,6 @@ func (a *ociAPI) authorized(w http.ResponseWriter, r *http.Request, repo, action
 	}
 	writeError(w, http.StatusBadRequest, errcode.ErrorCodeUnauthorized, err.Error())
 	return false
-}
-
-// writeError answers with status and an OCI error body.
-func writeError(w http.ResponseWriter, status int, code errcode.ErrorCode, detail string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Del("Content-Length")
-	w.WriteHeader(status)
-	var e errcode.Error
-	if detail != "" {
-		e = code.WithDetail(detail)
-	} else {
-		e = code.WithDetail(nil)
-	}
-	json.NewEncoder(w).Encode(errcode.Errors{e})
 }
 
 // putManifest forwards a manifest PUT to distribution with the body read

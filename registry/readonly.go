@@ -2,13 +2,15 @@ package registry
 
 import (
 	"context"
-	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 )
 
 // RetryAfter is what a write refused by the runtime read-only gate is told
@@ -16,45 +18,58 @@ import (
 const RetryAfter = 10 * time.Second
 
 // gate is a runtime read-only switch: while closed, writes are refused;
-// closing waits for the writes in flight.
+// closing waits for the writes in flight, for a bounded time.
 type gate struct {
 	mu       sync.Mutex
 	closed   bool
 	reason   string
 	inflight int
 	idle     chan struct{} // closed when inflight drops to 0 while closing
+	// aborts stops each write in flight that gave a way to (see enter).
+	aborts map[uint64]func()
+	nextID uint64
 	// lock, when set, is <data>/.lock: held shared while writes are in
 	// flight, so that an offline GC (exclusive) and writes exclude each other.
 	lock *os.File
 }
 
-func newGate() *gate { return &gate{} }
+func newGate() *gate { return &gate{aborts: map[uint64]func(){}} }
 
-// enter admits one write, or returns the reason writes are refused.
-func (g *gate) enter() (bool, string) {
+// abortGrace is how long close waits for aborted writes to end.
+const abortGrace = 5 * time.Second
+
+// enter admits one write, or returns the reason writes are refused. abort,
+// when not nil, makes the write stop soon (close calls it when the writes in
+// flight outlast its bound); id is what leave takes.
+func (g *gate) enter(abort func()) (id uint64, ok bool, reason string) {
 	if g == nil {
-		return true, ""
+		return 0, true, ""
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.closed {
-		return false, g.reason
+		return 0, false, g.reason
 	}
 	if g.inflight == 0 && g.lock != nil {
 		if err := syscall.Flock(int(g.lock.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
-			return false, "offline garbage collection"
+			return 0, false, "offline garbage collection"
 		}
 	}
 	g.inflight++
-	return true, ""
+	g.nextID++
+	if abort != nil {
+		g.aborts[g.nextID] = abort
+	}
+	return g.nextID, true, ""
 }
 
-func (g *gate) leave() {
+func (g *gate) leave(id uint64) {
 	if g == nil {
 		return
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	delete(g.aborts, id)
 	g.inflight--
 	if g.inflight == 0 && g.lock != nil {
 		syscall.Flock(int(g.lock.Fd()), syscall.LOCK_UN)
@@ -65,9 +80,11 @@ func (g *gate) leave() {
 	}
 }
 
-// close refuses new writes and waits for those in flight. When ctx ends
-// first the gate opens again.
-func (g *gate) close(ctx context.Context, reason string) error {
+// close refuses new writes and waits for those in flight, at most drain
+// (0: no bound). Writes still in flight then are aborted (their clients get
+// 503 and retry) and given abortGrace to end; if some still have not, or
+// ctx ends first, the gate opens again and close fails.
+func (g *gate) close(ctx context.Context, reason string, drain time.Duration) error {
 	g.mu.Lock()
 	if g.closed {
 		r := g.reason
@@ -84,12 +101,41 @@ func (g *gate) close(ctx context.Context, reason string) error {
 	if wait == nil {
 		return nil
 	}
+	var bound <-chan time.Time
+	if drain > 0 {
+		t := time.NewTimer(drain)
+		defer t.Stop()
+		bound = t.C
+	}
 	select {
 	case <-wait:
 		return nil
 	case <-ctx.Done():
 		g.open()
 		return ctx.Err()
+	case <-bound:
+	}
+	g.mu.Lock()
+	n := g.inflight
+	aborts := make([]func(), 0, len(g.aborts))
+	for _, f := range g.aborts {
+		aborts = append(aborts, f)
+	}
+	g.mu.Unlock()
+	for _, f := range aborts {
+		f()
+	}
+	t := time.NewTimer(abortGrace)
+	defer t.Stop()
+	select {
+	case <-wait:
+		return nil
+	case <-ctx.Done():
+		g.open()
+		return ctx.Err()
+	case <-t.C:
+		g.open()
+		return fmt.Errorf("%s gave up: %d writes were still in flight %s after the registry turned read-only (the GC drain timeout), and did not stop when asked; nothing was changed, try again", reason, n, drain)
 	}
 }
 
@@ -97,6 +143,12 @@ func (g *gate) open() {
 	g.mu.Lock()
 	g.closed, g.reason, g.idle = false, "", nil
 	g.mu.Unlock()
+}
+
+// reasonNow is why the gate is closed ("" when open).
+func (g *gate) reasonNow() string {
+	_, r := g.state()
+	return r
 }
 
 // state reports whether the gate is closed and why.
@@ -114,14 +166,24 @@ func (e *BusyError) Error() string { return "registry is already read-only: " + 
 
 // ReadOnly puts the registry into read-only mode until resume is called:
 // pushes and deletes get 503 UNAVAILABLE with Retry-After. It waits for
-// writes in flight to finish first.
+// writes in flight to finish first, for at most Options.GCDrainTimeout;
+// writes still in flight then are aborted with 503 (clients retry), and if
+// they do not end within a few seconds more ReadOnly fails.
 func (s *Server) ReadOnly(ctx context.Context, reason string) (resume func(), err error) {
 	g := s.extras.gate
-	if err := g.close(ctx, reason); err != nil {
+	if err := g.close(ctx, reason, s.opts.GCDrainTimeout); err != nil {
 		return nil, err
 	}
 	var once sync.Once
 	return func() { once.Do(g.open) }, nil
+}
+
+// WritesInFlight is the number of writes (pushes, deletes) being served.
+func (s *Server) WritesInFlight() int {
+	g := s.extras.gate
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.inflight
 }
 
 // ReadOnlyState reports whether the registry is in runtime read-only mode and why.
@@ -137,12 +199,8 @@ func isWrite(method string) bool {
 
 // writeUnavailable answers a refused write with an OCI error body.
 func writeUnavailable(w http.ResponseWriter, reason string) {
-	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Retry-After", strconv.Itoa(int(RetryAfter.Seconds())))
-	w.WriteHeader(http.StatusServiceUnavailable)
-	json.NewEncoder(w).Encode(map[string]any{"errors": []map[string]any{{
-		"code":    "UNAVAILABLE",
-		"message": "registry is temporarily read-only (" + reason + "); retry in a few seconds",
-		"detail":  map[string]any{"retry_after_seconds": int(RetryAfter.Seconds()), "reason": reason},
-	}}})
+	WriteError(w, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.
+		WithMessage("registry is temporarily read-only ("+reason+"); retry in a few seconds").
+		WithDetail(map[string]any{"retry_after_seconds": int(RetryAfter.Seconds()), "reason": reason}))
 }

@@ -19,11 +19,21 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", s.serveHealth)
 	mux.Handle("/", s.fastPaths(s.app))
-	return s.instrument(s.hooks(s.ociAPI(mux))) // hooks (gate, index, events): events.go; ociAPI: manifest.go
+	// recoverer (errors.go) turns a handler's panic into a 500; limits
+	// (upload cap, body progress): limits.go; hooks (gate, index, events):
+	// events.go; ociAPI: manifest.go.
+	return s.instrument(s.recoverer(s.limits(s.hooks(s.ociAPI(mux)))))
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 	checks := s.health.CheckStatus(r.Context())
+	if low := s.lowSpace(); low != "" {
+		all := map[string]string{"storage_free": low}
+		for k, v := range checks {
+			all[k] = v
+		}
+		checks = all
+	}
 	w.Header().Set("Content-Type", "application/json")
 	if len(checks) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -84,10 +94,28 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	bytesOut prometheus.Counter
+	// free and size are the data dir's file system's free (for
+	// unprivileged users) and total bytes, read at each scrape.
+	free, size prometheus.GaugeFunc
 }
 
-func newMetrics(reg *prometheus.Registry) *metrics {
+func newMetrics(reg *prometheus.Registry, dataDir string) *metrics {
+	space := func(pick func(FreeSpace) int64) func() float64 {
+		return func() float64 {
+			fs, err := freeSpace(dataDir)
+			if err != nil {
+				return -1
+			}
+			return float64(pick(fs))
+		}
+	}
 	m := &metrics{
+		free: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "labreg_storage_free_bytes", Help: "Free bytes on the data directory's file system (-1: unreadable).",
+		}, space(func(f FreeSpace) int64 { return f.Free })),
+		size: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "labreg_storage_size_bytes", Help: "Size in bytes of the data directory's file system (-1: unreadable).",
+		}, space(func(f FreeSpace) int64 { return f.Size })),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "labreg_http_requests_total", Help: "HTTP requests by method and status code.",
 		}, []string{"method", "code"}),
@@ -100,7 +128,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		}),
 	}
 	// A registry passed in by the caller may already hold these.
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.bytesOut,
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.bytesOut, m.free, m.size,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		_ = reg.Register(c)
 	}
@@ -109,7 +137,7 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 
 // instrument writes one access-log line per request and counts it.
 func (s *Server) instrument(next http.Handler) http.Handler {
-	m := newMetrics(s.metrics)
+	m := newMetrics(s.metrics, s.opts.DataDir)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}

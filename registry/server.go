@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/distribution/distribution/v3/configuration"
@@ -28,6 +29,8 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
+
+	"github.com/labreg/labreg/config"
 
 	_ "github.com/distribution/distribution/v3/registry/auth/htpasswd"             // htpasswd auth
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the data dir
@@ -51,18 +54,57 @@ type Options struct {
 	// DrainTimeout bounds how long Serve waits for requests in flight after
 	// its context ends. Default 30s.
 	DrainTimeout time.Duration
+	// GCDrainTimeout bounds how long GC (ReadOnly) waits for writes in
+	// flight once the registry is read-only; those still running then are
+	// aborted with 503 (their clients retry). Default 30s.
+	GCDrainTimeout time.Duration
+	// ReadHeaderTimeout bounds reading a request's headers. Default 30s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection idle this long. Default 2m.
+	IdleTimeout time.Duration
+	// BodyTimeout ends a request whose body sends no byte for this long
+	// (within a sixteenth of it). Default 60s.
+	BodyTimeout time.Duration
+	// MaxUploads caps the blob uploads (PATCH, PUT, monolithic POST)
+	// served at once; beyond it they get 429 TOOMANYREQUESTS with
+	// Retry-After. Default 1024.
+	MaxUploads int
+	// UploadMemory bounds the memory uploads hold for receiving, writing
+	// and hashing, taken in 1 MiB pieces as data arrives; past it uploads
+	// go on with small buffers (16 KiB, two each). Default 256 MiB.
+	UploadMemory int64
+	// MinFreePercent makes /healthz report unhealthy (503) while the data
+	// dir's file system has less than this share free. Default 1 (%).
+	MinFreePercent float64
+	// UploadPurgeAge is the age at which abandoned uploads are purged
+	// (checked at most daily, as often as this age when shorter). Default 24h.
+	UploadPurgeAge time.Duration
 	// Logger receives the access log and distribution's own log lines.
 	// Default: discard.
 	Logger *slog.Logger
 	// Metrics registers the registry's Prometheus collectors. Default: a
 	// fresh registry served at /metrics.
 	Metrics *prometheus.Registry
+	// Storage is where blobs and manifests live (config.ParseStorage):
+	// "" or "filesystem" for DataDir/storage, or
+	// s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION[&redirect=true].
+	Storage string
+	// S3AccessKeyFile and S3SecretKeyFile hold the S3 credentials. Default:
+	// the AWS environment variables, else ~/.aws/credentials.
+	S3AccessKeyFile, S3SecretKeyFile string
+	// HTTPSecretFile holds the secret that signs upload state. Required
+	// when Storage is shared (s3://); default: one generated in DataDir.
+	HTTPSecretFile string
+	// Redis is redis://[USER[:PASSWORD]@]HOST:PORT[/DB] for distribution's
+	// blob-descriptor cache. Default: no cache.
+	Redis string
 }
 
 // Server is an embedded OCI registry.
 type Server struct {
 	opts   Options
 	app    *handlers.App
+	store  *backend // the one storage driver (storage.go)
 	health *health.Registry
 	extras *extras // catalog, events, read-only gate (catalog.go)
 	// access checks htpasswd credentials for labreg's own handlers
@@ -85,6 +127,30 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if opts.DrainTimeout == 0 {
 		opts.DrainTimeout = 30 * time.Second
 	}
+	if opts.GCDrainTimeout == 0 {
+		opts.GCDrainTimeout = 30 * time.Second
+	}
+	if opts.ReadHeaderTimeout == 0 {
+		opts.ReadHeaderTimeout = defaultReadHeaderTimeout
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = defaultIdleTimeout
+	}
+	if opts.BodyTimeout == 0 {
+		opts.BodyTimeout = defaultBodyTimeout
+	}
+	if opts.MaxUploads == 0 {
+		opts.MaxUploads = defaultMaxUploads
+	}
+	if opts.UploadMemory == 0 {
+		opts.UploadMemory = defaultUploadMemory
+	}
+	if opts.MinFreePercent == 0 {
+		opts.MinFreePercent = 1
+	}
+	if opts.UploadPurgeAge == 0 {
+		opts.UploadPurgeAge = 24 * time.Hour
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -106,28 +172,55 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			return nil, fmt.Errorf("htpasswd file %s: %w", opts.Htpasswd, err)
 		}
 	}
-	secret, err := httpSecret(opts.DataDir)
+	store, err := openBackend(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
+	var secret string
+	switch {
+	case opts.HTTPSecretFile != "":
+		if secret, err = readSecretFile("http secret file", opts.HTTPSecretFile); err != nil {
+			return nil, err
+		}
+	case store.spec.Shared():
+		return nil, fmt.Errorf("http secret file: required with shared storage (%s): set registry.http_secret_file to the same file on every replica", store.spec)
+	default:
+		if secret, err = httpSecret(opts.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	if store.spec.Shared() {
+		if err := store.checkShared(ctx, secret); err != nil {
+			return nil, err
+		}
+	}
+	var redis *config.Redis
+	if opts.Redis != "" {
+		r, err := config.ParseRedis(opts.Redis)
+		if err != nil {
+			return nil, fmt.Errorf("redis: %w", err)
+		}
+		redis = &r
+	}
 	routeLogrus(opts.Logger)
 
-	cfg := distributionConfig(opts, secret)
+	cfg := distributionConfig(opts, store.section(), secret, redis)
 	hr := health.NewRegistry()
 	app, err := newApp(ctx, cfg, hr)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, app: app, health: hr, log: opts.Logger, metrics: opts.Metrics, access: access}
+	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, access: access}
 	s.extras = newExtras(s)
 	s.handler = s.routes()
+	go s.removeStrayTemps(time.Now())
 	return s, nil
 }
 
 // distributionConfig is the configuration.Configuration that
 // configuration.Parse would have produced for these options: Parse applies
 // defaults (catalog size, tag concurrency) that a Go-built value lacks.
-func distributionConfig(opts Options, secret string) *configuration.Configuration {
+func distributionConfig(opts Options, storage configuration.Storage, secret string, redis *config.Redis) *configuration.Configuration {
 	cfg := &configuration.Configuration{}
 	cfg.Version = configuration.MajorMinorVersion(0, 1)
 	cfg.Log.Level = "error"
@@ -135,14 +228,20 @@ func distributionConfig(opts Options, secret string) *configuration.Configuratio
 	cfg.HTTP.Secret = secret
 	cfg.HTTP.RelativeURLs = true
 	cfg.Catalog.MaxEntries = 1000
-	cfg.Storage = configuration.Storage{
-		"filesystem": configuration.Parameters{"rootdirectory": filepath.Join(opts.DataDir, "storage")},
-		"delete":     configuration.Parameters{"enabled": true},
-		"maintenance": configuration.Parameters{
-			"uploadpurging": map[any]any{"enabled": true, "age": "168h", "interval": "24h", "dryrun": false},
-			"readonly":      map[any]any{"enabled": opts.ReadOnly},
-		},
-		"tag": configuration.Parameters{"concurrencylimit": 8},
+	cfg.Storage = storage
+	cfg.Storage["delete"] = configuration.Parameters{"enabled": true}
+	cfg.Storage["maintenance"] = configuration.Parameters{
+		"uploadpurging": map[any]any{"enabled": true, "age": opts.UploadPurgeAge.String(),
+			"interval": max(time.Minute, min(24*time.Hour, opts.UploadPurgeAge)).String(), "dryrun": false},
+		"readonly": map[any]any{"enabled": opts.ReadOnly},
+	}
+	cfg.Storage["tag"] = configuration.Parameters{"concurrencylimit": 8}
+	if redis != nil {
+		cfg.Redis.Options.Addrs = []string{redis.Addr}
+		cfg.Redis.Options.Username = redis.Username
+		cfg.Redis.Options.Password = redis.Password
+		cfg.Redis.Options.DB = redis.DB
+		cfg.Storage["cache"] = configuration.Parameters{"blobdescriptor": "redis"}
 	}
 	// Foreign (non-distributable) layers carry URLs; accept any http(s) URL.
 	cfg.Validation.Manifests.URLs.Allow = []string{"^https?://"}
@@ -258,10 +357,13 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.ln == nil {
 		return errors.New("registry: Serve before Listen")
 	}
+	if f := s.extras.serveLock; f != nil {
+		defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	}
 	srv := &http.Server{
 		Handler:           s.handler,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		ReadHeaderTimeout: s.opts.ReadHeaderTimeout,
+		IdleTimeout:       s.opts.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}

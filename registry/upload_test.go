@@ -55,7 +55,7 @@ func TestAppendHashed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			n, err := appendHashed(f, int64(tt.prefix), h, body)
+			n, err := appendHashed(f, int64(tt.prefix), h, body, newMemBudget(4*uploadBufSize))
 			f.Close()
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {

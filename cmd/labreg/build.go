@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	stdio "io"
 	"strings"
 	"time"
 
@@ -13,10 +12,14 @@ import (
 	"github.com/labreg/labreg/build"
 )
 
-func init() { extraCommands = append(extraCommands, newBuildCmd) }
-
-// buildOptions are `labreg build`'s flags.
+// buildOptions are `labreg build`'s flags, arguments and the config
+// values it uses: everything runBuild needs.
 type buildOptions struct {
+	io           streams
+	dirs         []string
+	registry     string // client.registry
+	buildkitAddr string // client.buildkit_addr
+
 	tags      []string
 	buildArgs []string
 	push      bool
@@ -27,8 +30,12 @@ type buildOptions struct {
 	progress  string
 }
 
-func newBuildCmd(io streams) *cobra.Command {
-	var o buildOptions
+func newBuildCmd(io streams) *cobra.Command { return buildCmd(io, runBuild) }
+
+// buildCmd is `labreg build` running runF with the parsed options (tests
+// pass their own runF to check flag parsing without building).
+func buildCmd(io streams, runF func(context.Context, *buildOptions) error) *cobra.Command {
+	o := buildOptions{io: io}
 	cmd := &cobra.Command{
 		Use:   "build DIR...",
 		Short: "Build images from image directories (images/<repo>/<tag>/Dockerfile) and push them",
@@ -47,46 +54,11 @@ Prints one line per image on stdout: <registry>/<repo>:<tag>@sha256:<digest>.`,
 			if err != nil {
 				return err
 			}
+			o.dirs, o.registry, o.buildkitAddr = args, c.Client.Registry, c.Client.BuildkitAddr
 			if o.noPush {
 				o.push = false
 			}
-			ctx := cmd.Context()
-			targets, err := buildTargets(args, o, c.Client.Registry)
-			if err != nil {
-				return err
-			}
-			if o.wait > 0 && o.push {
-				if err := build.WaitRegistry(ctx, c.Client.Registry, true, o.wait); err != nil {
-					return err
-				}
-			}
-			var progress stdio.Writer = stdio.Discard
-			switch o.progress {
-			case "plain":
-				progress = io.Err
-			case "auto":
-				if isTerminal(io.Err) {
-					progress = io.Err
-				}
-			case "none":
-			default:
-				return usageError{fmt.Errorf("--progress %q: want auto, plain or none", o.progress)}
-			}
-			native, err := build.NewNative(build.NativeOptions{Progress: progress})
-			if err != nil {
-				return usageError{err}
-			}
-			b := &build.Builder{
-				Native:   native,
-				Mode:     o.engine,
-				Progress: progress,
-				BuildKit: func(ctx context.Context) (build.Engine, error) {
-					return build.NewBuildKit(ctx, c.Client.BuildkitAddr, progress)
-				},
-			}
-			return b.Build(ctx, targets, func(r build.Result) {
-				fmt.Fprintf(io.Out, "%s@%s\n", r.Ref, r.Digest)
-			})
+			return runF(cmd.Context(), &o)
 		},
 	}
 	f := cmd.Flags()
@@ -96,10 +68,48 @@ Prints one line per image on stdout: <registry>/<repo>:<tag>@sha256:<digest>.`,
 	f.BoolVar(&o.noPush, "no-push", false, "write to an OCI layout (--layout) instead of pushing")
 	f.StringVar(&o.layout, "layout", build.DefaultLayout, "OCI layout directory for --no-push")
 	f.StringVar(&o.engine, "engine", build.ModeAuto, "build engine: auto (native unless the Dockerfile has RUN), native or buildkit")
-	f.StringVar(&o.progress, "progress", "auto", "progress on stderr: auto (when it is a terminal), plain (always) or none")
+	addProgressFlag(cmd, &o.progress, "progress")
 	f.DurationVar(&o.wait, "wait", 0, "wait this long for the registry to answer before building (e.g. 60s while it starts)")
 	bindConfig(cmd, "client.", "log.")
 	return cmd
+}
+
+// runBuild builds o.dirs: image lines to stdout, progress to stderr.
+func runBuild(ctx context.Context, o *buildOptions) error {
+	progress, err := progressWriter(o.progress, o.io.Err)
+	if err != nil {
+		return err
+	}
+	targets, err := buildTargets(o.dirs, *o, o.registry)
+	if err != nil {
+		return err
+	}
+	if o.wait > 0 && o.push {
+		if err := build.WaitRegistry(ctx, o.registry, true, o.wait); err != nil {
+			return err
+		}
+	}
+	native, err := build.NewNative(build.NativeOptions{Progress: progress})
+	if err != nil {
+		return usageError{err}
+	}
+	defer native.Close()
+	var pub build.Publisher = &build.Registry{Progress: progress}
+	if !o.push {
+		pub = &build.Layout{Dir: o.layout, Progress: progress}
+	}
+	b := &build.Builder{
+		Native:    native,
+		Publisher: pub,
+		Mode:      o.engine,
+		Progress:  progress,
+		BuildKit: func(ctx context.Context) (build.SelfPublisher, error) {
+			return build.NewBuildKit(ctx, o.buildkitAddr, progress)
+		},
+	}
+	return b.Build(ctx, targets, func(r build.Result) {
+		fmt.Fprintf(o.io.Out, "%s@%s\n", r.Ref, r.Digest)
+	})
 }
 
 // buildTargets turns the DIR arguments into build targets.
@@ -140,8 +150,6 @@ func buildTargets(args []string, o buildOptions, registry string) ([]build.Targe
 			Context:   d.Path,
 			Ref:       registry + "/" + name,
 			BuildArgs: buildArgs,
-			Push:      o.push,
-			Layout:    o.layout,
 			Insecure:  true,
 		}
 	}

@@ -33,7 +33,7 @@ from.`,
 // and the flags the user set on cmd, and says where each value came from.
 // Only `labreg serve` ignores a running server's advertised address.
 func loadConfigOrigins(cmd *cobra.Command) (*config.Config, config.Origins, error) {
-	file, _ := cmd.Flags().GetString("config")
+	file, _ := cmd.Root().PersistentFlags().GetString(configFlag)
 	set := map[string]string{}
 	known := map[string]bool{}
 	for _, f := range config.Default().Fields() {

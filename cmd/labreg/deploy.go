@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -17,10 +16,6 @@ import (
 	"github.com/labreg/labreg/config"
 	"github.com/labreg/labreg/deploy"
 )
-
-func init() {
-	extraCommands = append(extraCommands, newDeployCmd, newRollbackCmd)
-}
 
 // deployFlags are the flags of `labreg deploy`, in docker's words.
 type deployFlags struct {
@@ -90,17 +85,13 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
   labreg deploy -f deploy/examples/samsung.yaml`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			// --config is docker's (src=FILE,target=PATH) here; a plain path
-			// is still labreg's YAML config file.
-			var swarmConfigs []string
+			// --config is docker's swarm config here; labreg's config file
+			// goes before the command, as docker's global flags do.
 			for _, v := range fl.configs {
-				if strings.Contains(v, "=") {
-					swarmConfigs = append(swarmConfigs, v)
-				} else {
-					os.Setenv("LABREG_CONFIG", v)
+				if !strings.Contains(v, "=") {
+					return usageError{fmt.Errorf("--config %q: deploy's --config is a swarm config (src=FILE,target=PATH); give labreg's config file before the command (labreg --config %s deploy)", v, v)}
 				}
 			}
-			fl.configs = swarmConfigs
 			c, err := loadConfig(cmd)
 			if err != nil {
 				return err
@@ -158,7 +149,7 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
 	f.StringVar(&fl.endpointMode, "endpoint-mode", "", "endpoint mode: vip|dnsrr (default vip)")
 	f.StringArrayVarP(&fl.env, "env", "e", nil, "set an environment variable KEY=VALUE")
 	f.StringArrayVar(&fl.mounts, "mount", nil, "attach a filesystem mount (docker's --mount syntax)")
-	f.StringArrayVar(&fl.configs, "config", nil, "swarm config from a file: src=FILE,target=PATH (a plain path is labreg's YAML config file)")
+	f.StringArrayVar(&fl.configs, "config", nil, "swarm config from a file: src=FILE,target=PATH (labreg's own config file: labreg --config FILE deploy)")
 	f.StringArrayVar(&fl.secrets, "secret", nil, "secret from a file: NAME=FILE (in the task at /run/secrets/NAME)")
 	fl.update.register(cmd, "update", "update")
 	fl.rollback.register(cmd, "rollback", "rollback")
@@ -167,7 +158,7 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
 	f.BoolVar(&fl.prepull, "prepull", false, "make every eligible node pull the image before the rolling update")
 	f.BoolVarP(&fl.detach, "detach", "d", false, "do not wait for the rollout to converge")
 	f.DurationVar(&fl.timeout, "timeout", 10*time.Minute, "give up on the prepull and the rollout after this long")
-	f.StringVar(&fl.progress, "progress", "auto", "rollout progress on stderr: auto (on a terminal), plain, quiet")
+	addProgressFlag(cmd, &fl.progress, "rollout progress")
 	bindConfig(cmd, "registry.advertise", "client.registry", "log.")
 	return cmd
 }
@@ -204,25 +195,22 @@ func newRollbackCmd(io streams) *cobra.Command {
 	f.BoolVar(&withAuth, "with-registry-auth", true, "forward the docker CLI's registry credentials to the swarm")
 	f.BoolVarP(&detach, "detach", "d", false, "do not wait for the rollback to converge")
 	f.DurationVar(&timeout, "timeout", 10*time.Minute, "give up watching the rollback after this long")
-	f.StringVar(&progress, "progress", "auto", "progress on stderr: auto (on a terminal), plain, quiet")
-	bindConfig(cmd, "registry.advertise", "client.registry", "log.")
+	addProgressFlag(cmd, &progress, "rollback progress")
+	// No client.registry: the previous spec names its image in full.
+	bindConfig(cmd, "registry.advertise", "log.")
 	return cmd
 }
 
 func newDeployClient(c *config.Config, st streams, progress string) (*deploy.Client, error) {
-	var w io.Writer = st.Err
-	switch progress {
-	case "plain":
-	case "quiet":
-		w = nil
-	case "auto", "":
-		if !isTerminal(st.Err) {
-			w = nil
-		}
-	default:
-		return nil, usageError{fmt.Errorf("--progress %q is not auto, plain or quiet", progress)}
+	w, err := progressWriter(progress, st.Err)
+	if err != nil {
+		return nil, err
 	}
-	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, Progress: w, Logger: newLogger(c, st.Err)})
+	var on func(deploy.Progress)
+	if w != nil {
+		on = printProgress(w)
+	}
+	return deploy.New(deploy.Options{Registry: c.Registry.Advertise, OnProgress: on, Logger: newLogger(c, st.Err)})
 }
 
 // quietDeployClient loads cmd's configuration and opens a deploy client
@@ -233,7 +221,7 @@ func quietDeployClient(cmd *cobra.Command, st streams) (*config.Config, *deploy.
 	if err != nil {
 		return nil, nil, err
 	}
-	dc, err := newDeployClient(c, st, "quiet")
+	dc, err := newDeployClient(c, st, progressQuiet)
 	if err != nil {
 		return nil, nil, err
 	}

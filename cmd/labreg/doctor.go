@@ -10,8 +10,6 @@ import (
 	"github.com/labreg/labreg/deploy"
 )
 
-func init() { extraCommands = append(extraCommands, newDoctorCmd) }
-
 func newDoctorCmd(io streams) *cobra.Command {
 	var (
 		local   bool

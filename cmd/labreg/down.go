@@ -36,9 +36,9 @@ deploy, or a service of the same name deployed with flags, stays. --dry-run list
 			if err != nil {
 				return err
 			}
-			progress := "auto" // what was removed, as it goes, on a terminal
+			progress := progressAuto // what was removed, as it goes, on a terminal
 			if dryRun {
-				progress = "quiet"
+				progress = progressQuiet
 			}
 			dc, err := newDeployClient(c, io, progress)
 			if err != nil {

@@ -7,11 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/labreg/labreg/internal/units"
 	"github.com/labreg/labreg/registry"
 	"github.com/labreg/labreg/registry/ui"
 )
-
-func init() { extraCommands = append(extraCommands, newGCCmd) }
 
 func newGCCmd(io streams) *cobra.Command {
 	var (
@@ -27,7 +26,9 @@ func newGCCmd(io streams) *cobra.Command {
 When "labreg serve" runs, gc asks it through its web UI's /api (see "labreg ls
 --help" for the address): the registry turns read-only for the duration —
 pushes get 503 with Retry-After and docker retries — and back.
-When nothing answers there, gc works on the data dir (--data) directly,
+When nothing listens there (the connection is refused; any other failure,
+such as TLS, is an error) and no server has the data dir open, gc works on
+the data dir (--data) directly,
 after taking the data dir's lock (a server holds it while it writes, so this never
 runs beside a write in flight, and the server refuses pushes with 503 until it
 ends). --offline forces that.
@@ -49,11 +50,19 @@ and referrers (signatures, SBOMs).`,
 				}
 				res, err = cl.GC(ctx, ui.GCRequest{DryRun: opts.DryRun, RemoveUntagged: opts.RemoveUntagged, RemoveEmptyRepos: opts.RemoveEmptyRepos})
 				if errors.Is(err, ui.ErrUnreachable) {
+					// Only a refused connection means no server, and even
+					// then one may run on the data dir without a UI here.
+					if registry.ServerRunning(c.Registry.Data) {
+						return fmt.Errorf("%w; but a labreg server is running on %s: run gc through its UI (--ui-url), or pass --offline to collect beside it", err, c.Registry.Data)
+					}
 					fmt.Fprintf(io.Err, "labreg: no server answers at %s; collecting offline in %s\n", cl.BaseURL, c.Registry.Data)
 					offline = true
 				} else if err != nil {
 					return err
 				}
+			}
+			if offline && c.Registry.Storage != "" && c.Registry.Storage != "filesystem" {
+				return fmt.Errorf("offline GC works on filesystem storage only (registry.storage is %s)", c.Registry.Storage)
 			}
 			if offline {
 				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, newLogger(c, io.Err)); err != nil {
@@ -73,12 +82,12 @@ and referrers (signatures, SBOMs).`,
 					fmt.Fprintf(tw, "manifest\t%s@%s\t\n", m.Repo, m.Digest)
 				}
 				for _, b := range res.Blobs {
-					fmt.Fprintf(tw, "blob\t%s\t%s\n", b.Digest, ui.HumanSize(b.Size))
+					fmt.Fprintf(tw, "blob\t%s\t%s\n", b.Digest, units.HumanSize(b.Size))
 				}
 				tw.Flush()
 			}
 			fmt.Fprintf(io.Out, "%s %d blobs (%s, %d bytes), %d untagged manifests, %d empty repositories; %d still referenced\n",
-				verb, len(res.Blobs), ui.HumanSize(res.Bytes), res.Bytes, len(res.Manifests), len(res.Repositories), res.Kept)
+				verb, len(res.Blobs), units.HumanSize(res.Bytes), res.Bytes, len(res.Manifests), len(res.Repositories), res.Kept)
 			return nil
 		},
 	}

@@ -12,10 +12,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/labreg/labreg/config"
+	"github.com/labreg/labreg/internal/units"
 	"github.com/labreg/labreg/registry/ui"
 )
-
-func init() { extraCommands = append(extraCommands, newLsCmd) }
 
 // uiClient is a client of the running server's web UI /api. The address is
 // --ui-url when given, else ui.listen of the same configuration `labreg
@@ -84,7 +83,7 @@ on 127.0.0.1 at the port of ui.listen (--ui-listen), or --ui-url.`,
 						return err
 					}
 					for _, r := range p.Items {
-						fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", r.Name, r.Tags, ui.HumanSize(r.Size), ago(r.LastPush))
+						fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", r.Name, r.Tags, units.HumanSize(r.Size), ago(r.LastPush))
 					}
 					if p.Page >= p.Pages {
 						return nil
@@ -101,7 +100,7 @@ on 127.0.0.1 at the port of ui.listen (--ui-listen), or --ui-url.`,
 					for i, t := range g.Tags {
 						size, created, plats := "", "", ""
 						if g.Summary != nil {
-							size, created, plats = ui.HumanSize(g.Size), ago(g.Created), strings.Join(g.Platforms, ",")
+							size, created, plats = units.HumanSize(g.Size), ago(g.Created), strings.Join(g.Platforms, ",")
 							if g.ArtifactType != "" {
 								plats = g.ArtifactType
 							}

@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
 	"github.com/labreg/labreg/internal/testenv"
-	"github.com/labreg/labreg/registry/ui"
+	"github.com/labreg/labreg/internal/units"
 )
 
 func TestLsAndGC(t *testing.T) {
@@ -70,8 +70,8 @@ func TestLsAndGC(t *testing.T) {
 		args []string
 		out  string
 	}{
-		{[]string{"gc", "--dry-run", "--ui-listen", web}, fmt.Sprintf("would remove 3 blobs (%s, %d bytes)", ui.HumanSize(bytesWant), bytesWant)},
-		{[]string{"gc", "--ui-listen", web}, fmt.Sprintf("removed 3 blobs (%s, %d bytes)", ui.HumanSize(bytesWant), bytesWant)},
+		{[]string{"gc", "--dry-run", "--ui-listen", web}, fmt.Sprintf("would remove 3 blobs (%s, %d bytes)", units.HumanSize(bytesWant), bytesWant)},
+		{[]string{"gc", "--ui-listen", web}, fmt.Sprintf("removed 3 blobs (%s, %d bytes)", units.HumanSize(bytesWant), bytesWant)},
 		{[]string{"gc", "--ui-listen", web}, "removed 0 blobs"},
 	} {
 		code, stdout, stderr = runCLI(t, tc.args...)
@@ -92,6 +92,7 @@ func TestLsAndGC(t *testing.T) {
 	cancel()
 	<-done
 	done <- 0
+	http.DefaultClient.CloseIdleConnections() // as a new gc process would start without them
 	code, stdout, stderr = runCLI(t, "gc", "--ui-listen", web, "--data", dir)
 	if code != 0 || !strings.Contains(stderr, "collecting offline") || !strings.Contains(stdout, "removed 0 blobs") {
 		t.Errorf("gc without a server: exit %d, stdout %q, stderr %q", code, stdout, stderr)

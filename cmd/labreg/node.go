@@ -9,8 +9,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { extraCommands = append(extraCommands, newNodeCmd) }
-
 func newNodeCmd(io streams) *cobra.Command {
 	cmd := &cobra.Command{Use: "node", Short: "List swarm nodes and manage their labels"}
 	ls := &cobra.Command{

@@ -69,22 +69,38 @@ func exitCode(err error) int {
 func run(ctx context.Context, args []string, io streams) int {
 	root := newRootCmd(io)
 	root.SetArgs(args)
-	cmd, err := root.ExecuteContextC(ctx)
+	err := root.ExecuteContext(ctx)
 	if err != nil {
-		if cmd != nil && isFlagError(err) {
-			err = usageError{err}
-		}
 		fmt.Fprintf(io.Err, "labreg: %v\n", err)
 	}
 	return exitCode(err)
 }
 
-func isFlagError(err error) bool {
-	s := err.Error()
-	return strings.HasPrefix(s, "unknown flag") || strings.HasPrefix(s, "unknown shorthand") ||
-		strings.HasPrefix(s, "unknown command") || strings.Contains(s, "flag needs an argument") ||
-		strings.HasPrefix(s, "invalid argument") || strings.Contains(s, "arg(s)")
+// commands are labreg's subcommands: adding one is a line here (help
+// lists them sorted whatever the order).
+var commands = []func(streams) *cobra.Command{
+	newBuildCmd,
+	newConfigCmd,
+	newDeployCmd,
+	newDoctorCmd,
+	newDownCmd,
+	newGCCmd,
+	newLsCmd,
+	newDownCmd,
+	newNodeCmd,
+	newRmCmd,
+	newRollbackCmd,
+	newScrubCmd,
+	newServeCmd,
+	newStatusCmd,
+	newVersionCmd,
 }
+
+// configFlag is the root flag naming labreg's YAML config file. Like
+// docker's global flags it may go before the command (labreg --config F
+// deploy ...), and after it for commands without their own --config
+// (deploy's --config is a swarm config, as in docker service create).
+const configFlag = "config"
 
 func newRootCmd(io streams) *cobra.Command {
 	root := &cobra.Command{
@@ -92,25 +108,85 @@ func newRootCmd(io streams) *cobra.Command {
 		Short:         "Private registry and image pipeline for a Docker Swarm cluster",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Root flags before the command are parsed (labreg --config F deploy).
+		TraverseChildren: true,
+		// Runnable, so that an unknown command reaches Args below instead
+		// of cobra's untyped error; without arguments it prints help.
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			var hint strings.Builder
+			cmd.SuggestionsMinimumDistance = 2
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				hint.WriteString("\n\nDid you mean this?\n")
+				for _, c := range s {
+					fmt.Fprintf(&hint, "\t%s\n", c)
+				}
+			}
+			return fmt.Errorf("unknown command %q for %q%s", args[0], cmd.CommandPath(), hint.String())
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	root.SetIn(io.In)
 	root.SetOut(io.Out)
 	root.SetErr(io.Err)
-	root.PersistentFlags().String("config", "", "YAML config file (also $LABREG_CONFIG)")
-	root.AddCommand(
-		newServeCmd(io),
-		newConfigCmd(io),
-		newVersionCmd(io),
-		newDownCmd(io),
-	)
-	for _, c := range extraCommands {
+	root.PersistentFlags().String(configFlag, "", "YAML config file (also $LABREG_CONFIG); for deploy, give it before the command: labreg --config FILE deploy")
+	for _, c := range commands {
 		root.AddCommand(c(io))
 	}
+	// What the user typed wrong exits 2: flags (every command inherits the
+	// root's flag error func) and positional arguments.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	markArgErrors(root)
 	return root
 }
 
-// extraCommands lets each command file register itself.
-var extraCommands []func(streams) *cobra.Command
+// markArgErrors makes the positional-argument check of cmd and every
+// command below it return a usageError.
+func markArgErrors(cmd *cobra.Command) {
+	if check := cmd.Args; check != nil {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if err := check(c, args); err != nil {
+				return usageError{err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		markArgErrors(sub)
+	}
+}
+
+// Progress modes, the same for every --progress flag.
+const (
+	progressAuto  = "auto"  // on stderr when it is a terminal
+	progressPlain = "plain" // on stderr always
+	progressQuiet = "quiet" // none ("none" is accepted too: build's old word)
+)
+
+// addProgressFlag adds --progress (default auto) to cmd; what names the
+// progress ("rollout progress").
+func addProgressFlag(cmd *cobra.Command, mode *string, what string) {
+	cmd.Flags().StringVar(mode, "progress", progressAuto, what+" on stderr: auto (when it is a terminal), plain (always) or quiet")
+}
+
+// progressWriter is where a --progress mode sends progress: stderr, or
+// nil for none.
+func progressWriter(mode string, stderr io.Writer) (io.Writer, error) {
+	switch mode {
+	case progressPlain:
+		return stderr, nil
+	case progressAuto, "":
+		if isTerminal(stderr) {
+			return stderr, nil
+		}
+		return nil, nil
+	case progressQuiet, "none":
+		return nil, nil
+	}
+	return nil, usageError{fmt.Errorf("--progress %q: want auto, plain or quiet", mode)}
+}
 
 // bindConfig registers the flags of every config field whose key starts
 // with one of the prefixes ("registry.", "ui.").

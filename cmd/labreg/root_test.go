@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/spf13/cobra"
 )
 
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -37,6 +40,15 @@ func TestCLIExitCodesAndMessages(t *testing.T) {
 		{name: "unknown command", args: []string{"srve"}, code: 2, stderrHas: `unknown command "srve"`, suggests: true},
 		{name: "unknown config key", args: []string{"serve", "--config", badCfg}, code: 2, stderrHas: `line 3: unknown key "registry.colour"`, stdoutNone: true},
 		{name: "bad listen value", args: []string{"serve", "--listen", "5000"}, code: 2, stderrHas: `registry.listen: "5000" is not HOST:PORT`},
+		{name: "config file before the command", args: []string{"--config", badCfg, "serve"}, code: 2, stderrHas: `line 3: unknown key "registry.colour"`, stdoutNone: true},
+		{name: "config file before deploy (its --config is a swarm config)", args: []string{"--config", badCfg, "deploy", "web", "--image", "x"}, code: 2, stderrHas: `line 3: unknown key "registry.colour"`},
+		{name: "deploy --config with a plain path says where the file goes", args: []string{"deploy", "web", "--image", "x", "--config", badCfg}, code: 2,
+			stderrHas: `--config "` + badCfg + `": deploy's --config is a swarm config (src=FILE,target=PATH); give labreg's config file before the command (labreg --config ` + badCfg + " deploy)"},
+		{name: "flag without its value", args: []string{"build", "--engine"}, code: 2, stderrHas: "flag needs an argument: --engine"},
+		{name: "flag value of the wrong type", args: []string{"deploy", "web", "--replicas", "many"}, code: 2, stderrHas: `invalid argument "many" for "--replicas"`},
+		{name: "too many arguments", args: []string{"version", "extra"}, code: 2, stderrHas: `unknown command "extra" for "labreg version"`},
+		{name: "too few arguments", args: []string{"build"}, code: 2, stderrHas: "requires at least 1 arg(s), only received 0"},
+		{name: "bad --progress", args: []string{"build", "--progress", "loud", "."}, code: 2, stderrHas: `--progress "loud": want auto, plain or quiet`},
 		{name: "data dir is a file", args: []string{"serve", "--listen", "127.0.0.1:0", "--data", notDir, "--ui-listen", ""}, code: 1, stderrHas: "data directory " + notDir, stdoutNone: true},
 	}
 	for _, tt := range tests {
@@ -63,5 +75,54 @@ func TestCLIExitCodesAndMessages(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestProgressModes: every --progress flag takes auto, plain and quiet
+// (and build's old word none); auto shows progress only on a terminal.
+func TestProgressModes(t *testing.T) {
+	var stderr bytes.Buffer
+	for _, tc := range []struct {
+		mode string
+		want io.Writer
+		err  bool
+	}{
+		{"plain", &stderr, false},
+		{"auto", nil, false}, // a buffer is not a terminal
+		{"quiet", nil, false},
+		{"none", nil, false},
+		{"loud", nil, true},
+	} {
+		w, err := progressWriter(tc.mode, &stderr)
+		if w != tc.want || (err != nil) != tc.err {
+			t.Errorf("progressWriter(%q) = %v, %v; want %v, error %v", tc.mode, w, err, tc.want, tc.err)
+		}
+		if err != nil && exitCode(err) != exitUsage {
+			t.Errorf("progressWriter(%q): exit %d, want %d", tc.mode, exitCode(err), exitUsage)
+		}
+	}
+	s := streams{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard}
+	for _, cmd := range []*cobra.Command{newBuildCmd(s), newDeployCmd(s), newRollbackCmd(s)} {
+		f := cmd.Flags().Lookup("progress")
+		if f == nil || f.DefValue != progressAuto || !strings.Contains(f.Usage, "auto (when it is a terminal), plain (always) or quiet") {
+			t.Errorf("%s --progress = %+v, want the shared auto|plain|quiet flag", cmd.Name(), f)
+		}
+	}
+}
+
+// TestBuildFlags parses `labreg build` flags into options without building.
+func TestBuildFlags(t *testing.T) {
+	var got *buildOptions
+	cmd := buildCmd(streams{In: strings.NewReader(""), Out: io.Discard, Err: io.Discard}, func(_ context.Context, o *buildOptions) error {
+		got = o
+		return nil
+	})
+	cmd.SetArgs([]string{"--no-push", "--layout", "out", "-t", "a:1", "--build-arg", "K=V", "--progress", "none", "--registry", "reg.lab:5000", "images/a"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if got == nil || got.push || got.layout != "out" || strings.Join(got.tags, ",") != "a:1" || strings.Join(got.buildArgs, ",") != "K=V" ||
+		got.progress != "none" || got.registry != "reg.lab:5000" || strings.Join(got.dirs, ",") != "images/a" || got.engine != "auto" {
+		t.Fatalf("options = %+v", got)
 	}
 }

@@ -26,15 +26,29 @@ func newServeCmd(io streams) *cobra.Command {
 			log := newLogger(c, io.Err)
 			ctx := cmd.Context()
 			srv, err := registry.New(ctx, registry.Options{
-				DataDir:        c.Registry.Data,
-				TLSCert:        c.Registry.TLSCert,
-				TLSKey:         c.Registry.TLSKey,
-				Htpasswd:       c.Registry.Htpasswd,
-				Realm:          c.Registry.Realm,
-				ReadOnly:       c.Registry.ReadOnly,
-				ProxyRemoteURL: c.Registry.ProxyRemoteURL,
-				DrainTimeout:   c.Registry.DrainTimeout,
-				Logger:         log,
+				DataDir:           c.Registry.Data,
+				TLSCert:           c.Registry.TLSCert,
+				TLSKey:            c.Registry.TLSKey,
+				Htpasswd:          c.Registry.Htpasswd,
+				Realm:             c.Registry.Realm,
+				ReadOnly:          c.Registry.ReadOnly,
+				ProxyRemoteURL:    c.Registry.ProxyRemoteURL,
+				DrainTimeout:      c.Registry.DrainTimeout,
+				GCDrainTimeout:    c.Registry.GCDrainTimeout,
+				ReadHeaderTimeout: c.Registry.ReadHeaderTimeout,
+				IdleTimeout:       c.Registry.IdleTimeout,
+				BodyTimeout:       c.Registry.BodyTimeout,
+				MaxUploads:        c.Registry.MaxUploads,
+				UploadMemory:      c.Registry.UploadMemory,
+				MinFreePercent:    c.Registry.MinFreePercent,
+				UploadPurgeAge:    c.Registry.UploadPurgeAge,
+				Logger:            log,
+
+				Storage:         c.Registry.Storage,
+				S3AccessKeyFile: c.Registry.S3AccessKeyFile,
+				S3SecretKeyFile: c.Registry.S3SecretKeyFile,
+				HTTPSecretFile:  c.Registry.HTTPSecretFile,
+				Redis:           c.Registry.Redis,
 			})
 			if err != nil {
 				return err

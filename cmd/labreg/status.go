@@ -9,8 +9,6 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func init() { extraCommands = append(extraCommands, newStatusCmd) }
-
 func newStatusCmd(io streams) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status [SERVICE]",
@@ -79,7 +77,9 @@ func newStatusCmd(io streams) *cobra.Command {
 			return w.Flush()
 		},
 	}
-	bindConfig(cmd, "registry.advertise", "client.registry", "log.")
+	// No client.registry: status asks the registry each service's image
+	// names for its tags (--registry's "to push to" did not apply).
+	bindConfig(cmd, "registry.advertise", "log.")
 	return cmd
 }
 

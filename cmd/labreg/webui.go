@@ -14,6 +14,7 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, htpasswd, r
 		Catalog:       srv.Catalog(),
 		History:       srv.Events(),
 		GC:            srv,
+		Scrub:         srv,
 		ReadOnlyState: srv.ReadOnlyState,
 		Advertise:     advertise,
 		ReadOnly:      readOnly,

@@ -144,6 +144,9 @@ func Serve(t testing.TB, data string, args ...string) *ServeProcess {
 	return s
 }
 
+// Pid is the server's process id (to read its /proc/PID/status).
+func (s *ServeProcess) Pid() int { return s.cmd.Process.Pid }
+
 // Signal sends sig to the server process.
 func (s *ServeProcess) Signal(sig os.Signal) error { return s.cmd.Process.Signal(sig) }
 

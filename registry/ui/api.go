@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/labreg/labreg/registry"
@@ -23,6 +24,7 @@ import (
 //	GET    /api/events?repo=&action=&page=&per=
 //	GET    /api/status
 //	POST   /api/gc  {"dry_run":true,"remove_untagged":false,"remove_empty_repos":false}
+//	POST   /api/scrub {"repair":false}
 //
 // Errors are OCI-style: {"errors":[{"code":"NOT_FOUND","message":"..."}]}.
 // Writes need no CSRF token: DELETE and a JSON POST cannot be sent
@@ -38,6 +40,7 @@ func (u *UI) routesAPI() {
 		writeJSON(w, http.StatusOK, u.statusView())
 	})
 	u.mux.HandleFunc("POST /api/gc", u.apiGC)
+	u.mux.HandleFunc("POST /api/scrub", u.apiScrub)
 	u.mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		apiError(w, fmt.Errorf("no API endpoint %s %s: %w", r.Method, r.URL.Path, registry.ErrNotFound))
 	})
@@ -52,19 +55,21 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	enc.Encode(v)
 }
 
+// apiError answers with err's status and an OCI error body whose message
+// is err's text, through the registry's one error renderer.
 func apiError(w http.ResponseWriter, err error) {
 	status := statusOf(err)
-	code := map[int]string{
-		http.StatusNotFound: "NOT_FOUND", http.StatusBadRequest: "BAD_REQUEST",
-		http.StatusForbidden: "DENIED", http.StatusServiceUnavailable: "UNAVAILABLE",
+	code := map[int]errcode.ErrorCode{
+		http.StatusNotFound: registry.ErrorCodeNotFound, http.StatusBadRequest: registry.ErrorCodeBadRequest,
+		http.StatusForbidden: errcode.ErrorCodeDenied, http.StatusServiceUnavailable: errcode.ErrorCodeUnavailable,
 	}[status]
-	if code == "" {
-		code = "UNKNOWN"
+	if code == 0 {
+		code = errcode.ErrorCodeUnknown
 	}
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", fmt.Sprint(int(registry.RetryAfter.Seconds())))
 	}
-	writeJSON(w, status, map[string]any{"errors": []map[string]string{{"code": code, "message": err.Error()}}})
+	registry.WriteError(w, status, code.WithMessage(err.Error()))
 }
 
 func (u *UI) apiRepos(w http.ResponseWriter, r *http.Request) {
@@ -166,4 +171,30 @@ func (u *UI) apiGC(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+func (u *UI) apiScrub(w http.ResponseWriter, r *http.Request) {
+	if u.opts.Scrub == nil {
+		apiError(w, fmt.Errorf("scrub is not available: %w", errForbidden))
+		return
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		apiError(w, fmt.Errorf("POST /api/scrub needs Content-Type: application/json: %w", errBadRequest))
+		return
+	}
+	var req registry.ScrubOptions
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		apiError(w, fmt.Errorf("decoding scrub request: %v: %w", err, errBadRequest))
+		return
+	}
+	if req.Repair && u.opts.ReadOnly {
+		apiError(w, fmt.Errorf("scrub repair is not available in a read-only UI: %w", errForbidden))
+		return
+	}
+	rep, err := u.opts.Scrub.Scrub(r.Context(), req)
+	if err != nil {
+		apiError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
 }

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/labreg/labreg/registry"
 )
@@ -26,7 +27,9 @@ type Client struct {
 	HTTP *http.Client
 }
 
-// ErrUnreachable wraps the error of a client that found no UI listening.
+// ErrUnreachable wraps the error of a client that found no UI listening:
+// the connection was refused. Any other transport failure (TLS, a timeout,
+// a cancelled context) is not this error: something may be listening.
 var ErrUnreachable = errors.New("no labreg UI answers")
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
@@ -55,7 +58,10 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.BaseURL, err)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.BaseURL, err)
+		}
+		return fmt.Errorf("%s %s: %w", method, u, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusUnauthorized {
@@ -110,4 +116,10 @@ func (c *Client) Tags(ctx context.Context, repo string, q TagQuery) (*TagPage, e
 func (c *Client) GC(ctx context.Context, req GCRequest) (*registry.GCResult, error) {
 	var res registry.GCResult
 	return &res, c.do(ctx, http.MethodPost, "/api/gc", req, &res)
+}
+
+// Scrub checks (and with Repair, repairs) the server's storage.
+func (c *Client) Scrub(ctx context.Context, opts registry.ScrubOptions) (*registry.ScrubReport, error) {
+	var rep registry.ScrubReport
+	return &rep, c.do(ctx, http.MethodPost, "/api/scrub", opts, &rep)
 }

@@ -14,15 +14,16 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/labreg/labreg/internal/units"
 	"github.com/labreg/labreg/registry"
 )
 
 type pageTemplate struct{ t *template.Template }
 
-var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "error"}
+var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "scrub", "error"}
 
 var funcs = template.FuncMap{
-	"size":        HumanSize,
+	"size":        units.HumanSize,
 	"when":        when,
 	"short":       shortDigest,
 	"repoURL":     func(repo string) string { return "/r/" + repo },
@@ -77,20 +78,6 @@ func parsePages() (map[string]*pageTemplate, error) {
 		out[n] = &pageTemplate{t}
 	}
 	return out, nil
-}
-
-// HumanSize is a size in decimal units as docker prints them: 2.1 MB.
-func HumanSize(n int64) string {
-	const unit = 1000
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	v, i := float64(n), -1
-	for v >= unit && i < 4 {
-		v /= unit
-		i++
-	}
-	return fmt.Sprintf("%.1f %cB", v, "kMGTP"[i])
 }
 
 func when(t time.Time) string {
@@ -424,11 +411,13 @@ type StatusView struct {
 	UIReadOnly  bool      `json:"ui_readonly"`
 	Busy        string    `json:"read_only_reason,omitempty"`
 	Settings    []Setting `json:"config"`
+	// Scrub says the storage can be verified here (POST /scrub, /api/scrub).
+	Scrub bool `json:"scrub"`
 }
 
 func (u *UI) statusView() *StatusView {
 	s := &StatusView{Version: u.opts.Version, DataDir: u.opts.DataDir, StorageUsed: u.storageUsed(),
-		Advertise: u.opts.Advertise, UIReadOnly: u.opts.ReadOnly}
+		Advertise: u.opts.Advertise, UIReadOnly: u.opts.ReadOnly, Scrub: u.opts.Scrub != nil}
 	if busy, why := u.opts.ReadOnlyState(); busy {
 		s.Busy = why
 	}
@@ -481,4 +470,31 @@ func (u *UI) gcRun(w http.ResponseWriter, r *http.Request) {
 		v.Shown = v.Shown[:500]
 	}
 	u.render(w, r, http.StatusOK, "gc", "Garbage collection", v)
+}
+
+// ScrubView is the scrub result page.
+type ScrubView struct {
+	Report *registry.ScrubReport
+}
+
+func (u *UI) scrubRun(w http.ResponseWriter, r *http.Request) {
+	if u.opts.Scrub == nil {
+		u.fail(w, r, fmt.Errorf("scrub is not available: %w", errForbidden))
+		return
+	}
+	if err := checkCSRF(r); err != nil {
+		u.fail(w, r, fmt.Errorf("%v: %w", err, errForbidden))
+		return
+	}
+	opts := registry.ScrubOptions{Repair: r.PostFormValue("mode") == "repair"}
+	if opts.Repair && u.opts.ReadOnly {
+		u.fail(w, r, fmt.Errorf("scrub repair is not available in a read-only UI: %w", errForbidden))
+		return
+	}
+	rep, err := u.opts.Scrub.Scrub(r.Context(), opts)
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
+	u.render(w, r, http.StatusOK, "scrub", "Scrub", &ScrubView{Report: rep})
 }

@@ -58,6 +58,11 @@ type Collector interface {
 	GC(ctx context.Context, opts registry.GCOptions) (*registry.GCResult, error)
 }
 
+// Scrubber verifies (and repairs) the registry's storage (*registry.Server).
+type Scrubber interface {
+	Scrub(ctx context.Context, opts registry.ScrubOptions) (*registry.ScrubReport, error)
+}
+
 // Referrers lists the manifests whose subject is a given manifest
 // (signatures, SBOMs): the registry's OCI referrers API, in-process.
 type Referrers interface {
@@ -76,6 +81,9 @@ type Options struct {
 	History History
 	// GC runs garbage collection; nil hides it.
 	GC Collector
+	// Scrub verifies storage from the status page and /api/scrub; nil
+	// hides it. Repair is refused in a read-only UI.
+	Scrub Scrubber
 	// Referrers lists referrers on the detail page; nil shows none.
 	Referrers Referrers
 	// ReadOnlyState reports the registry's runtime read-only mode (during
@@ -158,6 +166,7 @@ func New(opts Options) (*UI, error) {
 	u.mux.HandleFunc("GET /status", u.status)
 	u.mux.HandleFunc("GET /gc", u.gcForm)
 	u.mux.HandleFunc("POST /gc", u.gcRun)
+	u.mux.HandleFunc("POST /scrub", u.scrubRun)
 	u.routesAPI()
 	return u, nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/labreg/labreg/internal/testenv"
+	"github.com/labreg/labreg/internal/units"
 	"github.com/labreg/labreg/registry"
 )
 
@@ -38,7 +39,7 @@ type fixture struct {
 func newFixture(t testing.TB, readOnly bool) *fixture {
 	t.Helper()
 	addr, srv := testenv.Registry(t, registry.Options{})
-	opts := Options{Catalog: srv.Catalog(), History: srv.Events(), GC: srv, ReadOnlyState: srv.ReadOnlyState,
+	opts := Options{Catalog: srv.Catalog(), History: srv.Events(), GC: srv, Scrub: srv, ReadOnlyState: srv.ReadOnlyState,
 		Advertise: "registry.lab:5000", ReadOnly: readOnly, Version: "v-test", DataDir: srv.DataDir(),
 		Settings: []Setting{{"registry.listen", ":5000"}, {"registry.proxy_remote_url", "https://bob:hunter2@upstream.example"}}}
 	if r, ok := any(srv).(Referrers); ok {
@@ -221,7 +222,7 @@ func TestBrowser(t *testing.T) {
 
 	// Repositories.
 	repos := b.text(t, base+"/", "#repos")
-	mustContain(t, "repositories page", repos, "lab/app", "lab/multi", "lab/xss", HumanSize(imageSize(t, app10)+imageSize(t, app19)+imageSize(t, app110)))
+	mustContain(t, "repositories page", repos, "lab/app", "lab/multi", "lab/xss", units.HumanSize(imageSize(t, app10)+imageSize(t, app19)+imageSize(t, app110)))
 	b.shot(t, "1-repositories")
 	// Filter.
 	filtered := b.text(t, base+"/?q=multi", "#repos")
@@ -236,8 +237,8 @@ func TestBrowser(t *testing.T) {
 	if len(rows) != 3 {
 		t.Fatalf("want 3 rows (1.0+latest grouped, 1.9, 1.10), got %d: %q", len(rows), rows)
 	}
-	mustContain(t, "shared row", rows[0], "1.0", "latest", "2 tags", d10.Hex[:12], HumanSize(imageSize(t, app10)), "2026-03-14 09:26 UTC", "linux/amd64")
-	mustContain(t, "second row", rows[1], "1.9", HumanSize(imageSize(t, app19)), "2026-03-12 09:26 UTC")
+	mustContain(t, "shared row", rows[0], "1.0", "latest", "2 tags", d10.Hex[:12], units.HumanSize(imageSize(t, app10)), "2026-03-14 09:26 UTC", "linux/amd64")
+	mustContain(t, "second row", rows[1], "1.9", units.HumanSize(imageSize(t, app19)), "2026-03-12 09:26 UTC")
 	mustContain(t, "third row (1.9 < 1.10)", rows[2], "1.10", "2026-03-15 09:26 UTC")
 	shared := run(t, b, "shared class", chromedp.Evaluate[int](`document.querySelectorAll("#tags tr.shared").length`))
 	if shared != 1 {
@@ -248,7 +249,7 @@ func TestBrowser(t *testing.T) {
 
 	// Multi-arch index.
 	multi := b.text(t, base+"/r/lab/multi", "#tags")
-	mustContain(t, "index row", multi, "v1", "linux/amd64, linux/arm64", HumanSize(imageSize(t, amd)+imageSize(t, arm)))
+	mustContain(t, "index row", multi, "v1", "linux/amd64, linux/arm64", units.HumanSize(imageSize(t, amd)+imageSize(t, arm)))
 	b.shot(t, "3-index-tags")
 	plats := b.text(t, base+"/r/lab/multi/-/tag/v1", "#manifests")
 	mustContain(t, "index detail", plats, "linux/amd64", "linux/arm64")
@@ -259,7 +260,7 @@ func TestBrowser(t *testing.T) {
 	detail := b.text(t, "", "main")
 	mustContain(t, "detail page", detail,
 		d10.String(), "1.0", "latest", "/bin/busybox", "httpd -f -p 80", "APP_MODE=lab", "/www", "nobody", "80/tcp", "/data", "lab app",
-		"make layer-1", "make layer-2", HumanSize(layerSize(t, app10, 0)), HumanSize(layerSize(t, app10, 1)),
+		"make layer-1", "make layer-2", units.HumanSize(layerSize(t, app10, 0)), units.HumanSize(layerSize(t, app10, 1)),
 		"docker pull registry.lab:5000/lab/app:1.0",
 		"docker service update --with-registry-auth --image registry.lab:5000/lab/app:1.0 SERVICE")
 	df := b.text(t, "", "#dockerfile")
