@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
 )
@@ -25,7 +27,8 @@ import (
 //     HTTP on each, 2.0, rollback to 1.0, task addresses in 10.10.3.0/24
 //     (acceptance 2);
 //   - labreg down -f for both: nothing of theirs left, another service
-//     untouched (acceptance 3); the other examples deployed and taken down;
+//     untouched (acceptance 3); every other example deployed and taken down
+//     (samsung.yaml's secret is TestSamsungFile's);
 //   - worker3 restarted without the insecure-registry setting: it rejoins,
 //     and doctor names it and prints its fix (acceptance 6); restarted with
 //     it again, doctor passes.
@@ -207,6 +210,21 @@ func TestLab(t *testing.T) {
 		}
 		if r := labreg(t, mEnv, "down", "-f", example("myhttpd.yaml")); r.code != 0 {
 			t.Fatalf("down myhttpd.yaml: exit %d", r.code)
+		}
+		// db.yaml's mydb:1.0 is the user's own database image; a busybox
+		// stands in that shows the secret it was given.
+		testenv.Push(t, lab.Local+"/mydb:1.0", testenv.BusyboxImage(t, nil, func(c *v1.Config) {
+			c.Cmd = []string{"sh", "-c", "test -s /run/secrets/db_root && exec sleep 600"}
+		}))
+		if r := labreg(t, env, "deploy", "-f", example("db.yaml"), "--progress", "plain", "--timeout", "3m"); r.code != 0 {
+			t.Fatalf("deploy db.yaml: exit %d", r.code)
+		}
+		if got := running("db"); len(got) != 1 {
+			t.Errorf("db runs on %q, want 1 node", got)
+		}
+		if r := labreg(t, env, "down", "-f", example("db.yaml")); r.code != 0 || !strings.Contains(r.out, "removed\tsecret\tdb_root-") ||
+			!strings.Contains(r.out, "removed\tnetwork\tbackend") {
+			t.Fatalf("down db.yaml: exit %d, want the secret and network removed", r.code)
 		}
 		if services := docker("service", "ls", "--format", "{{.Name}}"); services != "other" {
 			t.Errorf("services after the downs: %q, want other only", services)
