@@ -56,7 +56,9 @@ and referrers (signatures, SBOMs).`,
 				}
 			}
 			if offline {
-				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, newLogger(c, io.Err)); err != nil {
+				log := newLogger(c, io.Err)
+				registry.RouteLogrus(log) // the vacuum logs every deletion through logrus
+				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, log); err != nil {
 					return err
 				}
 			}
