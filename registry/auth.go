@@ -25,7 +25,10 @@ import (
 // request without valid credentials before any handler touches storage,
 // so a wrong password costs the same whether a blob exists or not. An
 // unknown user costs a bcrypt comparison at the cost of the configured
-// hashes, like a known one. Failed attempts are limited per client
+// hashes, like a known one, and every failed check is answered no sooner
+// than a fixed time after it began (failFloor), so that what remains of
+// the difference (and the machine's noise) does not show. Failed attempts
+// are limited per client
 // address: after AuthLimit.Burst failures, requests with credentials from
 // that address get 429 with Retry-After (no bcrypt run) until one attempt
 // per AuthLimit.Interval has been forgiven.
@@ -71,7 +74,17 @@ type Authenticator struct {
 	size    int64
 	users   map[string][]byte
 	dummy   []byte // a bcrypt hash of a random password at the users' highest cost
+	// floor is how long a failed check takes at least: failFloor times
+	// what making dummy took (one bcrypt at the users' cost), and at least
+	// minFailTime; long enough that a bcrypt run on a busy machine ends
+	// before it.
+	floor time.Duration
 }
+
+const (
+	failFloor   = 4
+	minFailTime = 100 * time.Millisecond
+)
 
 // NewAuthenticator reads the htpasswd file at path (bcrypt hashes only).
 // realm defaults to "labreg".
@@ -118,9 +131,11 @@ func (a *Authenticator) table() (map[string][]byte, []byte, error) {
 	if a.dummy == nil || dummyCost(a.dummy) != cost {
 		pw := make([]byte, 16)
 		rand.Read(pw)
+		start := time.Now()
 		if a.dummy, err = bcrypt.GenerateFromPassword(pw, cost); err != nil {
 			return nil, nil, fmt.Errorf("htpasswd file %s: %w", a.path, err)
 		}
+		a.floor = max(minFailTime, failFloor*time.Since(start))
 	}
 	a.users, a.modTime, a.size = users, fi.ModTime(), fi.Size()
 	return a.users, a.dummy, nil
@@ -171,6 +186,7 @@ func (a *Authenticator) Check(r *http.Request) (string, error) {
 	if !ok {
 		return "", ErrNoCredentials
 	}
+	start := time.Now()
 	users, dummy, err := a.table()
 	if err != nil {
 		return "", err
@@ -185,6 +201,15 @@ func (a *Authenticator) Check(r *http.Request) (string, error) {
 	}
 	// The same work for an unknown user as for a known one.
 	if bcrypt.CompareHashAndPassword(hash, []byte(pass)) != nil || !known {
+		a.mu.Lock()
+		floor := a.floor
+		a.mu.Unlock()
+		t := time.NewTimer(time.Until(start.Add(floor)))
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+		}
 		return "", ErrBadCredentials // the attempt's token stays spent
 	}
 	a.limit.give(client)

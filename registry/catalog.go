@@ -194,16 +194,16 @@ type extras struct {
 }
 
 // newExtras opens the catalog, event log and data-dir lock of a server.
-// The lock file is closed when the Server is garbage collected.
-func newExtras(s *Server) *extras {
+// The lock file is closed when the Server is garbage collected. A catalog
+// that cannot be opened fails the server's start (a nil catalog would fail
+// the UI later).
+func newExtras(s *Server) (*extras, error) {
 	cat, err := NewCatalog(context.Background(), s.opts.DataDir)
-	if err != nil { // the data dir was checked by New; keep a catalog that reports it
-		s.log.Error("catalog", "err", err)
+	if err != nil {
+		return nil, err
 	}
 	e := &extras{catalog: cat, gate: newGate(), dataDir: s.opts.DataDir}
-	if cat != nil {
-		cat.gate = e.gate
-	}
+	cat.gate = e.gate
 	e.events = openEventLog(s.opts.DataDir, s.log)
 	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
 		e.lock = f
@@ -220,7 +220,7 @@ func newExtras(s *Server) *extras {
 			f.Close()
 		}
 	}
-	return e
+	return e, nil
 }
 
 // ServerRunning reports whether a labreg server (in any process) has the

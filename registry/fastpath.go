@@ -33,6 +33,11 @@ var (
 	fastUploadPath = regexp.MustCompile(`^/v2/(` + reference.NameRegexp.String() + `)/blobs/uploads/([a-zA-Z0-9-_.=]+)$`)
 )
 
+// maxNameLength is the longest repository name distribution accepts
+// (reference.NameTotalLengthMax, deprecated in distribution/reference
+// without a replacement: the limit is the registry's, not the package's).
+const maxNameLength = 255
+
 // fastPath is the handler in front of distribution's app.
 type fastPath struct {
 	next     http.Handler
@@ -49,20 +54,22 @@ type fastPath struct {
 // fastPaths wraps distribution's app with the blob fast paths. They are
 // off (next is returned as is) unless storage is the filesystem driver and
 // the registry is not a pull-through cache.
-func (s *Server) fastPaths(next http.Handler) http.Handler {
+func (s *Server) fastPaths(next http.Handler) (http.Handler, error) {
 	cfg := s.app.Config
 	if cfg == nil || cfg.Storage.Type() != "filesystem" || cfg.Proxy.RemoteURL != "" {
-		return next
+		return next, nil
 	}
 	root, _ := cfg.Storage.Parameters()["rootdirectory"].(string)
 	if root == "" {
-		return next
+		return next, nil
 	}
-	served := prometheus.NewCounterVec(prometheus.CounterOpts{
+	served, err := register(s.metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "labreg_fastpath_requests_total",
 		Help: "Blob requests served by the fast paths (the rest go to distribution), by kind: blob, upload.",
-	}, []string{"kind"})
-	_ = s.metrics.Register(served)
+	}, []string{"kind"}))
+	if err != nil {
+		return nil, err
+	}
 	return &fastPath{
 		next:     next,
 		root:     filepath.Join(root, "docker", "registry", "v2"),
@@ -72,7 +79,7 @@ func (s *Server) fastPaths(next http.Handler) http.Handler {
 		budget:   newMemBudget(s.opts.UploadMemory),
 		blobs:    served.WithLabelValues("blob"),
 		uploads:  served.WithLabelValues("upload"),
-	}
+	}, nil
 }
 
 func (fp *fastPath) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +98,7 @@ func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
 		m := fastBlobPath.FindStringSubmatch(r.URL.Path)
-		if m == nil || len(m[1]) > reference.NameTotalLengthMax {
+		if m == nil || len(m[1]) > maxNameLength {
 			return false
 		}
 		return fp.serveBlob(w, r, m[1], m[len(m)-1]) // counts itself, before the body goes out
@@ -100,7 +107,7 @@ func (fp *fastPath) serve(w http.ResponseWriter, r *http.Request) bool {
 			return false
 		}
 		m := fastUploadPath.FindStringSubmatch(r.URL.Path)
-		if m == nil || len(m[1]) > reference.NameTotalLengthMax {
+		if m == nil || len(m[1]) > maxNameLength {
 			return false
 		}
 		if !fp.serveUpload(w, r, m[1], m[len(m)-1]) {

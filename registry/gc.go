@@ -90,7 +90,6 @@ func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Lo
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	routeLogrus(log) // distribution's vacuum logs every deletion through logrus
 	f, err := os.OpenFile(filepath.Join(dataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("locking data directory %s: %w", dataDir, err)

@@ -2,6 +2,8 @@ package registry
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -13,18 +15,27 @@ import (
 )
 
 // routes assembles the handler chain: access log and metrics around
-// labreg's own endpoints, with distribution's app underneath.
-func (s *Server) routes() http.Handler {
+// labreg's own endpoints, with distribution's app underneath. It fails
+// when the metrics cannot be registered.
+func (s *Server) routes() (http.Handler, error) {
+	m, err := newMetrics(s.metrics, s.opts.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	fast, err := s.fastPaths(s.app)
+	if err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", s.serveHealth)
-	mux.Handle("/", s.fastPaths(s.app))
+	mux.Handle("/", fast)
 	// recoverer (errors.go) turns a handler's panic into a 500;
 	// authenticate (auth.go) refuses bad credentials before anything
 	// touches storage or takes an upload slot; limits (upload cap, body
 	// progress): limits.go; hooks (gate, index, events): events.go;
 	// ociAPI: manifest.go.
-	return s.instrument(s.recoverer(s.authenticate(s.limits(s.hooks(s.ociAPI(mux))))))
+	return s.instrument(m, s.recoverer(s.authenticate(s.limits(s.hooks(s.ociAPI(mux)))))), nil
 }
 
 func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
@@ -44,7 +55,8 @@ func (s *Server) serveHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // statusWriter records the status and bytes written. It forwards
-// ReadFrom so that io.Copy from an *os.File still reaches sendfile.
+// ReadFrom, so that a body copied from a reader that has one keeps the
+// underlying response's fast path.
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -67,8 +79,8 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// ReadFrom keeps http.ServeContent and io.Copy from an *os.File on the
-// sendfile path of the underlying response.
+// ReadFrom passes a copy on to the underlying response's ReadFrom. (The
+// blob fast path deliberately hides its *os.File from it: see copyFile.)
 func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -101,7 +113,7 @@ type metrics struct {
 	free, size prometheus.GaugeFunc
 }
 
-func newMetrics(reg *prometheus.Registry, dataDir string) *metrics {
+func newMetrics(reg *prometheus.Registry, dataDir string) (*metrics, error) {
 	space := func(pick func(FreeSpace) int64) func() float64 {
 		return func() float64 {
 			fs, err := freeSpace(dataDir)
@@ -129,17 +141,43 @@ func newMetrics(reg *prometheus.Registry, dataDir string) *metrics {
 			Name: "labreg_http_response_bytes_total", Help: "Response body bytes sent.",
 		}),
 	}
-	// A registry passed in by the caller may already hold these.
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.bytesOut, m.free, m.size,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
-		_ = reg.Register(c)
+	var err error
+	if m.requests, err = register(reg, m.requests); err != nil {
+		return nil, err
 	}
-	return m
+	if m.duration, err = register(reg, m.duration); err != nil {
+		return nil, err
+	}
+	if m.bytesOut, err = register(reg, m.bytesOut); err != nil {
+		return nil, err
+	}
+	for _, c := range []prometheus.Collector{m.free, m.size, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if _, err := register(reg, c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// register registers c with reg, or returns the collector reg already
+// holds for the same metrics (a registry passed in by the caller, shared
+// by several servers). Any other conflict is an error.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, fmt.Errorf("registering metrics: %w", err)
 }
 
 // instrument writes one access-log line per request and counts it.
-func (s *Server) instrument(next http.Handler) http.Handler {
-	m := newMetrics(s.metrics, s.opts.DataDir)
+func (s *Server) instrument(m *metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}

@@ -1,7 +1,9 @@
 // Package registry embeds the distribution/v3 registry as a library and adds
-// what labreg needs on top of it: the OCI 1.1 referrers API, a sendfile fast
-// path for committed blobs, request logging through log/slog, Prometheus
-// metrics, a health endpoint and graceful shutdown.
+// what labreg needs on top of it: the OCI 1.1 referrers API, fast paths
+// that serve committed blobs and take uploads straight from the data dir
+// (blobs are copied, not sent with sendfile: see copyFile), request
+// logging through log/slog, Prometheus metrics, a health endpoint and
+// graceful shutdown.
 //
 // A Server is created with New, bound with Listen and run with Serve until
 // its context ends; it never exits the process or installs signal handlers.
@@ -20,6 +22,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -199,7 +203,6 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		}
 		redis = &r
 	}
-	routeLogrus(opts.Logger)
 
 	cfg := distributionConfig(opts, store.section(), secret, redis)
 	hr := health.NewRegistry()
@@ -208,8 +211,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, auth: authn}
-	s.extras = newExtras(s)
-	s.handler = s.routes()
+	if s.extras, err = newExtras(s); err != nil {
+		return nil, err
+	}
+	if s.handler, err = s.routes(); err != nil {
+		return nil, err
+	}
 	go s.removeStrayTemps(time.Now())
 	return s, nil
 }
@@ -297,21 +304,37 @@ func httpSecret(dir string) (string, error) {
 	return s, nil
 }
 
-// routeLogrus sends distribution's logrus output to the slog logger.
-// logrus is process-global; distribution gives no other way.
-func routeLogrus(l *slog.Logger) {
-	logrus.SetOutput(io.Discard)
-	logrus.SetLevel(logrus.WarnLevel)
-	logrus.AddHook(slogHook{l})
+// RouteLogrus sends distribution's log lines (warnings and errors; it logs
+// through logrus, which is process-global) to l instead of stderr. It
+// changes process-wide state, so New and OfflineGC never call it: the
+// program's main does, once; a later call replaces l (one hook, never
+// more). Until it is called, distribution logs as logrus does by default.
+func RouteLogrus(l *slog.Logger) {
+	logrusTarget.Store(l)
+	logrusOnce.Do(func() {
+		logrus.SetOutput(io.Discard)
+		logrus.SetLevel(logrus.WarnLevel)
+		logrus.AddHook(slogHook{})
+	})
 }
 
-type slogHook struct{ l *slog.Logger }
+var (
+	logrusOnce   sync.Once
+	logrusTarget atomic.Pointer[slog.Logger]
+)
+
+// slogHook forwards logrus entries to the logger RouteLogrus set.
+type slogHook struct{}
 
 func (slogHook) Levels() []logrus.Level {
 	return []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel}
 }
 
-func (h slogHook) Fire(e *logrus.Entry) error {
+func (slogHook) Fire(e *logrus.Entry) error {
+	l := logrusTarget.Load()
+	if l == nil {
+		return nil
+	}
 	lvl := slog.LevelWarn
 	if e.Level <= logrus.ErrorLevel {
 		lvl = slog.LevelError
@@ -323,7 +346,7 @@ func (h slogHook) Fire(e *logrus.Entry) error {
 		}
 		attrs = append(attrs, k, v)
 	}
-	h.l.Log(context.Background(), lvl, e.Message, attrs...)
+	l.Log(context.Background(), lvl, e.Message, attrs...)
 	return nil
 }
 

@@ -65,7 +65,9 @@ and referrers (signatures, SBOMs).`,
 				return fmt.Errorf("offline GC works on filesystem storage only (registry.storage is %s)", c.Registry.Storage)
 			}
 			if offline {
-				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, newLogger(c, io.Err)); err != nil {
+				log := newLogger(c, io.Err)
+				registry.RouteLogrus(log) // the vacuum logs every deletion through logrus
+				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, log); err != nil {
 					return err
 				}
 			}

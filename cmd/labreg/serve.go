@@ -24,6 +24,7 @@ func newServeCmd(io streams) *cobra.Command {
 				return err
 			}
 			log := newLogger(c, io.Err)
+			registry.RouteLogrus(log) // distribution's own log lines, once per process
 			ctx := cmd.Context()
 			srv, err := registry.New(ctx, registry.Options{
 				DataDir:           c.Registry.Data,

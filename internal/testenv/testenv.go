@@ -6,12 +6,14 @@ package testenv
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +51,9 @@ func startRegistry(t testing.TB, opts registry.Options, listen string) (net.Addr
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
 	}
+	// distribution logs through the process-wide logrus; as labreg's main
+	// sends it to its logger, the tests send it nowhere.
+	quietLogrus.Do(func() { registry.RouteLogrus(slog.New(slog.DiscardHandler)) })
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := registry.New(ctx, opts)
 	if err != nil {
@@ -68,6 +73,8 @@ func startRegistry(t testing.TB, opts registry.Options, listen string) (net.Addr
 	})
 	return addr, srv
 }
+
+var quietLogrus sync.Once
 
 // Docker requires a reachable Docker Engine (DOCKER_HOST or the default
 // socket) and the docker CLI, and returns the docker binary path.
