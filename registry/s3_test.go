@@ -311,3 +311,51 @@ func s3Absolute(addr, loc string) string {
 	}
 	return "http://" + addr + loc
 }
+
+// TestS3Redirect: with redirect=true a blob GET answers 307 to a presigned
+// URL of the store, and that URL serves the blob's bytes; without it, 200.
+func TestS3Redirect(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	opts := s3Replica(t, store, bucket, writeSecret(t, strings.Repeat("r", 64)))
+	opts.Storage += "&redirect=true"
+	addr, _ := testenv.Registry(t, opts)
+	img, err := random.Image(1<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Push(t, addr+"/lab/redirected:v1", img)
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get("http://" + addr + "/v2/lab/redirected/blobs/" + ld.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, store.Endpoint+"/"+bucket+"/") {
+		t.Fatalf("blob GET: %s, Location %q; want 307 to %s/%s/…", resp.Status, loc, store.Endpoint, bucket)
+	}
+	got, err := http.Get(loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer got.Body.Close()
+
+	// Without redirect=true (the default) a replica on the same bucket
+	// serves the bytes itself.
+	plain, _ := testenv.Registry(t, s3Replica(t, store, bucket, opts.HTTPSecretFile))
+	direct, err := noFollow.Get("http://" + plain + "/v2/lab/redirected/blobs/" + ld.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct.Body.Close()
+	if direct.StatusCode != http.StatusOK {
+		t.Errorf("blob GET without redirect=true: %s, want 200", direct.Status)
+	}
+	b, _ := io.ReadAll(got.Body)
+	if want := s3ReadLayer(t, layers[0]); got.StatusCode != http.StatusOK || !bytes.Equal(b, want) {
+		t.Errorf("presigned URL: %s, %d bytes; want 200 and the %d bytes pushed", got.Status, len(b), len(want))
+	}
+}
