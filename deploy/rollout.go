@@ -353,8 +353,8 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 				// Name the node the slot ran on when it went down.
 				for _, set := range [][]swarm.Task{o.Tasks, o.Old} {
 					for i := range set {
-						if o := &set[i]; o.Slot == t.Slot && onDownNode(o) {
-							r = fmt.Sprintf("its task on %s (down) cannot be rescheduled: %s", hostname(o.NodeID), t.Status.Err)
+						if p := &set[i]; p.Slot == t.Slot && onDownNode(p) {
+							r = fmt.Sprintf("its task on %s (down) cannot be rescheduled: %s", hostname(p.NodeID), t.Status.Err)
 						}
 					}
 				}
