@@ -3,9 +3,12 @@
 // the image digest pinned, forwards registry credentials like
 // `docker service create --with-registry-auth`, watches the rollout per slot
 // (replicated) or per node (global) and reports a rollout as converged only
-// when every task of the new spec runs the requested digest. Paused and
-// rolled-back updates are failures (*RolloutError), unlike the docker CLI
-// (docker/cli#6752).
+// when every task of the new spec runs the requested digest on a node that
+// is up. Paused and rolled-back updates are failures (*RolloutError), unlike
+// the docker CLI (docker/cli#6752), and so are a node that went down under
+// the rollout and a task swarm cannot place (its "no suitable node" reason
+// is reported). Services are addressed by exact name or full ID, never by
+// an ID prefix.
 //
 // The package never prints: progress leaves as structured events through
 // Options.OnProgress (one vocabulary, Progress), results are returned as

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
@@ -96,5 +97,32 @@ func TestExactServiceName(t *testing.T) {
 	inspect(other, "{{.ID}}")
 	if out, err := exec.Command(docker, "service", "inspect", short).CombinedOutput(); err == nil && strings.Contains(string(out), `"Name": "`+short+`"`) {
 		t.Errorf("service %s still exists after rm", short)
+	}
+}
+
+// TestUnplaceable: a new service whose constraint no node meets (quiz B
+// with a mistyped label) fails soon with swarm's own reason, "no suitable
+// node (scheduling constraints not satisfied on N nodes)", and exit
+// status 3, instead of waiting out --timeout with "not converged".
+func TestUnplaceable(t *testing.T) {
+	docker := testenv.Swarm(t)
+	reg, _ := testenv.Registry(t, registry.Options{})
+	id := suffix(t)
+	pageImage(t, reg+"/nowhere:v1", nil, "nowhere "+id+"\n")
+	svc := "nowhere-" + id
+	removeService(t, docker, svc)
+	r := labreg(t, []string{"DOCKER_CONFIG=" + dockerConfig(t, reg, "", "")}, "deploy", svc, "--image", "nowhere:v1",
+		"--advertise", reg, "--progress", "plain", "--constraint", "node.labels.labreg.nowhere=="+id, "--timeout", "5m")
+	if r.code != 3 {
+		t.Errorf("exit %d, want 3", r.code)
+	}
+	msg := lastLine(r.err)
+	for _, want := range []string{"cannot place", "slot 1", "no suitable node (scheduling constraints not satisfied on"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the error does not say %q", want)
+		}
+	}
+	if r.took > 2*time.Minute {
+		t.Errorf("labreg took %s, want far less than its 5m timeout", r.took.Round(time.Second))
 	}
 }

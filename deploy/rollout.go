@@ -258,6 +258,26 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 		return isDown(t.NodeID) && !terminal(t.Status.State) && numbered[t.Status.State] >= numbered[swarm.TaskStateAssigned]
 	}
 
+	// A task swarm cannot place only because the task it replaces still
+	// holds the port or resources (stop-first: the old one is stopping,
+	// which takes up to its stop grace period) is not stuck.
+	waitsForOld := func(t *swarm.Task) bool {
+		for _, set := range [][]swarm.Task{o.Tasks, o.Old} {
+			for i := range set {
+				p := &set[i]
+				same := p.Slot == t.Slot
+				if out.global {
+					same = p.NodeID == t.NodeID
+				}
+				if p.ID != t.ID && same && p.NodeID != "" && !isDown(p.NodeID) &&
+					!terminal(p.Status.State) && numbered[p.Status.State] >= numbered[swarm.TaskStateAssigned] {
+					return true
+				}
+			}
+		}
+		return false
+	}
+
 	switch {
 	case out.global:
 		// Every node that runs (or is to run) a task of the service must
@@ -328,13 +348,13 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 			case onDownNode(t):
 				out.stuck = append(out.stuck, stuck{Slot: t.Slot, Node: hostname(t.NodeID),
 					Reason: fmt.Sprintf("node %s is down", hostname(t.NodeID))})
-			case unplaced(t):
+			case unplaced(t) && !waitsForOld(t):
 				r := t.Status.Err
 				// Name the node the slot ran on when it went down.
 				for _, set := range [][]swarm.Task{o.Tasks, o.Old} {
 					for i := range set {
-						if o := &set[i]; o.Slot == t.Slot && onDownNode(o) {
-							r = fmt.Sprintf("its task on %s (down) cannot be rescheduled: %s", hostname(o.NodeID), t.Status.Err)
+						if p := &set[i]; p.Slot == t.Slot && onDownNode(p) {
+							r = fmt.Sprintf("its task on %s (down) cannot be rescheduled: %s", hostname(p.NodeID), t.Status.Err)
 						}
 					}
 				}
@@ -344,7 +364,7 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 	}
 	if out.global {
 		for _, t := range byKey {
-			if unplaced(t) {
+			if unplaced(t) && !waitsForOld(t) {
 				out.stuck = append(out.stuck, stuck{Node: hostname(t.NodeID), Reason: "swarm cannot place a task: " + t.Status.Err})
 			}
 		}

@@ -210,6 +210,15 @@ func TestDecide(t *testing.T) {
 			phase: phaseFailed, state: "cannot place", says: []string{"slot 2: swarm cannot place it: no suitable node (scheduling constraints not satisfied on 2 nodes)"},
 		},
 		{
+			name: "stop-first: the new task waits for the old one to free the host port: not stuck",
+			goal: deployNew,
+			mem:  memory{stuckSince: t0.Add(-time.Minute)},
+			obs: observation{Now: t0, Service: replicated(1, imgNew, update(swarm.UpdateStateUpdating, "updating")), Nodes: threeWorkers[:1],
+				Tasks: []swarm.Task{task("new", 1, "", swarm.TaskStatePending, swarm.TaskStateReady, imgNew, "no suitable node (host-mode port already in use on 1 node)")},
+				Old:   []swarm.Task{task("old", 1, "n1", swarm.TaskStateRunning, swarm.TaskStateShutdown, imgOld, "")}},
+			phase: phaseWaiting, running: 0, expected: 1,
+		},
+		{
 			name: "new service, tasks keep failing",
 			goal: created,
 			obs: observation{Service: replicated(1, imgNew, nil), Nodes: threeWorkers[:1], Tasks: []swarm.Task{

@@ -2,6 +2,8 @@ package deploy_test
 
 import (
 	"net"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -27,6 +29,12 @@ func TestWorkerUntrustedRegistry(t *testing.T) {
 	adv := net.JoinHostPort(host, port)
 	ref := adv + "/untrusted:" + id + "@" + d
 	env := []string{"DOCKER_CONFIG=" + dockerConfig(t, adv, "", "")}
+	// The control: the worker's own engine says why it cannot pull.
+	pull := exec.Command(testenv.Swarm(t), "-H", w.Socket, "pull", ref)
+	pull.Env = append(os.Environ(), env...)
+	if out, err := pull.CombinedOutput(); err == nil || !strings.Contains(string(out), "HTTP response to HTTPS client") {
+		t.Fatalf("worker %s pulling %s: %v: %s; want it to refuse plain HTTP", w.Name, ref, err, out)
+	}
 	for _, tc := range []struct{ name, svc string }{{"rollout", "untrust-" + id}, {"prepull", "untrustpre-" + id}} {
 		t.Run(tc.name, func(t *testing.T) {
 			docker := testenv.Swarm(t)
