@@ -30,8 +30,9 @@ import (
 //     untouched (acceptance 3); every other example deployed and taken down
 //     (samsung.yaml's secret is TestSamsungFile's);
 //   - worker3 restarted without the insecure-registry setting: it rejoins,
-//     and doctor names it and prints its fix (acceptance 6); restarted with
-//     it again, doctor passes.
+//     doctor names it and prints its fix, a deploy that needs it fails
+//     naming it and "not trusted" (acceptance 6); restarted with the
+//     setting again, doctor passes.
 //
 // Ports are published in host mode (no IPVS here): each task serves on its
 // own node's address.
@@ -247,6 +248,15 @@ func TestLab(t *testing.T) {
 		if strings.Count(r.out, "fix:") != 1 {
 			t.Errorf("doctor prints %d fixes, want one (worker3's)", strings.Count(r.out, "fix:"))
 		}
+		// A deploy that needs worker3 fails naming it and the real cause
+		// (an image worker3 never pulled: quiz B ran on the seoul nodes).
+		d := labreg(t, env, "deploy", "trust3", "--image", "samsung:2.0", "--constraint", "node.hostname==worker3",
+			"--progress", "plain", "--timeout", "2m")
+		msg := strings.ToLower(d.err)
+		if d.code == 0 || !strings.Contains(msg, "not trusted by worker3") || strings.Contains(msg, "credential") {
+			t.Errorf("deploy on the untrusting worker3: exit %d; want a failure naming worker3 and \"not trusted\", not credentials", d.code)
+		}
+		lab.Docker("service", "rm", "trust3")
 		w3.Restart(t, lab.Manager.Socket, []string{testenv.LabSubnet})
 		if r := labreg(t, env, "doctor", "--timeout", "90s"); r.code != 0 || strings.Contains(r.out, "fix:") {
 			t.Errorf("doctor after the fix: exit %d, want 0 and no advice", r.code)

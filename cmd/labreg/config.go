@@ -1,6 +1,9 @@
 package main
 
 import (
+	"fmt"
+	"strings"
+
 	"github.com/spf13/cobra"
 
 	"github.com/labreg/labreg/config"
@@ -44,9 +47,17 @@ func loadConfigOrigins(cmd *cobra.Command) (*config.Config, config.Origins, erro
 			set[fl.Name] = fl.Value.String()
 		}
 	})
-	c, o, err := config.LoadOrigins(config.Sources{File: file, Flags: set, Server: cmd.Name() == "serve"})
+	serve := cmd.Name() == "serve"
+	c, o, err := config.LoadOrigins(config.Sources{File: file, Flags: set, Server: serve})
 	if err != nil {
 		return nil, nil, usageError{err}
+	}
+	// Where it matters: a command that pulls or pushes through an address
+	// guessed from this host's interfaces says so (on a terminal; config
+	// and doctor print the origin themselves).
+	if from := o.Of("registry.advertise"); !serve && strings.HasPrefix(from, "derived") && o.Of("client.registry") == "registry.advertise" &&
+		cmd.Flags().Lookup("advertise") != nil && cmd.Name() != "doctor" && cmd.Name() != "config" && isTerminal(cmd.ErrOrStderr()) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "labreg: registry.advertise %s is %s\n", c.Registry.Advertise, from)
 	}
 	return c, o, nil
 }
