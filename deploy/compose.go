@@ -135,7 +135,7 @@ func serviceSpec(p *types.Project, sc types.ServiceConfig) (Spec, error) {
 	for _, key := range netNames {
 		nc, ok := p.Networks[key]
 		if !ok {
-			return s, fmt.Errorf("network %s is not defined under networks:", key)
+			return s, fmt.Errorf("network %s is not defined (add it under networks)", key)
 		}
 		if key == "default" && len(nc.Ipam.Config) == 0 && !nc.Attachable && nc.Name == projectName+"_default" {
 			continue // compose's implicit default network; swarm services need none
@@ -161,7 +161,7 @@ func serviceSpec(p *types.Project, sc types.ServiceConfig) (Spec, error) {
 	for _, ref := range sc.Configs {
 		cfg, ok := p.Configs[ref.Source]
 		if !ok || cfg.File == "" {
-			return s, fmt.Errorf("config %s: define it under configs: with file:", ref.Source)
+			return s, fmt.Errorf("config %s: define it under configs, with a file", ref.Source)
 		}
 		s.Configs = append(s.Configs, File{Name: objName(ref.Source, cfg.Name), Path: cfg.File, Target: ref.Target})
 	}
