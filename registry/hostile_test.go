@@ -175,6 +175,25 @@ func TestSmallDefects(t *testing.T) {
 		}
 	})
 
+	t.Run("method a route does not take", func(t *testing.T) {
+		for _, rq := range []struct{ method, path string }{
+			{"POST", "/v2/small/defects/tags/list"},
+			{"PATCH", "/v2/small/defects/manifests/latest"},
+			{"PUT", "/v2/small/defects/blobs/" + digest.FromBytes(blob).String()},
+		} {
+			status, hdr, body := biDo(t, rq.method, base+rq.path, nil, false)
+			if status != http.StatusMethodNotAllowed || ociCode(body) != "UNSUPPORTED" || hdr.Get("Allow") == "" {
+				t.Errorf("%s %s: %d %q (Allow %q), want 405 UNSUPPORTED with Allow", rq.method, rq.path, status, body, hdr.Get("Allow"))
+			}
+		}
+	})
+	t.Run("path that is no API endpoint", func(t *testing.T) {
+		status, _, body := biDo(t, "GET", base+"/v2/small/defects/nothing", nil, false)
+		if status != http.StatusNotFound || ociCode(body) != "NOT_FOUND" {
+			t.Errorf("GET /v2/small/defects/nothing: %d %q, want 404 NOT_FOUND", status, body)
+		}
+	})
+
 	t.Run("Range bytes=-0", func(t *testing.T) {
 		resp, body := get(t, "GET", blobURL, "Range", "bytes=-0")
 		if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable || ociCode(body) != "RANGE_INVALID" {
