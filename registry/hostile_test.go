@@ -147,6 +147,25 @@ func TestSmallDefects(t *testing.T) {
 		}
 	})
 
+	t.Run("chunk of another Content-Type", func(t *testing.T) {
+		status, hdr, body := biDo(t, "POST", base+"/v2/small/ct/blobs/uploads/", nil, false)
+		if status != http.StatusAccepted {
+			t.Fatalf("starting upload: %d %s", status, body)
+		}
+		req, _ := http.NewRequestWithContext(t.Context(), "PATCH", base+hdr.Get("Location"), bytes.NewReader(blob[:10]))
+		req.Header.Set("Content-Type", "text/plain")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		b.ReadFrom(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnsupportedMediaType || ociCode(b.Bytes()) != "UNSUPPORTED" {
+			t.Errorf("PATCH as text/plain: %d %s, want 415 UNSUPPORTED", resp.StatusCode, b.Bytes())
+		}
+	})
+
 	for _, tc := range []struct{ name, ref, code string }{
 		{"tag over 128 characters", strings.Repeat("t", 129), "TAG_INVALID"},
 		{"tag with a bad character", "bad!tag", "TAG_INVALID"},

@@ -56,6 +56,12 @@ func (a *ociAPI) checkRequest(w http.ResponseWriter, r *http.Request, p apiPath)
 			return false
 		}
 	case "uploads":
+		// distribution answers 500 to a chunk of another type.
+		if ct := r.Header.Get("Content-Type"); r.Method == http.MethodPatch && ct != "" && ct != "application/octet-stream" {
+			WriteError(w, http.StatusUnsupportedMediaType, errcode.ErrorCodeUnsupported.
+				WithMessage("an upload chunk is application/octet-stream, not "+strconv.Quote(ct)))
+			return false
+		}
 		if cr := r.Header.Get("Content-Range"); cr != "" && (r.Method == http.MethodPatch || r.Method == http.MethodPut) {
 			if _, _, ok := parseContentRange(cr); !ok {
 				writeError(w, http.StatusRequestedRangeNotSatisfiable, errcode.ErrorCodeRangeInvalid,
