@@ -95,6 +95,8 @@ func TestLoadErrorsNameTheProblem(t *testing.T) {
 		{name: "tls half set", flags: map[string]string{"tls-cert": "c.pem"}, want: "set both or neither"},
 		{name: "log level", env: map[string]string{"LABREG_LOG_LEVEL": "loud"}, want: "log.level"},
 		{name: "unknown flag", flags: map[string]string{"nope": "x"}, want: "--nope"},
+		{name: "bad number in env", env: map[string]string{"LABREG_AUTH_FAIL_BURST": "ten"}, want: `registry.auth_fail_burst: "ten" is not a whole number`},
+		{name: "zero auth interval", flags: map[string]string{"auth-fail-interval": "0s"}, want: "registry.auth_fail_interval: must be positive"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -141,6 +141,13 @@ func FuzzHandler(f *testing.F) {
 		if w.Code < 100 || w.Code > 599 {
 			t.Errorf("%s %q: status %d", method, target, w.Code)
 		}
+		// Every error under /v2/ has an OCI error body.
+		if strings.HasPrefix(r.URL.Path, "/v2/") && w.Code >= 400 && method != http.MethodHead {
+			if !strings.HasPrefix(w.Header().Get("Content-Type"), "application/json") || !strings.Contains(w.Body.String(), `"errors"`) {
+				t.Errorf("%s %q (Content-Range %q, Range %q): %d %s %q, want an OCI error body",
+					method, target, contentRange, rng, w.Code, w.Header().Get("Content-Type"), w.Body.String())
+			}
+		}
 	})
 }
 

@@ -147,6 +147,25 @@ func TestSmallDefects(t *testing.T) {
 		}
 	})
 
+	t.Run("chunk of another Content-Type", func(t *testing.T) {
+		status, hdr, body := biDo(t, "POST", base+"/v2/small/ct/blobs/uploads/", nil, false)
+		if status != http.StatusAccepted {
+			t.Fatalf("starting upload: %d %s", status, body)
+		}
+		req, _ := http.NewRequestWithContext(t.Context(), "PATCH", base+hdr.Get("Location"), bytes.NewReader(blob[:10]))
+		req.Header.Set("Content-Type", "text/plain")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		b.ReadFrom(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnsupportedMediaType || ociCode(b.Bytes()) != "UNSUPPORTED" {
+			t.Errorf("PATCH as text/plain: %d %s, want 415 UNSUPPORTED", resp.StatusCode, b.Bytes())
+		}
+	})
+
 	for _, tc := range []struct{ name, ref, code string }{
 		{"tag over 128 characters", strings.Repeat("t", 129), "TAG_INVALID"},
 		{"tag with a bad character", "bad!tag", "TAG_INVALID"},
@@ -172,6 +191,25 @@ func TestSmallDefects(t *testing.T) {
 		status, _, body := biDo(t, "GET", base+"/v2/small/defects/blobs/notadigest", nil, false)
 		if status != http.StatusBadRequest || ociCode(body) != "DIGEST_INVALID" {
 			t.Errorf("GET blob notadigest: %d %s, want 400 DIGEST_INVALID", status, body)
+		}
+	})
+
+	t.Run("method a route does not take", func(t *testing.T) {
+		for _, rq := range []struct{ method, path string }{
+			{"POST", "/v2/small/defects/tags/list"},
+			{"PATCH", "/v2/small/defects/manifests/latest"},
+			{"PUT", "/v2/small/defects/blobs/" + digest.FromBytes(blob).String()},
+		} {
+			status, hdr, body := biDo(t, rq.method, base+rq.path, nil, false)
+			if status != http.StatusMethodNotAllowed || ociCode(body) != "UNSUPPORTED" || hdr.Get("Allow") == "" {
+				t.Errorf("%s %s: %d %q (Allow %q), want 405 UNSUPPORTED with Allow", rq.method, rq.path, status, body, hdr.Get("Allow"))
+			}
+		}
+	})
+	t.Run("path that is no API endpoint", func(t *testing.T) {
+		status, _, body := biDo(t, "GET", base+"/v2/small/defects/nothing", nil, false)
+		if status != http.StatusNotFound || ociCode(body) != "NOT_FOUND" {
+			t.Errorf("GET /v2/small/defects/nothing: %d %q, want 404 NOT_FOUND", status, body)
 		}
 	})
 

@@ -32,7 +32,11 @@ func (a *ociAPI) guard(w http.ResponseWriter, r *http.Request) (apiPath, bool) {
 	}
 	p, ok := parseAPIPath(r.URL.Path)
 	if !ok {
-		a.next.ServeHTTP(w, r)
+		if rest == "" || rest == "_catalog" {
+			a.next.ServeHTTP(w, r)
+		} else { // distribution's router would answer 404 text/plain
+			writeError(w, http.StatusNotFound, ErrorCodeNotFound, "no registry API endpoint "+r.URL.Path)
+		}
 		return apiPath{}, false
 	}
 	if _, err := reference.WithName(p.repo); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -125,4 +126,35 @@ func TestDummyHashCost(t *testing.T) {
 	if d := time.Since(start); d < minFailTime {
 		t.Errorf("a failed check took %v, less than the %v floor", d, minFailTime)
 	}
+}
+
+// TestRecoverer: a handler that panics answers 500 with an OCI error body
+// and leaves one ERROR line naming the method and path, not the body; a
+// panic after the reply began cuts the connection instead.
+func TestRecoverer(t *testing.T) {
+	var logs strings.Builder
+	s := &Server{log: slog.New(slog.NewTextHandler(&logs, nil))}
+	h := s.recoverer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/late" {
+			w.WriteHeader(http.StatusOK)
+		}
+		var m map[string]int
+		m["boom"]++ // a bug: assignment to a nil map
+	}))
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("PUT", "/v2/a/manifests/x", strings.NewReader("secret-body")))
+	if w.Code != http.StatusInternalServerError || !strings.Contains(w.Body.String(), `"code":"UNKNOWN"`) {
+		t.Errorf("panicking handler: %d %q, want 500 with an OCI error body", w.Code, w.Body.String())
+	}
+	l := logs.String()
+	if !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "method=PUT") || !strings.Contains(l, "path=/v2/a/manifests/x") ||
+		!strings.Contains(l, "nil map") || strings.Contains(l, "secret-body") {
+		t.Errorf("log line: %s", l)
+	}
+	defer func() {
+		if v := recover(); v != http.ErrAbortHandler {
+			t.Errorf("panic after the status went out: recovered %v, want http.ErrAbortHandler", v)
+		}
+	}()
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/late", nil))
 }

@@ -30,6 +30,12 @@ var anchoredTag = regexp.MustCompile(`^` + reference.TagRegexp.String() + `$`)
 // or Range is malformed and returns false; it may rewrite r's Range header
 // (see limitRanges).
 func (a *ociAPI) checkRequest(w http.ResponseWriter, r *http.Request, p apiPath) bool {
+	if allow := allowedMethods(p); !strings.Contains(","+allow+",", ","+r.Method+",") {
+		w.Header().Set("Allow", strings.ReplaceAll(allow, ",", ", "))
+		WriteError(w, http.StatusMethodNotAllowed, errcode.ErrorCodeUnsupported.
+			WithMessage(r.Method+" is not supported on "+p.kind+" (allowed: "+allow+")"))
+		return false
+	}
 	switch p.kind {
 	case "manifests":
 		if err := checkReference(p.ref); err != nil {
@@ -50,6 +56,12 @@ func (a *ociAPI) checkRequest(w http.ResponseWriter, r *http.Request, p apiPath)
 			return false
 		}
 	case "uploads":
+		// distribution answers 500 to a chunk of another type.
+		if ct := r.Header.Get("Content-Type"); r.Method == http.MethodPatch && ct != "" && ct != "application/octet-stream" {
+			WriteError(w, http.StatusUnsupportedMediaType, errcode.ErrorCodeUnsupported.
+				WithMessage("an upload chunk is application/octet-stream, not "+strconv.Quote(ct)))
+			return false
+		}
 		if cr := r.Header.Get("Content-Range"); cr != "" && (r.Method == http.MethodPatch || r.Method == http.MethodPut) {
 			if _, _, ok := parseContentRange(cr); !ok {
 				writeError(w, http.StatusRequestedRangeNotSatisfiable, errcode.ErrorCodeRangeInvalid,
@@ -59,6 +71,28 @@ func (a *ociAPI) checkRequest(w http.ResponseWriter, r *http.Request, p apiPath)
 		}
 	}
 	return true
+}
+
+// allowedMethods are the methods the distribution API routes for p's kind
+// (distribution answers others with 405 text/plain).
+func allowedMethods(p apiPath) string {
+	switch p.kind {
+	case "manifests":
+		return "GET,HEAD,PUT,DELETE"
+	case "blobs":
+		if p.ref == "uploads" {
+			return "GET,HEAD,POST,PATCH,PUT,DELETE" // distribution redirects to …/uploads/
+		}
+		return "GET,HEAD,DELETE"
+	case "uploads":
+		if p.ref == "" {
+			return "POST"
+		}
+		return "GET,HEAD,PATCH,PUT,DELETE"
+	case "referrers":
+		return "GET"
+	}
+	return "GET,HEAD" // tags/list
 }
 
 // checkReference checks a manifest reference: a tag ([A-Za-z0-9_]
