@@ -22,7 +22,9 @@ import (
 // exit with status 3 well before its timeout; it must never call the global
 // service converged (it once printed "converged: 2/2" and exited 0 while
 // the down node still ran the old image, and the replicated rollout waited
-// out its timeout without naming the node).
+// out its timeout without naming the node). A replicated service without
+// a host port converges: swarm reschedules the lost task on the other
+// worker, and labreg exits 0 once both run the new image there.
 //
 // Every step waits on a state (the new image running on one worker, the
 // labreg process ending), not on a sleep.
@@ -31,7 +33,7 @@ func TestWorkerDownMidUpdate(t *testing.T) {
 	bin := testenv.BuildLabreg(t)
 	port, _ := testenv.WorkerRegistry(t, registry.Options{})
 	local := "127.0.0.1:" + port
-	for _, mode := range []string{"replicated", "global"} {
+	for _, mode := range []string{"replicated", "global", "rescheduled"} {
 		t.Run(mode, func(t *testing.T) {
 			w1 := testenv.Worker(t, "down1")
 			w2 := testenv.Worker(t, "down2")
@@ -54,11 +56,15 @@ func TestWorkerDownMidUpdate(t *testing.T) {
 			// One task per worker (host port), one node at a time, and a
 			// long delay between them: the crash comes in the delay.
 			common := []string{"--advertise", adv, "--progress", "plain", "--constraint", "node.labels.labreg.test==" + id,
-				"--publish", fmt.Sprintf("mode=host,%d:80", freePort(t)), "--update-parallelism", "1",
-				"--update-delay", "10m", "--update-monitor", "1s", "--timeout", "5m"}
-			if mode == "global" {
-				common = append(common, "--mode", "global")
-			} else {
+				"--update-parallelism", "1", "--update-delay", "10m", "--update-monitor", "1s", "--timeout", "5m"}
+			switch mode {
+			case "global":
+				common = append(common, "--mode", "global", "--publish", fmt.Sprintf("mode=host,%d:80", freePort(t)))
+			case "replicated":
+				common = append(common, "--replicas", "2", "--publish", fmt.Sprintf("mode=host,%d:80", freePort(t)))
+			case "rescheduled":
+				// No port: the lost task can run beside the other.
+				// Swarm spreads the two replicas over the two workers.
 				common = append(common, "--replicas", "2")
 			}
 			if r := labreg(t, env, append([]string{"deploy", svc, "--image", blue}, common...)...); r.code != 0 {
@@ -99,6 +105,18 @@ func TestWorkerDownMidUpdate(t *testing.T) {
 			}
 			took := time.Since(crashed)
 			t.Logf("labreg deploy green: exit %d, %s after the crash\nstdout:\n%s\nstderr:\n%s", r.code, took.Round(time.Millisecond), r.out, r.err)
+			if mode == "rescheduled" {
+				if r.code != 0 || !strings.Contains(r.out, green+"\t2 tasks running") {
+					t.Errorf("exit %d, want 0 and 2 tasks running green", r.code)
+				}
+				if c := containers(t, docker, updated, svc); len(c) != 2 || c[0] != green || c[1] != green {
+					t.Errorf("%s runs %v, want both tasks of %s", updated.Name, c, green)
+				}
+				if took > 2*time.Minute {
+					t.Errorf("labreg ended %s after the crash, want well before its 5m timeout", took.Round(time.Second))
+				}
+				return
+			}
 			if r.code != 3 {
 				t.Errorf("exit %d, want 3 (rollout did not converge)", r.code)
 			}

@@ -54,6 +54,8 @@ func TestDeployUsage(t *testing.T) {
 		{[]string{"deploy", "-f", "missing.yaml", "--advertise", "127.0.0.1:5000"}, exitUsage},
 		{[]string{"node", "label", "n1"}, exitUsage},
 		{[]string{"rollback"}, exitUsage},
+		{[]string{"rm"}, exitUsage},
+		{[]string{"rollback", "web", "--registry", "127.0.0.1:5000"}, exitUsage}, // rollback never used --registry
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
