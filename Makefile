@@ -10,15 +10,19 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/labreg
 
+# The lab's example images; images/labreg (labreg's own image, for running
+# the registry as a swarm service) is left out: it compiles labreg again.
+EXAMPLES ?= images/webserver images/myhttpd images/samsung
+
 # The main job: start the registry (and UI), build the example images
-# (images/) into it, deploy the lab's myhttpd service where this node is a
+# ($(EXAMPLES)) into it, deploy the lab's myhttpd service where this node is a
 # swarm manager that trusts the registry (labreg doctor), and keep serving
 # until Ctrl-C. LABREG_* variables
 # (LABREG_LISTEN, LABREG_REGISTRY, ...) configure both commands.
 up: build
 	@$(BIN) serve --data $(DATA) & serve=$$!; \
 	trap 'kill $$serve 2>/dev/null; wait $$serve' INT TERM; \
-	$(BIN) build --wait 60s images/ || { kill $$serve; wait $$serve; exit 1; }; \
+	$(BIN) build --wait 60s $(EXAMPLES) || { kill $$serve; wait $$serve; exit 1; }; \
 	if $(BIN) doctor >/dev/null 2>&1; then \
 	  $(BIN) deploy -f deploy/examples/myhttpd.yaml || { kill $$serve; wait $$serve; exit 1; }; \
 	else \

@@ -226,14 +226,15 @@ func keys[V any](m map[string]V) []string {
 	})
 }
 
-// TestBuilderExampleImages builds the repository's images/ tree: bases
+// TestBuilderExampleImages builds the lab's example images (images/): bases
 // first, same digests twice, nothing uploaded the second time, layers of
 // the base mounted rather than uploaded into the other repositories.
 func TestBuilderExampleImages(t *testing.T) {
 	testenv.Tool(t, "go", "install Go")
 	addr, _ := testenv.Registry(t, registry.Options{})
 	images := filepath.Join(testenv.RepoRoot(t), "images")
-	dirs, err := Discover(images)
+	// The lab's examples (make up's EXAMPLES), not labreg's own image.
+	dirs, err := Discover(filepath.Join(images, "webserver"), filepath.Join(images, "myhttpd"), filepath.Join(images, "samsung"))
 	if err != nil {
 		t.Fatal(err)
 	}
