@@ -142,6 +142,31 @@ func TestDiskFull(t *testing.T) {
 		}
 	}
 	eventLines(t, dir)
+	// A write that distribution itself serves (a manifest PUT: the new
+	// tag's link cannot be written): 503 with Retry-After, an OCI body, no
+	// path.
+	get, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/v2/full/app/manifests/1", nil)
+	get.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
+	mresp, err := http.DefaultClient.Do(get)
+	if err != nil {
+		t.Fatal(err)
+	}
+	manifest, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	put, _ := http.NewRequest(http.MethodPut, "http://"+addr+"/v2/full/app/manifests/full", strings.NewReader(string(manifest)))
+	put.Header.Set("Content-Type", mresp.Header.Get("Content-Type"))
+	presp, err := http.DefaultClient.Do(put)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pbody, _ := io.ReadAll(presp.Body)
+	presp.Body.Close()
+	if presp.StatusCode != http.StatusServiceUnavailable || presp.Header.Get("Retry-After") == "" || !strings.Contains(string(pbody), `"UNAVAILABLE"`) {
+		t.Errorf("manifest PUT with the disk full: %s %s; want 503 UNAVAILABLE with Retry-After", presp.Status, pbody)
+	}
+	if strings.Contains(string(pbody), dir) || strings.Contains(string(pbody), "/docker/registry") {
+		t.Errorf("the answer to the manifest PUT shows a server path: %s", pbody)
+	}
 
 	// Space freed: healthy again, and every event from here on is recorded.
 	os.Remove(filler)

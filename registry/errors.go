@@ -1,11 +1,16 @@
 package registry
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 )
@@ -87,4 +92,102 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 		}()
 		next.ServeHTTP(sw, r)
 	})
+}
+
+// distErrors wraps distribution's app: an error reply it gives for a
+// failure on the server's side (a 5xx, or any reply whose detail reports
+// a full disk or quota) is answered again through WriteError, naming the
+// condition but not the storage path that distribution's detail carries;
+// the original goes to the log. Other replies pass through untouched.
+func (s *Server) distErrors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ew := &errorWriter{ResponseWriter: w}
+		next.ServeHTTP(ew, r)
+		ew.finish(s.log, r)
+	})
+}
+
+// maxHeldError bounds the error body errorWriter holds back.
+const maxHeldError = 64 << 10
+
+// errorWriter holds back a JSON error reply until the handler is done, so
+// that finish can decide whether it may go out as it is.
+type errorWriter struct {
+	http.ResponseWriter
+	status int
+	held   bool
+	body   bytes.Buffer
+}
+
+func (e *errorWriter) WriteHeader(code int) {
+	if e.status != 0 {
+		return
+	}
+	e.status = code
+	if code >= 400 && strings.HasPrefix(e.Header().Get("Content-Type"), "application/json") {
+		e.held = true
+		return
+	}
+	e.ResponseWriter.WriteHeader(code)
+}
+
+func (e *errorWriter) Write(p []byte) (int, error) {
+	if e.status == 0 {
+		e.WriteHeader(http.StatusOK)
+	}
+	if e.held {
+		if e.body.Len() < maxHeldError {
+			e.body.Write(p[:min(len(p), maxHeldError-e.body.Len())])
+		}
+		return len(p), nil
+	}
+	return e.ResponseWriter.Write(p)
+}
+
+// ReadFrom keeps the underlying response's ReadFrom (sendfile) for blob
+// bodies distribution serves.
+func (e *errorWriter) ReadFrom(src io.Reader) (int64, error) {
+	if e.status == 0 {
+		e.WriteHeader(http.StatusOK)
+	}
+	if rf, ok := e.ResponseWriter.(io.ReaderFrom); ok && !e.held {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(struct{ io.Writer }{e}, src)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (e *errorWriter) Unwrap() http.ResponseWriter { return e.ResponseWriter }
+
+// finish sends a held-back error reply: as it is for a client error, or
+// rewritten (see distErrors).
+func (e *errorWriter) finish(log *slog.Logger, r *http.Request) {
+	if !e.held {
+		return
+	}
+	body := e.body.String()
+	cond := ""
+	for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT} {
+		if strings.Contains(body, errno.Error()) {
+			cond = errno.Error()
+		}
+	}
+	full := cond != ""
+	if e.status < 500 && !full {
+		e.ResponseWriter.WriteHeader(e.status)
+		e.ResponseWriter.Write(e.body.Bytes())
+		return
+	}
+	log.LogAttrs(r.Context(), slog.LevelError, "storage error",
+		slog.String("method", r.Method), slog.String("path", r.URL.Path),
+		slog.Int("status", e.status), slog.String("reply", body))
+	e.Header().Del("Content-Length")
+	if full {
+		e.Header().Set("Retry-After", strconv.Itoa(int(StorageRetryAfter.Seconds())))
+		WriteError(e.ResponseWriter, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.WithMessage(
+			"the registry's storage is full ("+cond+"); nothing was stored: retry once space is freed"))
+		return
+	}
+	WriteError(e.ResponseWriter, e.status, errcode.ErrorCodeUnknown.WithMessage(
+		"the registry could not complete the request: a storage error (logged on the server); retry"))
 }

@@ -22,7 +22,7 @@ func (s *Server) routes() (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	fast, err := s.fastPaths(s.app)
+	fast, err := s.fastPaths(s.distErrors(s.app)) // errors.go
 	if err != nil {
 		return nil, err
 	}
