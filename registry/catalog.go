@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -19,7 +18,6 @@ import (
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/storage"
 	"github.com/distribution/distribution/v3/registry/storage/driver"
-	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -164,21 +162,29 @@ type tagEntry struct {
 	pushed time.Time
 }
 
-// NewCatalog opens the filesystem storage under dataDir/storage.
+// NewCatalog opens the filesystem storage under dataDir/storage, for
+// offline use (a server's catalog reads the server's storage: see
+// Server.Catalog).
 func NewCatalog(ctx context.Context, dataDir string) (*Catalog, error) {
 	if _, err := os.Stat(filepath.Join(dataDir, "storage")); err != nil {
 		return nil, fmt.Errorf("no registry storage in %s: %w", dataDir, err)
 	}
-	d, err := filesystem.FromParameters(map[string]any{"rootdirectory": path.Join(dataDir, "storage")})
+	st, err := openBackend(ctx, Options{DataDir: dataDir})
 	if err != nil {
-		return nil, fmt.Errorf("opening storage in %s: %w", dataDir, err)
+		return nil, err
 	}
-	ns, err := storage.NewRegistry(ctx, d, storage.EnableDelete)
+	return newCatalog(ctx, st.driver, filepath.Join(dataDir, "catalog-cache.jsonl"))
+}
+
+// newCatalog reads the storage behind drv; cache is the summary cache
+// file ("" for none).
+func newCatalog(ctx context.Context, drv driver.StorageDriver, cache string) (*Catalog, error) {
+	ns, err := storage.NewRegistry(ctx, drv, storage.EnableDelete)
 	if err != nil {
-		return nil, fmt.Errorf("opening storage in %s: %w", dataDir, err)
+		return nil, fmt.Errorf("opening storage: %w", err)
 	}
-	return &Catalog{ns: ns, driver: d, repos: map[string]*repoEntry{}, sums: map[digest.Digest]*Summary{},
-		cache: filepath.Join(dataDir, "catalog-cache.jsonl"), cacheReady: make(chan struct{})}, nil
+	return &Catalog{ns: ns, driver: drv, repos: map[string]*repoEntry{}, sums: map[digest.Digest]*Summary{},
+		cache: cache, cacheReady: make(chan struct{})}, nil
 }
 
 // extras is the per-Server state of the catalog, events and read-only
@@ -198,7 +204,10 @@ type extras struct {
 // that cannot be opened fails the server's start (a nil catalog would fail
 // the UI later).
 func newExtras(s *Server) (*extras, error) {
-	cat, err := NewCatalog(context.Background(), s.opts.DataDir)
+	if s.store == nil {
+		return nil, errors.New("registry: no storage")
+	}
+	cat, err := newCatalog(context.Background(), s.store.driver, filepath.Join(s.opts.DataDir, "catalog-cache.jsonl"))
 	if err != nil {
 		return nil, err
 	}
@@ -480,7 +489,7 @@ func (c *Catalog) refresh(ctx context.Context, e *repoEntry) error {
 		}
 		if err != nil {
 			// No tags directory: does the repository exist at all?
-			_, serr := c.driver.Stat(ctx, "/docker/registry/v2/repositories/"+e.name)
+			_, serr := c.driver.Stat(ctx, repoPath(e.name))
 			c.mu.Lock()
 			e.gone = isPathNotFound(serr)
 			c.mu.Unlock()
@@ -549,10 +558,6 @@ func (c *Catalog) readTag(ctx context.Context, repo distribution.Repository, nam
 		t.pushed = fi.ModTime().UTC()
 	}
 	return t, nil
-}
-
-func tagLinkPath(repo, tag string) string {
-	return "/docker/registry/v2/repositories/" + repo + "/_manifests/tags/" + tag + "/current/link"
 }
 
 func (c *Catalog) repository(ctx context.Context, name string) (distribution.Repository, error) {

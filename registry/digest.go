@@ -34,20 +34,6 @@ import (
 // storage driver, in its own layout. Deleting by either digest removes the
 // content's links under both.
 
-const v2Root = "/docker/registry/v2"
-
-// linkDir is the directory distribution keeps kind's links of repo in.
-func linkDir(repo, kind string) string {
-	if kind == "manifests" {
-		return path.Join(v2Root, "repositories", repo, "_manifests", "revisions")
-	}
-	return path.Join(v2Root, "repositories", repo, "_layers")
-}
-
-func linkPath(repo, kind string, d digest.Digest) string {
-	return path.Join(linkDir(repo, kind), d.Algorithm().String(), d.Encoded(), "link")
-}
-
 // readAlias returns the digest the link of d in repo points to.
 func (a *ociAPI) readAlias(ctx context.Context, repo, kind string, d digest.Digest) (digest.Digest, error) {
 	return readLink(ctx, a.drv, repo, kind, d)
@@ -282,7 +268,7 @@ func (a *ociAPI) upload(w http.ResponseWriter, r *http.Request, p apiPath) {
 	}
 	if r.Method == http.MethodPut && hw.status == http.StatusBadRequest &&
 		bytes.Contains(hw.errBody, []byte(`"DIGEST_INVALID"`)) {
-		if err := a.dropUpload(p.repo, p.ref); err != nil {
+		if err := a.dropUpload(r.Context(), p.repo, p.ref); err != nil {
 			a.s.log.Warn("removing failed upload", "repo", p.repo, "upload", p.ref, "err", err)
 		}
 	}
@@ -290,20 +276,24 @@ func (a *ociAPI) upload(w http.ResponseWriter, r *http.Request, p apiPath) {
 
 // dropUpload removes an upload whose completion failed its digest check
 // (distribution means to but does not: "error canceling upload after
-// error: already closed"), and the directories it leaves empty, up to the
-// repository: a push with a wrong digest leaves nothing behind. rmdir only
-// removes empty directories, so concurrent uploads to the repository keep
-// theirs.
-func (a *ociAPI) dropUpload(repo, id string) error {
+// error: already closed"). On a filesystem store it also removes the
+// directories that leaves empty, up to the repository: a push with a wrong
+// digest leaves nothing behind. rmdir only removes empty directories, so
+// concurrent uploads to the repository keep theirs. (An object store has
+// no directories to leave.)
+func (a *ociAPI) dropUpload(ctx context.Context, repo, id string) error {
 	if id == "" || strings.ContainsAny(id, `/\`) || id == "." || id == ".." {
 		return nil
 	}
-	root := filepath.Join(a.s.opts.DataDir, "storage", filepath.FromSlash(v2Root), "repositories")
-	dir := filepath.Join(root, filepath.FromSlash(repo), "_uploads", id)
-	if err := os.RemoveAll(dir); err != nil {
+	if err := a.drv.Delete(ctx, uploadPath(repo, id)); err != nil && !isPathNotFound(err) {
 		return err
 	}
-	for d := filepath.Dir(dir); strings.HasPrefix(d, root+string(filepath.Separator)); d = filepath.Dir(d) {
+	root, ok := a.s.store.fsRoot()
+	if !ok {
+		return nil
+	}
+	top := fsPath(root, reposPath())
+	for d := filepath.Dir(fsPath(root, uploadPath(repo, id))); strings.HasPrefix(d, top+string(filepath.Separator)); d = filepath.Dir(d) {
 		if os.Remove(d) != nil {
 			break // not empty: in use
 		}

@@ -197,7 +197,7 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			return nil, fmt.Errorf("removing empty repository %s: %w", p.name, err)
 		}
 	}
-	if _, err := c.driver.Stat(ctx, "/docker/registry/v2/repositories"); isPathNotFound(err) {
+	if _, err := c.driver.Stat(ctx, reposPath()); isPathNotFound(err) {
 		// No repository at all (a fresh storage): MarkAndSweep fails on the
 		// missing repositories root, and on the missing blobs root after
 		// it, so it is skipped here rather than taught about either. No

@@ -137,7 +137,7 @@ func (a *ociAPI) putManifest(w http.ResponseWriter, r *http.Request, p apiPath) 
 			}
 		}
 		if isReferrer {
-			if err := a.idx.add(p.repo, subject, desc); err != nil {
+			if err := a.idx.add(r.Context(), p.repo, subject, desc); err != nil {
 				return 0, err
 			}
 			w.Header().Set("OCI-Subject", subject.String())
@@ -174,9 +174,9 @@ func (a *ociAPI) deleteManifest(w http.ResponseWriter, r *http.Request, p apiPat
 		if alias != nil {
 			canonical = alias.canonical
 		}
-		errs := []error{a.idx.remove(p.repo, d), a.dropAliases(r.Context(), p.repo, "manifests", canonical)}
+		errs := []error{a.idx.remove(r.Context(), p.repo, d), a.dropAliases(r.Context(), p.repo, "manifests", canonical)}
 		if d != canonical {
-			errs = append(errs, a.idx.remove(p.repo, canonical))
+			errs = append(errs, a.idx.remove(r.Context(), p.repo, canonical))
 		}
 		if err := errors.Join(errs...); err != nil {
 			return 0, err

@@ -74,6 +74,16 @@ func openBackend(ctx context.Context, opts Options) (*backend, error) {
 	return st, nil
 }
 
+// fsRoot is the root directory of a filesystem store; ok is false for
+// any other driver. The filesystem-only fast paths use it.
+func (st *backend) fsRoot() (root string, ok bool) {
+	if st.name != "filesystem" {
+		return "", false
+	}
+	root, _ = st.params["rootdirectory"].(string)
+	return root, root != ""
+}
+
 // section is distribution's storage configuration for the same driver.
 func (st *backend) section() configuration.Storage {
 	s := configuration.Storage{st.name: st.params}
@@ -122,11 +132,6 @@ func readSecretFile(what, path string) (string, error) {
 	}
 	return s, nil
 }
-
-// secretCheckPath holds an HMAC of the HTTP secret (never the secret) so
-// that a replica with another secret is refused at start. It lies outside
-// distribution's tree.
-const secretCheckPath = "/labreg/http-secret.hmac"
 
 // checkShared probes a shared store with the credentials (a missing bucket
 // or a refused key is one line here, not a 500 later) and checks that
