@@ -183,3 +183,20 @@ func (st *backend) explain(err error) error {
 	}
 	return fmt.Errorf("storage %s: %s: %s", st.spec, ae.Code(), ae.Message())
 }
+
+// StorageUsed is the size of everything in the registry's storage (blobs,
+// links, uploads in progress, labreg's own index), walked through the
+// storage driver: on a shared store it is the whole cluster's.
+func (c *Catalog) StorageUsed(ctx context.Context) (int64, error) {
+	var n int64
+	err := c.driver.Walk(ctx, "/", func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	if isPathNotFound(err) {
+		return 0, nil
+	}
+	return n, err
+}

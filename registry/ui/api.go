@@ -38,7 +38,7 @@ func (u *UI) routesAPI() {
 		writeJSON(w, http.StatusOK, u.eventsView(r.URL.Query()))
 	})
 	u.mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, u.statusView())
+		writeJSON(w, http.StatusOK, u.statusView(r.Context()))
 	})
 	u.mux.HandleFunc("POST /api/gc", u.apiGC)
 	u.mux.HandleFunc("POST /api/scrub", u.apiScrub)

@@ -2,6 +2,7 @@ package ui
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"html/template"
@@ -415,8 +416,8 @@ type StatusView struct {
 	Scrub bool `json:"scrub"`
 }
 
-func (u *UI) statusView() *StatusView {
-	s := &StatusView{Version: u.opts.Version, DataDir: u.opts.DataDir, StorageUsed: u.storageUsed(),
+func (u *UI) statusView(ctx context.Context) *StatusView {
+	s := &StatusView{Version: u.opts.Version, DataDir: u.opts.DataDir, StorageUsed: u.storageUsed(ctx),
 		Advertise: u.opts.Advertise, UIReadOnly: u.opts.ReadOnly, Scrub: u.opts.Scrub != nil}
 	if busy, why := u.opts.ReadOnlyState(); busy {
 		s.Busy = why
@@ -428,7 +429,7 @@ func (u *UI) statusView() *StatusView {
 }
 
 func (u *UI) status(w http.ResponseWriter, r *http.Request) {
-	u.render(w, r, http.StatusOK, "status", "Status", u.statusView())
+	u.render(w, r, http.StatusOK, "status", "Status", u.statusView(r.Context()))
 }
 
 // GCView is the garbage-collection page.

@@ -22,7 +22,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -316,22 +315,27 @@ func redact(s Setting) Setting {
 	return s
 }
 
-// storageUsed sums the file sizes under the data dir, at most once a minute.
-func (u *UI) storageUsed() int64 {
+// storageMeter is a Catalog that can size its storage (*registry.Catalog).
+type storageMeter interface {
+	StorageUsed(ctx context.Context) (int64, error)
+}
+
+// storageUsed is the size of the registry's storage, measured at most
+// once a minute; 0 when the catalog cannot tell.
+func (u *UI) storageUsed(ctx context.Context) int64 {
 	u.duMu.Lock()
 	defer u.duMu.Unlock()
 	if time.Since(u.duAt) < time.Minute {
 		return u.duSize
 	}
-	var n int64
-	filepath.WalkDir(u.opts.DataDir, func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
+	m, ok := u.opts.Catalog.(storageMeter)
+	if !ok {
+		return 0
+	}
+	n, err := m.StorageUsed(ctx)
+	if err != nil {
+		return u.duSize // the last figure until the store answers again
+	}
 	u.duAt, u.duSize = time.Now(), n
 	return n
 }
