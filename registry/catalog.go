@@ -76,6 +76,9 @@ type Catalog struct {
 	ns     distribution.Namespace
 	driver driver.StorageDriver
 	gate   *gate // nil: no runtime read-only mode (offline use)
+	// onChange is the server's bookkeeping of manifest changes
+	// (changes.go); nil offline.
+	onChange *changes
 
 	mu       sync.Mutex // guards the fields below
 	loaded   bool
@@ -192,6 +195,7 @@ func newCatalog(ctx context.Context, drv driver.StorageDriver, cache string) (*C
 type extras struct {
 	catalog *Catalog
 	events  *EventLog
+	changes *changes // what follows a manifest change (changes.go)
 	gate    *gate
 	dataDir string
 	lock    *os.File // <data>/.lock, locked shared while writes run (see gate)
@@ -214,6 +218,8 @@ func newExtras(s *Server) (*extras, error) {
 	e := &extras{catalog: cat, gate: newGate(), dataDir: s.opts.DataDir}
 	cat.gate = e.gate
 	e.events = openEventLog(s.opts.DataDir, s.log)
+	e.changes = &changes{drv: s.store.driver, idx: s.referrerIndex(), catalog: cat, events: e.events, log: s.log}
+	cat.onChange = e.changes
 	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
 		e.lock = f
 		e.gate.lock = f
@@ -920,65 +926,6 @@ func Dockerfile(hist []ocispec.History) []string {
 		out = append(out, line)
 	}
 	return out
-}
-
-// DeleteTag removes one tag; other tags on the same digest stay.
-func (c *Catalog) DeleteTag(ctx context.Context, repo, tag string) (digest.Digest, error) {
-	id, ok, reason := c.gate.enter(nil)
-	if !ok {
-		return "", &BusyError{Reason: reason}
-	}
-	defer c.gate.leave(id)
-	r, err := c.repository(ctx, repo)
-	if err != nil {
-		return "", err
-	}
-	t, err := c.readTag(ctx, r, repo, tag)
-	if err != nil {
-		return "", err
-	}
-	if err := r.Tags(ctx).Untag(ctx, tag); err != nil {
-		return "", fmt.Errorf("deleting tag %s:%s: %w", repo, tag, err)
-	}
-	c.Touch(repo, tag)
-	return t.digest, nil
-}
-
-// DeleteManifest removes the manifest dgst from repo and every tag that
-// points to it, and returns those tags.
-func (c *Catalog) DeleteManifest(ctx context.Context, repo string, dgst digest.Digest) ([]string, error) {
-	id, ok, reason := c.gate.enter(nil)
-	if !ok {
-		return nil, &BusyError{Reason: reason}
-	}
-	defer c.gate.leave(id)
-	r, err := c.repository(ctx, repo)
-	if err != nil {
-		return nil, err
-	}
-	tags, err := r.Tags(ctx).Lookup(ctx, ocispec.Descriptor{Digest: dgst})
-	if err != nil && !isPathNotFound(err) {
-		return nil, fmt.Errorf("finding tags of %s@%s: %w", repo, dgst, err)
-	}
-	for _, t := range tags {
-		if err := r.Tags(ctx).Untag(ctx, t); err != nil {
-			return nil, fmt.Errorf("deleting tag %s:%s: %w", repo, t, err)
-		}
-	}
-	ms, err := r.Manifests(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("opening manifests of %s: %w", repo, err)
-	}
-	if err := ms.Delete(ctx, dgst); err != nil {
-		var unknown distribution.ErrManifestUnknownRevision
-		if errors.As(err, &unknown) || isPathNotFound(err) {
-			return nil, fmt.Errorf("manifest %s@%s: %w", repo, dgst, ErrNotFound)
-		}
-		return nil, fmt.Errorf("deleting manifest %s@%s: %w", repo, dgst, err)
-	}
-	c.Touch(repo, "")
-	sort.Strings(tags)
-	return tags, nil
 }
 
 func isPathNotFound(err error) bool {

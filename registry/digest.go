@@ -53,9 +53,9 @@ func readLink(ctx context.Context, drv storagedriver.StorageDriver, repo, kind s
 
 // dropAliases deletes the non-canonical links of repo that point to
 // canonical.
-func (a *ociAPI) dropAliases(ctx context.Context, repo, kind string, canonical digest.Digest) error {
+func dropAliases(ctx context.Context, drv storagedriver.StorageDriver, repo, kind string, canonical digest.Digest) error {
 	var nf storagedriver.PathNotFoundError
-	algs, err := a.drv.List(ctx, linkDir(repo, kind))
+	algs, err := drv.List(ctx, linkDir(repo, kind))
 	if errors.As(err, &nf) {
 		return nil
 	}
@@ -68,7 +68,7 @@ func (a *ociAPI) dropAliases(ctx context.Context, repo, kind string, canonical d
 		if alg == digest.Canonical || !alg.Available() {
 			continue
 		}
-		dirs, err := a.drv.List(ctx, algDir)
+		dirs, err := drv.List(ctx, algDir)
 		if err != nil && !errors.As(err, &nf) {
 			errs = append(errs, err)
 			continue
@@ -78,8 +78,8 @@ func (a *ociAPI) dropAliases(ctx context.Context, repo, kind string, canonical d
 			if d.Validate() != nil {
 				continue
 			}
-			if c, err := a.readAlias(ctx, repo, kind, d); err == nil && c == canonical {
-				if err := a.drv.Delete(ctx, dir); err != nil && !errors.As(err, &nf) {
+			if c, err := readLink(ctx, drv, repo, kind, d); err == nil && c == canonical {
+				if err := drv.Delete(ctx, dir); err != nil && !errors.As(err, &nf) {
 					errs = append(errs, err)
 				}
 			}
@@ -117,16 +117,6 @@ func (a *ociAPI) manifestAlias(w http.ResponseWriter, r *http.Request, p apiPath
 	}
 	c := digest.FromBytes(body)
 	return &aliasPut{req: withRef(r, p, c.String()), repo: p.repo, alias: d, canonical: c}, true
-}
-
-// commit links the alias to the stored manifest and gives the client the
-// digest it pushed by.
-func (ap *aliasPut) commit(ctx context.Context, a *ociAPI, w http.ResponseWriter) error {
-	if err := a.drv.PutContent(ctx, linkPath(ap.repo, "manifests", ap.alias), []byte(ap.canonical)); err != nil {
-		return fmt.Errorf("linking manifest %s to %s: %w", ap.alias, ap.canonical, err)
-	}
-	renameDigest(w.Header(), ap.canonical, ap.alias)
-	return nil
 }
 
 // renameDigest rewrites the digest headers of a response from canonical to
@@ -197,7 +187,7 @@ func (a *ociAPI) digests(w http.ResponseWriter, r *http.Request, p apiPath) {
 			return status, nil
 		}
 		if isDelete {
-			return status, a.dropAliases(r.Context(), p.repo, "blobs", canonical)
+			return status, dropAliases(r.Context(), a.drv, p.repo, "blobs", canonical)
 		}
 		renameDigest(w.Header(), canonical, d)
 		return status, nil

@@ -190,6 +190,9 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			if err := vacuum.RemoveManifest(p.name, d, p.tags); err != nil {
 				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
 			}
+			if err := c.changes().OnDeleteManifest(WithActor(ctx, Actor{Via: "gc"}), p.name, d, d, nil); err != nil {
+				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
+			}
 		}
 	}
 	for _, p := range emptyRepos {

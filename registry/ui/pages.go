@@ -333,7 +333,9 @@ func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
 		u.fail(w, r, fmt.Errorf("%v: %w", err, errForbidden))
 		return
 	}
-	ctx := r.Context()
+	// The registry records the deletes in its history (one place where a
+	// manifest changes), with this actor.
+	ctx := registry.WithActor(r.Context(), registry.Actor{User: user(r), Addr: r.RemoteAddr, Via: "ui"})
 	switch verb {
 	case "delete-tags":
 		tags := r.PostForm["tag"]
@@ -342,12 +344,10 @@ func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, t := range tags {
-			d, err := u.opts.Catalog.DeleteTag(ctx, repo, t)
-			if err != nil {
+			if _, err := u.opts.Catalog.DeleteTag(ctx, repo, t); err != nil {
 				u.fail(w, r, err)
 				return
 			}
-			u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Tag: t, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "ui"})
 		}
 		redirect(w, r, "/r/"+repo, fmt.Sprintf("Deleted tag %s (other tags on the same digest stay).", strings.Join(tags, ", ")))
 	case "delete-manifest":
@@ -361,8 +361,6 @@ func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
-		u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "ui",
-			Detail: "tags: " + strings.Join(tags, ", ")})
 		msg := "Deleted manifest " + shortDigest(d)
 		if len(tags) > 0 {
 			msg += " and its tags " + strings.Join(tags, ", ")
