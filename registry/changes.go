@@ -20,7 +20,7 @@ import (
 // Catalog.DeleteManifest) and GC (gc.go) — calls OnUpdateManifest,
 // OnDeleteManifest or OnUntag once distribution has made the change, and
 // these keep the sha512 aliases, the referrer index, the catalog index
-// and the event history in step, in step.
+// and the event history in step, in step, and tell the other replicas (journal.go).
 //
 // The read-only gate is entered before distribution's call: by hooks
 // (events.go) for every /v2 write, by the Catalog for the UI's deletes,
@@ -33,6 +33,7 @@ type changes struct {
 	idx     referrerIndex
 	catalog *Catalog
 	events  *EventLog
+	journal *journal // nil unless the store is shared (journal.go)
 	log     *slog.Logger
 }
 
@@ -134,6 +135,9 @@ func (c *changes) record(ctx context.Context, ev Event) {
 	}
 	if c.events != nil {
 		c.events.Add(ev)
+	}
+	if c.journal != nil {
+		c.journal.publish(ctx, journalEntry{Repo: ev.Repo, Event: &ev})
 	}
 }
 

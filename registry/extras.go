@@ -16,6 +16,7 @@ type extras struct {
 	catalog *Catalog
 	events  *EventLog
 	changes *changes // what follows a manifest change (changes.go)
+	journal *journal // the shared store's change journal; nil on a store of one's own
 	gate    *gate
 	dataDir string
 	lock    *os.File // <data>/.lock, locked shared while writes run (see gate)
@@ -39,6 +40,14 @@ func newExtras(s *Server) (*extras, error) {
 	cat.gate = e.gate
 	e.events = openEventLog(s.opts.DataDir, s.log)
 	e.changes = &changes{drv: s.store.driver, idx: s.referrerIndex(), catalog: cat, events: e.events, log: s.log}
+	if s.store.spec.Shared() {
+		id, err := replicaID(s.opts.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		e.journal = newJournal(s.store.driver, id, s.log)
+		e.changes.journal = e.journal
+	}
 	cat.onChange = e.changes
 	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
 		e.lock = f

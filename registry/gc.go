@@ -70,8 +70,10 @@ func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		return nil, err
 	}
 	if !opts.DryRun {
-		s.Events().Add(Event{Action: "gc", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
-			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))})
+		ev := Event{Time: time.Now().UTC(), Action: "gc", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
+			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))}
+		s.Events().Add(ev)
+		s.afterGC(ctx, res, ev)
 	}
 	return res, nil
 }
