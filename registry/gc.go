@@ -58,6 +58,15 @@ type GCResult struct {
 // is read-only (pushes get 503 with Retry-After) from the start of the mark
 // until the sweep ends. The outcome is recorded as a "gc" event.
 func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
+	if !opts.DryRun && s.extras.journal != nil {
+		// A shared store: one GC at a time in the cluster, every replica
+		// read-only (gclease.go). Released after the GC's journal entry.
+		release, err := s.acquireGC(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	if !opts.DryRun {
 		resume, err := s.ReadOnly(ctx, "garbage collection")
 		if err != nil {

@@ -174,7 +174,8 @@ func (j *journal) poll(ctx context.Context, since time.Time, apply func(journalE
 }
 
 // followJournal applies the other replicas' changes to this server until
-// ctx ends. At start it imports the events of the entries newer than the
+// ctx ends, keeps its heartbeat, and follows other replicas' GC leases
+// (gclease.go). At start it imports the events of the entries newer than the
 // newest event already in the history.
 func (s *Server) followJournal(ctx context.Context) {
 	e := s.extras
@@ -185,11 +186,21 @@ func (s *Server) followJournal(ctx context.Context) {
 	apply := func(je journalEntry) { s.applyJournal(ctx, je) }
 	tick := time.NewTicker(journalPoll)
 	defer tick.Stop()
+	var gc remoteGC
+	var beat time.Time
 	for {
+		if time.Since(beat) >= heartbeatEvery {
+			if err := e.journal.heartbeat(ctx); err == nil {
+				beat = time.Now()
+			}
+		}
 		if err := e.journal.poll(ctx, since, apply); err != nil && ctx.Err() == nil {
 			s.log.Warn("reading the change journal", "err", err)
 		}
 		since = time.Time{}
+		// After the journal: a GC's entry (drop cached blobs) is applied
+		// before its lease's end reopens this replica.
+		s.followLease(ctx, &gc)
 		select {
 		case <-ctx.Done():
 			return

@@ -1,8 +1,10 @@
 package registry_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -10,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -167,4 +172,154 @@ func TestS3ReplicasAgree(t *testing.T) {
 		}
 	}
 	t.Logf("B agreed with A %s after the push", time.Since(pushed).Round(time.Millisecond))
+}
+
+// TestS3GCAcrossReplicas is #11's acceptance 4: a GC started through B
+// while a client is pushing through A turns A read-only (503 with
+// Retry-After) until it is done; then a deleted image's blobs are 404
+// through A and B, although both served them (and cached their
+// descriptors in the shared Redis) before, and everything still
+// referenced pulls through both.
+func TestS3GCAcrossReplicas(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	secret := writeSecret(t, strings.Repeat("gc-both!", 8))
+	redis := "redis://" + testenv.Redis(t) + "/3"
+	optsA := s3Replica(t, store, bucket, secret)
+	optsA.Redis = redis
+	optsB := s3Replica(t, store, bucket, secret)
+	optsB.Redis = redis
+	addrA, _ := testenv.Registry(t, optsA)
+	addrB, srvB := testenv.Registry(t, optsB)
+	baseA, baseB := "http://"+addrA, "http://"+addrB
+
+	keep, err := random.Image(1<<20, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := random.Image(1<<20, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Push(t, addrA+"/lab/keep:v1", keep)
+	goneDigest := testenv.Push(t, addrA+"/lab/gone:v1", gone)
+	var goneBlobs []string
+	goneLayers, _ := gone.Layers()
+	for _, l := range goneLayers {
+		d, _ := l.Digest()
+		goneBlobs = append(goneBlobs, d.String())
+	}
+	cfgName, _ := gone.ConfigName()
+	goneBlobs = append(goneBlobs, cfgName.String())
+	for _, base := range []string{baseA, baseB} { // served, descriptors cached
+		for _, b := range goneBlobs {
+			if status, _, _ := biDo(t, "GET", base+"/v2/lab/gone/blobs/"+b, nil, false); status != http.StatusOK {
+				t.Fatalf("before GC: GET %s through %s: %d", b, base, status)
+			}
+		}
+	}
+	if status, _, body := biDo(t, "DELETE", baseA+"/v2/lab/gone/manifests/"+goneDigest.String(), nil, false); status != http.StatusAccepted {
+		t.Fatalf("deleting the image: %d %s", status, body)
+	}
+
+	// A client pushing through A: an upload whose PATCH is in flight.
+	status, hdr, body := biDo(t, "POST", baseA+"/v2/lab/pushing/blobs/uploads/", nil, false)
+	if status != http.StatusAccepted {
+		t.Fatalf("starting an upload through A: %d %s", status, body)
+	}
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequestWithContext(t.Context(), "PATCH", s3Absolute(addrA, hdr.Get("Location")), pr)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	patched := make(chan int, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			patched <- 0
+			return
+		}
+		resp.Body.Close()
+		patched <- resp.StatusCode
+	}()
+	if _, err := pw.Write([]byte("the first bytes of a push through A")); err != nil {
+		t.Fatal(err)
+	}
+
+	type gcOutcome struct {
+		res *registry.GCResult
+		err error
+	}
+	gcDone := make(chan gcOutcome, 1)
+	go func() {
+		res, err := srvB.GC(context.Background(), registry.GCOptions{})
+		gcDone <- gcOutcome{res, err}
+	}()
+
+	// A turns read-only: a new push gets 503 with Retry-After. (The GC
+	// cannot end before: it waits for A, which waits for the PATCH.)
+	refused := eventually(time.Now().Add(20*time.Second), func() string {
+		status, hdr, _ := biDo(t, "POST", baseA+"/v2/lab/other/blobs/uploads/", nil, false)
+		if status != http.StatusServiceUnavailable || hdr.Get("Retry-After") == "" {
+			return fmt.Sprintf("%d, Retry-After %q", status, hdr.Get("Retry-After"))
+		}
+		return ""
+	})
+	if refused != "" {
+		t.Errorf("a push through A while B runs GC: %s, want 503 with Retry-After", refused)
+	}
+	pw.Close() // the push in flight ends; then the GC runs
+	if st := <-patched; st != http.StatusAccepted {
+		t.Errorf("the PATCH in flight when GC began: %d, want 202 (drained, not cut)", st)
+	}
+	var out gcOutcome
+	select {
+	case out = <-gcDone:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("GC through B did not end")
+	}
+	if out.err != nil {
+		t.Fatalf("GC through B: %v", out.err)
+	}
+	if len(out.res.Blobs) < len(goneBlobs) {
+		t.Errorf("GC removed %d blobs, want at least the deleted image's %d", len(out.res.Blobs), len(goneBlobs))
+	}
+
+	for _, base := range []string{baseA, baseB} {
+		for _, b := range goneBlobs {
+			why := eventually(time.Now().Add(2*time.Second), func() string {
+				for _, m := range []string{"HEAD", "GET"} {
+					if status, _, body := biDo(t, m, base+"/v2/lab/gone/blobs/"+b, nil, false); status != http.StatusNotFound {
+						return fmt.Sprintf("%s %d (%d bytes)", m, status, len(body))
+					}
+				}
+				return ""
+			})
+			if why != "" {
+				t.Errorf("removed blob %s through %s: %s, want 404", b, base, why)
+			}
+		}
+		ref, _ := name.ParseReference(strings.TrimPrefix(base, "http://")+"/lab/keep:v1", name.Insecure)
+		img, err := remote.Image(ref)
+		if err != nil {
+			t.Fatalf("pulling lab/keep:v1 through %s after GC: %v", base, err)
+		}
+		layers, _ := img.Layers()
+		for _, l := range layers {
+			rc, err := l.Compressed()
+			if err == nil {
+				_, err = io.Copy(io.Discard, rc) // verifies the digest
+				rc.Close()
+			}
+			if err != nil {
+				t.Errorf("a layer of lab/keep:v1 through %s after GC: %v", base, err)
+			}
+		}
+	}
+	// A accepts writes again once the lease is gone.
+	if why := eventually(time.Now().Add(2*time.Second), func() string {
+		if status, _, _ := biDo(t, "POST", baseA+"/v2/lab/other/blobs/uploads/", nil, false); status != http.StatusAccepted {
+			return fmt.Sprint(status)
+		}
+		return ""
+	}); why != "" {
+		t.Errorf("a push through A after GC: %s, want 202", why)
+	}
 }
