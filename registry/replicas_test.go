@@ -1,14 +1,18 @@
 package registry_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -321,5 +325,93 @@ func TestS3GCAcrossReplicas(t *testing.T) {
 		return ""
 	}); why != "" {
 		t.Errorf("a push through A after GC: %s, want 202", why)
+	}
+}
+
+// TestS3KillMidUpload is #11's acceptance 5: `labreg serve` A is killed
+// with SIGKILL in the middle of an upload's second PATCH; the client asks
+// B where the upload stands, sends the rest through B and commits it
+// there with the right digest.
+func TestS3KillMidUpload(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	access, secretKey := store.KeyFiles(t)
+	secret := writeSecret(t, strings.Repeat("killed!!", 8))
+	a := testenv.Serve(t, "", "--storage", store.URL(bucket), "--s3-access-key-file", access,
+		"--s3-secret-key-file", secretKey, "--http-secret-file", secret)
+	addrB, _ := testenv.Registry(t, s3Replica(t, store, bucket, secret))
+
+	content := make([]byte, 12<<20)
+	if _, err := rand.Read(content); err != nil {
+		t.Fatal(err)
+	}
+	first := content[:6<<20]
+	want := digest.FromBytes(content)
+
+	status, hdr, body := biDo(t, "POST", "http://"+a.Addr+"/v2/lab/killed/blobs/uploads/", nil, false)
+	if status != http.StatusAccepted {
+		t.Fatalf("starting the upload through A: %d %s", status, body)
+	}
+	r := s3Do(t, "PATCH", s3Absolute(a.Addr, hdr.Get("Location")), first,
+		http.Header{"Content-Type": {"application/octet-stream"}, "Content-Range": {fmt.Sprintf("0-%d", len(first)-1)}})
+	if r.StatusCode != http.StatusAccepted {
+		t.Fatalf("first PATCH through A: %s %s", r.Status, r.body)
+	}
+	loc := r.Header.Get("Location")
+
+	// The second PATCH is cut by A's death.
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequestWithContext(t.Context(), "PATCH", s3Absolute(a.Addr, loc), pr)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	cut := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("answered %s", resp.Status)
+		}
+		cut <- err
+	}()
+	if _, err := pw.Write(content[len(first) : len(first)+(1<<20)]); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	pw.CloseWithError(errors.New("A died"))
+	<-cut
+
+	// Where does the upload stand? B answers from the store.
+	st := s3Do(t, "GET", s3Absolute(addrB, loc), nil, nil)
+	if st.StatusCode != http.StatusNoContent {
+		t.Fatalf("upload status through B after A died: %s %s", st.Status, st.body)
+	}
+	var end int
+	if _, err := fmt.Sscanf(st.Header.Get("Range"), "0-%d", &end); err != nil {
+		t.Fatalf("upload status through B: Range %q", st.Header.Get("Range"))
+	}
+	offset := end + 1
+	if offset != len(first) {
+		t.Logf("B reports %d bytes stored (the first PATCH had %d)", offset, len(first))
+	}
+	if offset > len(content) || offset < len(first) {
+		t.Fatalf("B reports %d bytes stored; the first PATCH had %d", offset, len(first))
+	}
+	rest := content[offset:]
+	r = s3Do(t, "PATCH", s3Absolute(addrB, st.Header.Get("Location")), rest,
+		http.Header{"Content-Type": {"application/octet-stream"}, "Content-Range": {fmt.Sprintf("%d-%d", offset, len(content)-1)}})
+	if r.StatusCode != http.StatusAccepted {
+		t.Fatalf("PATCH of the rest through B: %s %s", r.Status, r.body)
+	}
+	put := s3Absolute(addrB, r.Header.Get("Location"))
+	sep := "?"
+	if strings.Contains(put, "?") {
+		sep = "&"
+	}
+	r = s3Do(t, "PUT", put+sep+"digest="+want.String(), nil, nil)
+	if r.StatusCode != http.StatusCreated || r.Header.Get("Docker-Content-Digest") != want.String() {
+		t.Fatalf("committing through B: %s %s %s", r.Status, r.Header.Get("Docker-Content-Digest"), r.body)
+	}
+	if got := s3GetBlob(t, addrB, "lab/killed", want.String()); !bytes.Equal(got, content) {
+		t.Errorf("the committed blob through B: %d bytes differ from the %d sent", len(got), len(content))
 	}
 }
