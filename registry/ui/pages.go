@@ -219,7 +219,7 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, fmt.Errorf("digest %q: %v: %w", arg, err, errBadRequest))
 			return
 		}
-		img, err := u.opts.Catalog.Image(ctx, repo, d)
+		img, err := imageOf(ctx, u.opts.Catalog, repo, d)
 		if err != nil {
 			u.fail(w, r, err)
 			return
@@ -278,7 +278,7 @@ func (u *UI) tagRow(repo string, g TagGroup) (template.HTML, error) {
 
 // ImageView is the tag detail page.
 type ImageView struct {
-	*registry.Image
+	*Image
 	Ref       string // repo:tag or repo@digest
 	Tag       string // "" when opened by digest
 	Pull      string
@@ -295,7 +295,7 @@ type Referrer struct {
 }
 
 func (u *UI) imageView(r *http.Request, repo string, d digest.Digest, verb, arg string) (*ImageView, error) {
-	img, err := u.opts.Catalog.Image(r.Context(), repo, d)
+	img, err := imageOf(r.Context(), u.opts.Catalog, repo, d)
 	if err != nil {
 		return nil, err
 	}

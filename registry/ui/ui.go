@@ -40,7 +40,8 @@ type Catalog interface {
 	Repositories(ctx context.Context) ([]registry.Repository, error)
 	Tags(ctx context.Context, repo string) (registry.Repository, []registry.Tag, error)
 	Resolve(ctx context.Context, repo, ref string) (digest.Digest, error)
-	Image(ctx context.Context, repo string, dgst digest.Digest) (*registry.Image, error)
+	Manifest(ctx context.Context, repo string, dgst digest.Digest) (*registry.Manifest, error)
+	TagsOf(ctx context.Context, repo string, dgst digest.Digest) ([]string, error)
 	DeleteTag(ctx context.Context, repo, tag string) (digest.Digest, error)
 	DeleteManifest(ctx context.Context, repo string, dgst digest.Digest) ([]string, error)
 }
