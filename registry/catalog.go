@@ -1,28 +1,20 @@
 package registry
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
-	"runtime"
 	"sort"
-	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/storage"
 	"github.com/distribution/distribution/v3/registry/storage/driver"
-	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Repository summarises one repository for the catalog.
@@ -45,31 +37,6 @@ type Tag struct {
 	*Summary
 }
 
-// Summary is what the catalog knows about one manifest. Content is
-// immutable, so summaries are cached by digest for the process lifetime.
-type Summary struct {
-	MediaType    string `json:"media_type"`
-	ArtifactType string `json:"artifact_type,omitempty"`
-	// Size is the compressed size: config and layers of an image, the
-	// distinct config and layer blobs of every child of an index.
-	Size int64 `json:"size"`
-	// Created comes from the image config (the newest child of an index).
-	Created time.Time `json:"created,omitzero"`
-	// Platforms lists os/arch[/variant] of an image or of each child of an index.
-	Platforms []string `json:"platforms,omitempty"`
-	// Subject is the manifest this one refers to (signatures, SBOMs).
-	Subject digest.Digest `json:"subject,omitempty"`
-
-	layers map[digest.Digest]int64 // the config and layer blobs it references (of every child of an index)
-}
-
-// IsIndex reports whether the manifest is an image index or manifest list.
-func (s *Summary) IsIndex() bool {
-	return s != nil && (s.MediaType == ocispec.MediaTypeImageIndex || s.MediaType == mediaTypeManifestList)
-}
-
-const mediaTypeManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
-
 // Catalog reads the registry's storage in-process through distribution's
 // storage API. It caches manifest summaries by digest and keeps an index of
 // repositories and tags that the registry's own request stream keeps fresh
@@ -78,6 +45,9 @@ type Catalog struct {
 	ns     distribution.Namespace
 	driver driver.StorageDriver
 	gate   *gate // nil: no runtime read-only mode (offline use)
+	// onChange is the server's bookkeeping of manifest changes
+	// (changes.go); nil offline.
+	onChange *changes
 
 	mu       sync.Mutex // guards the fields below
 	loaded   bool
@@ -94,62 +64,6 @@ type Catalog struct {
 	cacheReady chan struct{} // closed when the cache file is read
 }
 
-// cachedSummary is one line of the summary cache file.
-type cachedSummary struct {
-	Digest digest.Digest           `json:"d"`
-	S      *Summary                `json:"s"`
-	Layers map[digest.Digest]int64 `json:"l"`
-}
-
-// startCache starts reading the summary cache file, once. Building the
-// whole index waits for it; one repository's page does not (reading its
-// manifests is quicker than reading every summary).
-func (c *Catalog) startCache() {
-	c.cacheOnce.Do(func() {
-		go func() {
-			c.loadCache()
-			close(c.cacheReady)
-		}()
-	})
-}
-
-// loadCache reads the summary cache file.
-func (c *Catalog) loadCache() {
-	f, err := os.Open(c.cache)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	read := map[digest.Digest]*Summary{}
-	for sc.Scan() {
-		var cs cachedSummary
-		if json.Unmarshal(sc.Bytes(), &cs) != nil || cs.S == nil || cs.Digest.Validate() != nil {
-			continue // a torn last line after a crash
-		}
-		cs.S.layers = cs.Layers
-		read[cs.Digest] = cs.S
-	}
-	c.sumsLock.Lock()
-	defer c.sumsLock.Unlock()
-	for d, s := range read {
-		if _, ok := c.sums[d]; !ok {
-			c.sums[d] = s
-		}
-	}
-}
-
-// saveSummary appends one summary to the cache file; failures only cost
-// the next start a re-read.
-func (c *Catalog) saveSummary(d digest.Digest, s *Summary) {
-	b, err := json.Marshal(cachedSummary{Digest: d, S: s, Layers: s.layers})
-	if err != nil || c.cache == "" {
-		return
-	}
-	_ = appendLine(c.cache, append(b, '\n'))
-}
-
 type repoEntry struct {
 	name  string
 	tags  map[string]tagEntry
@@ -164,90 +78,33 @@ type tagEntry struct {
 	pushed time.Time
 }
 
-// NewCatalog opens the filesystem storage under dataDir/storage.
+// NewCatalog opens the filesystem storage under dataDir/storage, for
+// offline use (a server's catalog reads the server's storage: see
+// Server.Catalog).
 func NewCatalog(ctx context.Context, dataDir string) (*Catalog, error) {
 	if _, err := os.Stat(filepath.Join(dataDir, "storage")); err != nil {
 		return nil, fmt.Errorf("no registry storage in %s: %w", dataDir, err)
 	}
-	d, err := filesystem.FromParameters(map[string]any{"rootdirectory": path.Join(dataDir, "storage")})
+	st, err := openBackend(ctx, Options{DataDir: dataDir})
 	if err != nil {
-		return nil, fmt.Errorf("opening storage in %s: %w", dataDir, err)
+		return nil, err
 	}
-	ns, err := storage.NewRegistry(ctx, d, storage.EnableDelete)
+	return newCatalog(ctx, st.driver, filepath.Join(dataDir, "catalog-cache.jsonl"))
+}
+
+// newCatalog reads the storage behind drv; cache is the summary cache
+// file ("" for none).
+func newCatalog(ctx context.Context, drv driver.StorageDriver, cache string) (*Catalog, error) {
+	ns, err := storage.NewRegistry(ctx, drv, storage.EnableDelete)
 	if err != nil {
-		return nil, fmt.Errorf("opening storage in %s: %w", dataDir, err)
+		return nil, fmt.Errorf("opening storage: %w", err)
 	}
-	return &Catalog{ns: ns, driver: d, repos: map[string]*repoEntry{}, sums: map[digest.Digest]*Summary{},
-		cache: filepath.Join(dataDir, "catalog-cache.jsonl"), cacheReady: make(chan struct{})}, nil
+	return &Catalog{ns: ns, driver: drv, repos: map[string]*repoEntry{}, sums: map[digest.Digest]*Summary{},
+		cache: cache, cacheReady: make(chan struct{})}, nil
 }
 
 // extras is the per-Server state of the catalog, events and read-only
 // gate. It holds no pointer to its Server.
-type extras struct {
-	catalog *Catalog
-	events  *EventLog
-	gate    *gate
-	dataDir string
-	lock    *os.File // <data>/.lock, locked shared while writes run (see gate)
-	// serveLock is <data>/.serve.lock, locked shared until Serve returns.
-	serveLock *os.File
-}
-
-// newExtras opens the catalog, event log and data-dir lock of a server.
-// The lock file is closed when the Server is garbage collected. A catalog
-// that cannot be opened fails the server's start (a nil catalog would fail
-// the UI later).
-func newExtras(s *Server) (*extras, error) {
-	cat, err := NewCatalog(context.Background(), s.opts.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	e := &extras{catalog: cat, gate: newGate(), dataDir: s.opts.DataDir}
-	cat.gate = e.gate
-	e.events = openEventLog(s.opts.DataDir, s.log)
-	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
-		e.lock = f
-		e.gate.lock = f
-		runtime.AddCleanup(s, func(f *os.File) { f.Close() }, f)
-	}
-	// <data>/.serve.lock, held shared for the server's life: ServerRunning
-	// tells an offline tool that a server uses the data dir.
-	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".serve.lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
-		if syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) == nil {
-			e.serveLock = f // closed when Serve returns
-			runtime.AddCleanup(s, func(f *os.File) { f.Close() }, f)
-		} else {
-			f.Close()
-		}
-	}
-	return e, nil
-}
-
-// ServerRunning reports whether a labreg server (in any process) has the
-// data dir open: it holds <data>/.serve.lock shared while it lives.
-func ServerRunning(dataDir string) bool {
-	f, err := os.Open(filepath.Join(dataDir, ".serve.lock"))
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		return true
-	}
-	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-	return false
-}
-
-// Catalog returns the in-process view of this server's storage that the
-// web UI reads.
-func (s *Server) Catalog() *Catalog { return s.extras.catalog }
-
-// Events returns this server's push/pull/delete history.
-func (s *Server) Events() *EventLog { return s.extras.events }
-
-// DataDir returns the data directory.
-func (s *Server) DataDir() string { return s.opts.DataDir }
-
 // ErrNotFound is returned for a repository, tag or manifest that does not exist.
 var ErrNotFound = errors.New("not found")
 
@@ -480,7 +337,7 @@ func (c *Catalog) refresh(ctx context.Context, e *repoEntry) error {
 		}
 		if err != nil {
 			// No tags directory: does the repository exist at all?
-			_, serr := c.driver.Stat(ctx, "/docker/registry/v2/repositories/"+e.name)
+			_, serr := c.driver.Stat(ctx, repoPath(e.name))
 			c.mu.Lock()
 			e.gone = isPathNotFound(serr)
 			c.mu.Unlock()
@@ -551,10 +408,6 @@ func (c *Catalog) readTag(ctx context.Context, repo distribution.Repository, nam
 	return t, nil
 }
 
-func tagLinkPath(repo, tag string) string {
-	return "/docker/registry/v2/repositories/" + repo + "/_manifests/tags/" + tag + "/current/link"
-}
-
 func (c *Catalog) repository(ctx context.Context, name string) (distribution.Repository, error) {
 	named, err := reference.WithName(name)
 	if err != nil {
@@ -568,150 +421,6 @@ func (c *Catalog) repository(ctx context.Context, name string) (distribution.Rep
 }
 
 // rawManifest is the union of image manifest and index fields labreg reads.
-type rawManifest struct {
-	MediaType    string               `json:"mediaType"`
-	ArtifactType string               `json:"artifactType"`
-	Config       ocispec.Descriptor   `json:"config"`
-	Layers       []ocispec.Descriptor `json:"layers"`
-	Manifests    []ocispec.Descriptor `json:"manifests"`
-	Subject      *ocispec.Descriptor  `json:"subject"`
-	Annotations  map[string]string    `json:"annotations"`
-}
-
-func (c *Catalog) readManifest(ctx context.Context, repo distribution.Repository, dgst digest.Digest) (*rawManifest, []byte, error) {
-	ms, err := repo.Manifests(ctx)
-	if err != nil {
-		return nil, nil, fmt.Errorf("opening manifests of %s: %w", repo.Named().Name(), err)
-	}
-	m, err := ms.Get(ctx, dgst)
-	if err != nil {
-		var unknown distribution.ErrManifestUnknownRevision
-		if errors.As(err, &unknown) || isPathNotFound(err) {
-			return nil, nil, fmt.Errorf("manifest %s@%s: %w", repo.Named().Name(), dgst, ErrNotFound)
-		}
-		return nil, nil, fmt.Errorf("reading manifest %s@%s: %w", repo.Named().Name(), dgst, err)
-	}
-	mt, payload, err := m.Payload()
-	if err != nil {
-		return nil, nil, fmt.Errorf("reading manifest %s@%s: %w", repo.Named().Name(), dgst, err)
-	}
-	var raw rawManifest
-	if err := json.Unmarshal(payload, &raw); err != nil {
-		return nil, nil, fmt.Errorf("decoding manifest %s@%s: %w", repo.Named().Name(), dgst, err)
-	}
-	if raw.MediaType == "" {
-		raw.MediaType = mt
-	}
-	return &raw, payload, nil
-}
-
-// imageConfig is the part of an image config labreg shows.
-type imageConfig struct {
-	Created      *time.Time          `json:"created"`
-	Architecture string              `json:"architecture"`
-	OS           string              `json:"os"`
-	Variant      string              `json:"variant"`
-	Config       ocispec.ImageConfig `json:"config"`
-	History      []ocispec.History   `json:"history"`
-}
-
-func isImageConfig(mt string) bool {
-	return mt == ocispec.MediaTypeImageConfig || mt == "application/vnd.docker.container.image.v1+json"
-}
-
-func (c *Catalog) readConfig(ctx context.Context, repo distribution.Repository, desc ocispec.Descriptor) (*imageConfig, error) {
-	b, err := repo.Blobs(ctx).Get(ctx, desc.Digest)
-	if err != nil {
-		return nil, fmt.Errorf("reading config %s of %s: %w", desc.Digest, repo.Named().Name(), err)
-	}
-	var cfg imageConfig
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return nil, fmt.Errorf("decoding config %s of %s: %w", desc.Digest, repo.Named().Name(), err)
-	}
-	return &cfg, nil
-}
-
-// summary returns the cached summary of dgst, reading it from repo on a miss.
-func (c *Catalog) summary(ctx context.Context, repo distribution.Repository, dgst digest.Digest) (*Summary, error) {
-	c.sumsLock.Lock()
-	s, ok := c.sums[dgst]
-	c.sumsLock.Unlock()
-	if ok {
-		return s, nil
-	}
-	raw, _, err := c.readManifest(ctx, repo, dgst)
-	if err != nil {
-		return nil, err
-	}
-	s = &Summary{MediaType: raw.MediaType, ArtifactType: raw.ArtifactType,
-		layers: map[digest.Digest]int64{}}
-	if raw.Subject != nil {
-		s.Subject = raw.Subject.Digest
-	}
-	if len(raw.Manifests) > 0 || s.IsIndex() {
-		for _, child := range raw.Manifests {
-			cs, err := c.summary(ctx, repo, child.Digest)
-			if errors.Is(err, ErrNotFound) { // an index may name absent children
-				continue
-			}
-			if err != nil {
-				return nil, err
-			}
-			for d, sz := range cs.layers {
-				s.layers[d] = sz
-			}
-			if p := child.Platform; p != nil && p.OS != "unknown" {
-				s.Platforms = append(s.Platforms, platformString(p.OS, p.Architecture, p.Variant))
-			}
-			if cs.Created.After(s.Created) {
-				s.Created = cs.Created
-			}
-		}
-	} else {
-		if raw.Config.Digest != "" {
-			s.layers[raw.Config.Digest] = raw.Config.Size
-		}
-		for _, l := range raw.Layers {
-			s.layers[l.Digest] = l.Size
-		}
-		if isImageConfig(raw.Config.MediaType) {
-			cfg, err := c.readConfig(ctx, repo, raw.Config)
-			if err != nil {
-				return nil, err
-			}
-			if cfg.Created != nil {
-				s.Created = cfg.Created.UTC()
-			}
-			if cfg.OS != "" {
-				s.Platforms = []string{platformString(cfg.OS, cfg.Architecture, cfg.Variant)}
-			}
-		} else if s.ArtifactType == "" {
-			s.ArtifactType = raw.Config.MediaType
-		}
-		if t, err := time.Parse(time.RFC3339, raw.Annotations[ocispec.AnnotationCreated]); err == nil && s.Created.IsZero() {
-			s.Created = t.UTC()
-		}
-	}
-	// The size shown is what a pull of every platform transfers: config
-	// and layer blobs, each once.
-	for _, sz := range s.layers {
-		s.Size += sz
-	}
-	c.sumsLock.Lock()
-	c.sums[dgst] = s
-	c.sumsLock.Unlock()
-	c.saveSummary(dgst, s)
-	return s, nil
-}
-
-func platformString(os, arch, variant string) string {
-	p := os + "/" + arch
-	if variant != "" {
-		p += "/" + variant
-	}
-	return p
-}
-
 // Repositories returns every repository, sorted by name.
 func (c *Catalog) Repositories(ctx context.Context) ([]Repository, error) {
 	entries, err := c.fresh(ctx, "")
@@ -785,195 +494,6 @@ func (c *Catalog) TagsOf(ctx context.Context, repo string, dgst digest.Digest) (
 	}
 	sort.Strings(out)
 	return out, nil
-}
-
-// Layer is one layer of an image with the history entry that made it.
-type Layer struct {
-	Digest    digest.Digest `json:"digest"`
-	MediaType string        `json:"media_type"`
-	Size      int64         `json:"size"`
-	CreatedBy string        `json:"created_by,omitempty"`
-}
-
-// Child is one manifest of an index.
-type Child struct {
-	Digest       digest.Digest `json:"digest"`
-	MediaType    string        `json:"media_type"`
-	Platform     string        `json:"platform,omitempty"`
-	ArtifactType string        `json:"artifact_type,omitempty"`
-	Size         int64         `json:"size"`
-}
-
-// Image is everything the tag detail page shows about one manifest.
-type Image struct {
-	Repo   string        `json:"repo"`
-	Digest digest.Digest `json:"digest"`
-	// Tags point to this digest in Repo.
-	Tags []string `json:"tags"`
-	*Summary
-	ManifestSize int64               `json:"manifest_size"`
-	Annotations  map[string]string   `json:"annotations,omitempty"`
-	Subject      *ocispec.Descriptor `json:"subject_descriptor,omitempty"`
-	// Index children (empty for an image).
-	Manifests []Child `json:"manifests,omitempty"`
-	// Image fields (empty for an index or artifact).
-	Config     *ocispec.ImageConfig `json:"config,omitempty"`
-	History    []ocispec.History    `json:"history,omitempty"`
-	Layers     []Layer              `json:"layers,omitempty"`
-	Dockerfile []string             `json:"dockerfile,omitempty"`
-	ConfigDesc ocispec.Descriptor   `json:"config_descriptor"`
-}
-
-// Image reads the manifest dgst of repo and, for an image, its config.
-func (c *Catalog) Image(ctx context.Context, repo string, dgst digest.Digest) (*Image, error) {
-	r, err := c.repository(ctx, repo)
-	if err != nil {
-		return nil, err
-	}
-	raw, payload, err := c.readManifest(ctx, r, dgst)
-	if err != nil {
-		return nil, err
-	}
-	sum, err := c.summary(ctx, r, dgst)
-	if err != nil {
-		return nil, err
-	}
-	img := &Image{Repo: repo, Digest: dgst, Summary: sum, ManifestSize: int64(len(payload)),
-		Annotations: raw.Annotations, Subject: raw.Subject, ConfigDesc: raw.Config}
-	if img.Tags, err = c.TagsOf(ctx, repo, dgst); err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	for _, m := range raw.Manifests {
-		ch := Child{Digest: m.Digest, MediaType: m.MediaType, ArtifactType: m.ArtifactType, Size: m.Size}
-		if p := m.Platform; p != nil {
-			ch.Platform = platformString(p.OS, p.Architecture, p.Variant)
-		}
-		if cs, err := c.summary(ctx, r, m.Digest); err == nil {
-			ch.Size = cs.Size
-		}
-		if m.Annotations["vnd.docker.reference.type"] == "attestation-manifest" {
-			ch.ArtifactType = "attestation"
-		}
-		img.Manifests = append(img.Manifests, ch)
-	}
-	if len(raw.Manifests) == 0 && isImageConfig(raw.Config.MediaType) {
-		cfg, err := c.readConfig(ctx, r, raw.Config)
-		if err != nil {
-			return nil, err
-		}
-		img.Config = &cfg.Config
-		img.History = cfg.History
-		img.Layers = layersWithHistory(raw.Layers, cfg.History)
-		img.Dockerfile = Dockerfile(cfg.History)
-	} else {
-		for _, l := range raw.Layers {
-			img.Layers = append(img.Layers, Layer{Digest: l.Digest, MediaType: l.MediaType, Size: l.Size})
-		}
-	}
-	return img, nil
-}
-
-// layersWithHistory pairs each layer with the history entry that made it:
-// history entries that are not empty_layer match layers in order.
-func layersWithHistory(layers []ocispec.Descriptor, hist []ocispec.History) []Layer {
-	out := make([]Layer, len(layers))
-	h := 0
-	for i, l := range layers {
-		out[i] = Layer{Digest: l.Digest, MediaType: l.MediaType, Size: l.Size}
-		for h < len(hist) && hist[h].EmptyLayer {
-			h++
-		}
-		if h < len(hist) {
-			out[i].CreatedBy = hist[h].CreatedBy
-			h++
-		}
-	}
-	return out
-}
-
-// Dockerfile reconstructs Dockerfile instructions from image history:
-// "/bin/sh -c #(nop) CMD [...]" becomes "CMD [...]", "/bin/sh -c make"
-// becomes "RUN make", BuildKit's "# buildkit" suffix is dropped.
-func Dockerfile(hist []ocispec.History) []string {
-	var out []string
-	for _, h := range hist {
-		line := strings.TrimSpace(h.CreatedBy)
-		if line == "" {
-			continue
-		}
-		line = strings.TrimSuffix(line, " # buildkit")
-		switch {
-		case strings.HasPrefix(line, "/bin/sh -c #(nop) "):
-			line = strings.TrimSpace(strings.TrimPrefix(line, "/bin/sh -c #(nop) "))
-		case strings.HasPrefix(line, "/bin/sh -c "):
-			line = "RUN " + strings.TrimPrefix(line, "/bin/sh -c ")
-		case strings.HasPrefix(line, "|"): // "|2 A=1 B=2 /bin/sh -c make": RUN with build args
-			if i := strings.Index(line, "/bin/sh -c "); i >= 0 {
-				line = "RUN " + line[i+len("/bin/sh -c "):]
-			}
-		}
-		out = append(out, line)
-	}
-	return out
-}
-
-// DeleteTag removes one tag; other tags on the same digest stay.
-func (c *Catalog) DeleteTag(ctx context.Context, repo, tag string) (digest.Digest, error) {
-	id, ok, reason := c.gate.enter(nil)
-	if !ok {
-		return "", &BusyError{Reason: reason}
-	}
-	defer c.gate.leave(id)
-	r, err := c.repository(ctx, repo)
-	if err != nil {
-		return "", err
-	}
-	t, err := c.readTag(ctx, r, repo, tag)
-	if err != nil {
-		return "", err
-	}
-	if err := r.Tags(ctx).Untag(ctx, tag); err != nil {
-		return "", fmt.Errorf("deleting tag %s:%s: %w", repo, tag, err)
-	}
-	c.Touch(repo, tag)
-	return t.digest, nil
-}
-
-// DeleteManifest removes the manifest dgst from repo and every tag that
-// points to it, and returns those tags.
-func (c *Catalog) DeleteManifest(ctx context.Context, repo string, dgst digest.Digest) ([]string, error) {
-	id, ok, reason := c.gate.enter(nil)
-	if !ok {
-		return nil, &BusyError{Reason: reason}
-	}
-	defer c.gate.leave(id)
-	r, err := c.repository(ctx, repo)
-	if err != nil {
-		return nil, err
-	}
-	tags, err := r.Tags(ctx).Lookup(ctx, ocispec.Descriptor{Digest: dgst})
-	if err != nil && !isPathNotFound(err) {
-		return nil, fmt.Errorf("finding tags of %s@%s: %w", repo, dgst, err)
-	}
-	for _, t := range tags {
-		if err := r.Tags(ctx).Untag(ctx, t); err != nil {
-			return nil, fmt.Errorf("deleting tag %s:%s: %w", repo, t, err)
-		}
-	}
-	ms, err := r.Manifests(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("opening manifests of %s: %w", repo, err)
-	}
-	if err := ms.Delete(ctx, dgst); err != nil {
-		var unknown distribution.ErrManifestUnknownRevision
-		if errors.As(err, &unknown) || isPathNotFound(err) {
-			return nil, fmt.Errorf("manifest %s@%s: %w", repo, dgst, ErrNotFound)
-		}
-		return nil, fmt.Errorf("deleting manifest %s@%s: %w", repo, dgst, err)
-	}
-	c.Touch(repo, "")
-	sort.Strings(tags)
-	return tags, nil
 }
 
 func isPathNotFound(err error) bool {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/labreg/labreg/internal/testenv"
+	"github.com/labreg/labreg/registry"
 )
 
 // The OCI distribution-spec conformance suite, pinned. It is a main
@@ -71,6 +72,23 @@ var conformanceEnv = []string{
 // sha512).
 func TestConformance(t *testing.T) {
 	runConformance(t, testenv.Serve(t, "").Addr)
+}
+
+// TestConformanceS3 runs the same suite against a registry on S3 storage
+// (versitygw, a bucket of its own): labreg's referrers index, sha512
+// aliases and upload cleanup go through the storage driver, so nothing it
+// adds may depend on a local filesystem. 0 failures.
+func TestConformanceS3(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	access, secret := store.KeyFiles(t)
+	secretFile := filepath.Join(t.TempDir(), "http-secret")
+	if err := os.WriteFile(secretFile, []byte(strings.Repeat("conformance", 4)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := testenv.Registry(t, registry.Options{
+		Storage: store.URL(bucket), S3AccessKeyFile: access, S3SecretKeyFile: secret, HTTPSecretFile: secretFile,
+	})
+	runConformance(t, addr)
 }
 
 // runConformance runs the suite against the registry at addr and fails t

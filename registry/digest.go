@@ -34,20 +34,6 @@ import (
 // storage driver, in its own layout. Deleting by either digest removes the
 // content's links under both.
 
-const v2Root = "/docker/registry/v2"
-
-// linkDir is the directory distribution keeps kind's links of repo in.
-func linkDir(repo, kind string) string {
-	if kind == "manifests" {
-		return path.Join(v2Root, "repositories", repo, "_manifests", "revisions")
-	}
-	return path.Join(v2Root, "repositories", repo, "_layers")
-}
-
-func linkPath(repo, kind string, d digest.Digest) string {
-	return path.Join(linkDir(repo, kind), d.Algorithm().String(), d.Encoded(), "link")
-}
-
 // readAlias returns the digest the link of d in repo points to.
 func (a *ociAPI) readAlias(ctx context.Context, repo, kind string, d digest.Digest) (digest.Digest, error) {
 	return readLink(ctx, a.drv, repo, kind, d)
@@ -67,9 +53,9 @@ func readLink(ctx context.Context, drv storagedriver.StorageDriver, repo, kind s
 
 // dropAliases deletes the non-canonical links of repo that point to
 // canonical.
-func (a *ociAPI) dropAliases(ctx context.Context, repo, kind string, canonical digest.Digest) error {
+func dropAliases(ctx context.Context, drv storagedriver.StorageDriver, repo, kind string, canonical digest.Digest) error {
 	var nf storagedriver.PathNotFoundError
-	algs, err := a.drv.List(ctx, linkDir(repo, kind))
+	algs, err := drv.List(ctx, linkDir(repo, kind))
 	if errors.As(err, &nf) {
 		return nil
 	}
@@ -82,7 +68,7 @@ func (a *ociAPI) dropAliases(ctx context.Context, repo, kind string, canonical d
 		if alg == digest.Canonical || !alg.Available() {
 			continue
 		}
-		dirs, err := a.drv.List(ctx, algDir)
+		dirs, err := drv.List(ctx, algDir)
 		if err != nil && !errors.As(err, &nf) {
 			errs = append(errs, err)
 			continue
@@ -92,8 +78,8 @@ func (a *ociAPI) dropAliases(ctx context.Context, repo, kind string, canonical d
 			if d.Validate() != nil {
 				continue
 			}
-			if c, err := a.readAlias(ctx, repo, kind, d); err == nil && c == canonical {
-				if err := a.drv.Delete(ctx, dir); err != nil && !errors.As(err, &nf) {
+			if c, err := readLink(ctx, drv, repo, kind, d); err == nil && c == canonical {
+				if err := drv.Delete(ctx, dir); err != nil && !errors.As(err, &nf) {
 					errs = append(errs, err)
 				}
 			}
@@ -131,16 +117,6 @@ func (a *ociAPI) manifestAlias(w http.ResponseWriter, r *http.Request, p apiPath
 	}
 	c := digest.FromBytes(body)
 	return &aliasPut{req: withRef(r, p, c.String()), repo: p.repo, alias: d, canonical: c}, true
-}
-
-// commit links the alias to the stored manifest and gives the client the
-// digest it pushed by.
-func (ap *aliasPut) commit(ctx context.Context, a *ociAPI, w http.ResponseWriter) error {
-	if err := a.drv.PutContent(ctx, linkPath(ap.repo, "manifests", ap.alias), []byte(ap.canonical)); err != nil {
-		return fmt.Errorf("linking manifest %s to %s: %w", ap.alias, ap.canonical, err)
-	}
-	renameDigest(w.Header(), ap.canonical, ap.alias)
-	return nil
 }
 
 // renameDigest rewrites the digest headers of a response from canonical to
@@ -211,7 +187,7 @@ func (a *ociAPI) digests(w http.ResponseWriter, r *http.Request, p apiPath) {
 			return status, nil
 		}
 		if isDelete {
-			return status, a.dropAliases(r.Context(), p.repo, "blobs", canonical)
+			return status, dropAliases(r.Context(), a.drv, p.repo, "blobs", canonical)
 		}
 		renameDigest(w.Header(), canonical, d)
 		return status, nil
@@ -282,7 +258,7 @@ func (a *ociAPI) upload(w http.ResponseWriter, r *http.Request, p apiPath) {
 	}
 	if r.Method == http.MethodPut && hw.status == http.StatusBadRequest &&
 		bytes.Contains(hw.errBody, []byte(`"DIGEST_INVALID"`)) {
-		if err := a.dropUpload(p.repo, p.ref); err != nil {
+		if err := a.dropUpload(r.Context(), p.repo, p.ref); err != nil {
 			a.s.log.Warn("removing failed upload", "repo", p.repo, "upload", p.ref, "err", err)
 		}
 	}
@@ -290,20 +266,24 @@ func (a *ociAPI) upload(w http.ResponseWriter, r *http.Request, p apiPath) {
 
 // dropUpload removes an upload whose completion failed its digest check
 // (distribution means to but does not: "error canceling upload after
-// error: already closed"), and the directories it leaves empty, up to the
-// repository: a push with a wrong digest leaves nothing behind. rmdir only
-// removes empty directories, so concurrent uploads to the repository keep
-// theirs.
-func (a *ociAPI) dropUpload(repo, id string) error {
+// error: already closed"). On a filesystem store it also removes the
+// directories that leaves empty, up to the repository: a push with a wrong
+// digest leaves nothing behind. rmdir only removes empty directories, so
+// concurrent uploads to the repository keep theirs. (An object store has
+// no directories to leave.)
+func (a *ociAPI) dropUpload(ctx context.Context, repo, id string) error {
 	if id == "" || strings.ContainsAny(id, `/\`) || id == "." || id == ".." {
 		return nil
 	}
-	root := filepath.Join(a.s.opts.DataDir, "storage", filepath.FromSlash(v2Root), "repositories")
-	dir := filepath.Join(root, filepath.FromSlash(repo), "_uploads", id)
-	if err := os.RemoveAll(dir); err != nil {
+	if err := a.drv.Delete(ctx, uploadPath(repo, id)); err != nil && !isPathNotFound(err) {
 		return err
 	}
-	for d := filepath.Dir(dir); strings.HasPrefix(d, root+string(filepath.Separator)); d = filepath.Dir(d) {
+	root, ok := a.s.store.fsRoot()
+	if !ok {
+		return nil
+	}
+	top := fsPath(root, reposPath())
+	for d := filepath.Dir(fsPath(root, uploadPath(repo, id))); strings.HasPrefix(d, top+string(filepath.Separator)); d = filepath.Dir(d) {
 		if os.Remove(d) != nil {
 			break // not empty: in use
 		}

@@ -104,8 +104,9 @@ func (l *EventLog) Page(offset, limit int, keep func(Event) bool) ([]Event, int)
 }
 
 // hooks sits in front of the registry: the runtime read-only gate refuses
-// writes while it is closed, and successful manifest pushes, pulls and
-// deletes update the catalog index and the event history.
+// writes while it is closed, writes carry their actor for the history
+// (pushes and deletes are recorded where the manifest changes:
+// changes.go), and successful manifest pulls are recorded here.
 func (s *Server) hooks(next http.Handler) http.Handler {
 	e := s.extras
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -126,12 +127,18 @@ func (s *Server) hooks(next http.Handler) http.Handler {
 			}
 			defer e.gate.leave(id)
 			defer cancel(nil)
-			r = r.WithContext(ctx)
+			a := Actor{Addr: r.RemoteAddr, Via: "registry"}
+			if s.opts.Htpasswd != "" { // else the name is unverified
+				a.User, _, _ = r.BasicAuth()
+			}
+			r = r.WithContext(WithActor(ctx, a))
+			next.ServeHTTP(w, r)
+			return
 		}
-		// Only manifest requests make events; a blob request (the hot path)
-		// costs one substring check here.
+		// Only manifest pulls make events here; a blob request (the hot
+		// path) costs one substring check.
 		var p apiPath
-		ok := r.Method != http.MethodHead && strings.Contains(r.URL.Path, "/manifests/")
+		ok := r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/")
 		if ok {
 			p, ok = parseAPIPath(r.URL.Path) // the same split ociAPI and its guard use
 		}
@@ -155,23 +162,7 @@ func (s *Server) hooks(next http.Handler) http.Handler {
 			ev.Tag = ref
 			ev.Digest = digest.Digest(sw.Header().Get("Docker-Content-Digest"))
 		}
-		switch r.Method {
-		case http.MethodPut:
-			ev.Action = "push"
-			e.catalog.Touch(repo, ev.Tag)
-			if ev.Tag == "" {
-				// A push by digest (index child, referrer) adds no tag, but
-				// may make a dangling index complete.
-				e.catalog.Touch(repo, "")
-			}
-		case http.MethodDelete:
-			ev.Action = "delete"
-			e.catalog.Touch(repo, "")
-		case http.MethodGet:
-			ev.Action = "pull"
-		default:
-			return
-		}
+		ev.Action = "pull"
 		e.events.Add(ev)
 	})
 }

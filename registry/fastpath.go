@@ -4,12 +4,12 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -41,7 +41,7 @@ const maxNameLength = 255
 // fastPath is the handler in front of distribution's app.
 type fastPath struct {
 	next     http.Handler
-	root     string // <storage root>/docker/registry/v2
+	root     string // the filesystem driver's root directory (see fsPath)
 	secret   string // distribution's http.secret: signs upload state
 	headers  http.Header
 	readOnly bool
@@ -72,7 +72,7 @@ func (s *Server) fastPaths(next http.Handler) (http.Handler, error) {
 	}
 	return &fastPath{
 		next:     next,
-		root:     filepath.Join(root, "docker", "registry", "v2"),
+		root:     root,
 		secret:   cfg.HTTP.Secret,
 		headers:  cfg.HTTP.Headers,
 		readOnly: s.opts.ReadOnly,
@@ -131,23 +131,18 @@ func (fp *fastPath) commonHeaders(h http.Header) {
 	h.Add("Docker-Distribution-API-Version", "registry/2.0")
 }
 
-func (fp *fastPath) repoDir(name string) string {
-	return filepath.Join(fp.root, "repositories", filepath.FromSlash(name))
-}
-
-func (fp *fastPath) blobData(hex string) string {
-	return filepath.Join(fp.root, "blobs", "sha256", hex[:2], hex, "data")
-}
+// file is the file of driver path p (layout.go).
+func (fp *fastPath) file(p string) string { return fsPath(fp.root, p) }
 
 // serveBlob serves a committed blob after distribution's access check:
 // the repository's layer link must exist and name the digest.
 func (fp *fastPath) serveBlob(w http.ResponseWriter, r *http.Request, name, dgst string) bool {
-	hex := dgst[len("sha256:"):]
-	link, err := os.ReadFile(filepath.Join(fp.repoDir(name), "_layers", "sha256", hex, "link"))
+	d := digest.Digest(dgst)
+	link, err := os.ReadFile(fp.file(linkPath(name, "blobs", d)))
 	if err != nil || string(link) != dgst {
 		return false
 	}
-	f, err := os.Open(fp.blobData(hex))
+	f, err := os.Open(fp.file(blobDataPath(d)))
 	if err != nil {
 		return false
 	}

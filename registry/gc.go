@@ -58,6 +58,15 @@ type GCResult struct {
 // is read-only (pushes get 503 with Retry-After) from the start of the mark
 // until the sweep ends. The outcome is recorded as a "gc" event.
 func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
+	if !opts.DryRun && s.extras.journal != nil {
+		// A shared store: one GC at a time in the cluster, every replica
+		// read-only (gclease.go). Released after the GC's journal entry.
+		release, err := s.acquireGC(ctx)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	if !opts.DryRun {
 		resume, err := s.ReadOnly(ctx, "garbage collection")
 		if err != nil {
@@ -70,8 +79,10 @@ func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		return nil, err
 	}
 	if !opts.DryRun {
-		s.Events().Add(Event{Action: "gc", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
-			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))})
+		ev := Event{Time: time.Now().UTC(), Action: "gc", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
+			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))}
+		s.Events().Add(ev)
+		s.afterGC(ctx, res, ev)
 	}
 	return res, nil
 }
@@ -190,6 +201,9 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			if err := vacuum.RemoveManifest(p.name, d, p.tags); err != nil {
 				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
 			}
+			if err := c.changes().OnDeleteManifest(WithActor(ctx, Actor{Via: "gc"}), p.name, d, d, nil); err != nil {
+				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
+			}
 		}
 	}
 	for _, p := range emptyRepos {
@@ -197,7 +211,7 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			return nil, fmt.Errorf("removing empty repository %s: %w", p.name, err)
 		}
 	}
-	if _, err := c.driver.Stat(ctx, "/docker/registry/v2/repositories"); isPathNotFound(err) {
+	if _, err := c.driver.Stat(ctx, reposPath()); isPathNotFound(err) {
 		// No repository at all (a fresh storage): MarkAndSweep fails on the
 		// missing repositories root, and on the missing blobs root after
 		// it, so it is skipped here rather than taught about either. No

@@ -2,7 +2,6 @@ package registry
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 )
@@ -127,19 +127,27 @@ func (a *ociAPI) putManifest(w http.ResponseWriter, r *http.Request, p apiPath) 
 	r2.ContentLength = int64(len(body))
 
 	desc, subject, isReferrer := referrerDescriptor(body, r.Header.Get("Content-Type"), dgst)
+	u := manifestUpdate{repo: p.repo, named: dgst, canonical: digest.FromBytes(body)}
+	if dgst.Algorithm() == digest.Canonical {
+		u.canonical = dgst
+	}
+	if _, err := digest.Parse(p.ref); err != nil {
+		u.tag = p.ref
+	}
+	if isReferrer {
+		u.referrer, u.subject = &desc, subject
+	}
 	hw := &hookWriter{ResponseWriter: w, onStatus: func(status int) (int, error) {
 		if status != http.StatusCreated {
 			return status, nil
 		}
+		if err := a.s.extras.changes.OnUpdateManifest(r.Context(), u); err != nil {
+			return 0, err
+		}
 		if alias != nil {
-			if err := alias.commit(r.Context(), a, w); err != nil {
-				return 0, err
-			}
+			renameDigest(w.Header(), alias.canonical, alias.alias)
 		}
 		if isReferrer {
-			if err := a.idx.add(p.repo, subject, desc); err != nil {
-				return 0, err
-			}
 			w.Header().Set("OCI-Subject", subject.String())
 		}
 		return status, nil
@@ -155,7 +163,7 @@ func (a *ociAPI) putManifest(w http.ResponseWriter, r *http.Request, p apiPath) 
 func (a *ociAPI) deleteManifest(w http.ResponseWriter, r *http.Request, p apiPath) {
 	d, err := digest.Parse(p.ref)
 	if err != nil { // a tag: the manifest stays
-		a.next.ServeHTTP(w, r)
+		a.untag(w, r, p)
 		return
 	}
 	var alias *aliasDelete
@@ -174,11 +182,7 @@ func (a *ociAPI) deleteManifest(w http.ResponseWriter, r *http.Request, p apiPat
 		if alias != nil {
 			canonical = alias.canonical
 		}
-		errs := []error{a.idx.remove(p.repo, d), a.dropAliases(r.Context(), p.repo, "manifests", canonical)}
-		if d != canonical {
-			errs = append(errs, a.idx.remove(p.repo, canonical))
-		}
-		if err := errors.Join(errs...); err != nil {
+		if err := a.s.extras.changes.OnDeleteManifest(r.Context(), p.repo, d, canonical, nil); err != nil {
 			return 0, err
 		}
 		return status, nil
@@ -187,6 +191,26 @@ func (a *ociAPI) deleteManifest(w http.ResponseWriter, r *http.Request, p apiPat
 	if hw.err != nil {
 		a.s.log.Error("manifest DELETE", "repo", p.repo, "ref", p.ref, "err", hw.err)
 	}
+}
+
+// untag forwards a DELETE of a tag and records it once distribution has
+// removed the tag.
+func (a *ociAPI) untag(w http.ResponseWriter, r *http.Request, p apiPath) {
+	var d digest.Digest
+	if named, err := reference.WithName(p.repo); err == nil {
+		if repo, err := a.s.extras.catalog.ns.Repository(r.Context(), named); err == nil {
+			if desc, err := repo.Tags(r.Context()).Get(r.Context(), p.ref); err == nil {
+				d = desc.Digest
+			}
+		}
+	}
+	hw := &hookWriter{ResponseWriter: w, onStatus: func(status int) (int, error) {
+		if status == http.StatusAccepted {
+			a.s.extras.changes.OnUntag(r.Context(), p.repo, p.ref, d)
+		}
+		return status, nil
+	}}
+	a.next.ServeHTTP(hw, r)
 }
 
 // hookWriter calls onStatus before the status line goes out, so that the

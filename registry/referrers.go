@@ -6,15 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
-	"os"
 	"path"
-	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -22,62 +20,51 @@ import (
 
 // The OCI 1.1 referrers API, which distribution 3.1.2 lacks.
 //
-// Every manifest pushed with a `subject` leaves one small JSON file, its
-// descriptor as the referrers API returns it, at
-//
-//	<data>/referrers/<repo>/_subjects/<subject-alg>/<subject-hex>/<alg>-<hex>.json
-//
-// written with temp+rename when distribution has accepted the manifest
-// (before the 201 reaches the client) and removed when the manifest is
-// deleted by digest. Path components of a repository name cannot start
-// with "_", so "_subjects" never collides with a nested repository.
+// Every manifest pushed with a `subject` leaves one small JSON object in
+// the storage, its descriptor as the referrers API returns it (at
+// referrerEntryPath, layout.go), written when distribution has accepted
+// the manifest (before the 201 reaches the client) and removed when the
+// manifest is deleted by digest. The index lives in the storage driver,
+// so every replica on a shared store reads the same one.
 
-// referrerIndex is the subject -> referrer descriptors index under a
-// directory (<data>/referrers).
-type referrerIndex struct{ dir string }
-
-func (x referrerIndex) repoDir(repo string) string {
-	return filepath.Join(x.dir, filepath.FromSlash(repo))
-}
-
-func (x referrerIndex) subjectDir(repo string, subject digest.Digest) string {
-	return filepath.Join(x.repoDir(repo), "_subjects", subject.Algorithm().String(), subject.Encoded())
-}
-
-func referrerFile(d digest.Digest) string {
-	return d.Algorithm().String() + "-" + d.Encoded() + ".json"
-}
+// referrerIndex is the subject -> referrer descriptors index in a
+// storage driver.
+type referrerIndex struct{ drv storagedriver.StorageDriver }
 
 // add records desc as a referrer of subject in repo.
-func (x referrerIndex) add(repo string, subject digest.Digest, desc ocispec.Descriptor) error {
-	dir := x.subjectDir(repo, subject)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("indexing referrer %s of %s: %w", desc.Digest, subject, err)
-	}
+func (x referrerIndex) add(ctx context.Context, repo string, subject digest.Digest, desc ocispec.Descriptor) error {
 	b, err := json.Marshal(desc)
 	if err != nil {
 		return fmt.Errorf("indexing referrer %s of %s: %w", desc.Digest, subject, err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, referrerFile(desc.Digest)), b); err != nil {
+	// The subject first: remove finds the entry through it.
+	if err := x.drv.PutContent(ctx, referrerSubjectPath(repo, desc.Digest), []byte(subject)); err != nil {
+		return fmt.Errorf("indexing referrer %s of %s: %w", desc.Digest, subject, err)
+	}
+	if err := x.drv.PutContent(ctx, referrerEntryPath(repo, subject, desc.Digest), b); err != nil {
 		return fmt.Errorf("indexing referrer %s of %s: %w", desc.Digest, subject, err)
 	}
 	return nil
 }
 
-// remove drops referrer from every subject's list in repo. A referrer has
-// one subject, but looking it up by name keeps remove independent of the
-// (possibly already deleted) manifest content.
-func (x referrerIndex) remove(repo string, referrer digest.Digest) error {
-	matches, err := filepath.Glob(filepath.Join(x.repoDir(repo), "_subjects", "*", "*", referrerFile(referrer)))
+// remove drops referrer from its subject's list in repo. The subject is
+// read from the index, not from the (possibly already deleted) manifest.
+func (x referrerIndex) remove(ctx context.Context, repo string, referrer digest.Digest) error {
+	b, err := x.drv.GetContent(ctx, referrerSubjectPath(repo, referrer))
+	if isPathNotFound(err) {
+		return nil // not a referrer
+	}
 	if err != nil {
 		return fmt.Errorf("unindexing referrer %s: %w", referrer, err)
 	}
 	var errs []error
-	for _, m := range matches {
-		if err := os.Remove(m); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if subject, err := digest.Parse(strings.TrimSpace(string(b))); err == nil {
+		if err := x.drv.Delete(ctx, referrerEntryPath(repo, subject, referrer)); err != nil && !isPathNotFound(err) {
 			errs = append(errs, err)
 		}
-		os.Remove(filepath.Dir(m)) // drop the subject dir when it is now empty
+	}
+	if err := x.drv.Delete(ctx, referrerSubjectPath(repo, referrer)); err != nil && !isPathNotFound(err) {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("unindexing referrer %s: %w", referrer, err)
@@ -87,10 +74,9 @@ func (x referrerIndex) remove(repo string, referrer digest.Digest) error {
 
 // list returns the referrers of subject in repo, sorted by digest, as
 // recorded; Server.Referrers checks them against storage.
-func (x referrerIndex) list(repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
-	dir := x.subjectDir(repo, subject)
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
+func (x referrerIndex) list(ctx context.Context, repo string, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	ents, err := x.drv.List(ctx, referrersSubjectPath(repo, subject))
+	if isPathNotFound(err) {
 		return []ocispec.Descriptor{}, nil
 	}
 	if err != nil {
@@ -98,11 +84,11 @@ func (x referrerIndex) list(repo string, subject digest.Digest) ([]ocispec.Descr
 	}
 	out := make([]ocispec.Descriptor, 0, len(ents))
 	for _, e := range ents {
-		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
-			continue // temp files of writes in progress
+		if !strings.HasSuffix(e, ".json") {
+			continue
 		}
-		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
-		if errors.Is(err, fs.ErrNotExist) {
+		b, err := x.drv.GetContent(ctx, e)
+		if isPathNotFound(err) {
 			continue // removed meanwhile
 		}
 		if err != nil {
@@ -110,7 +96,7 @@ func (x referrerIndex) list(repo string, subject digest.Digest) ([]ocispec.Descr
 		}
 		var d ocispec.Descriptor
 		if err := json.Unmarshal(b, &d); err != nil {
-			return nil, fmt.Errorf("listing referrers of %s: %s: %w", subject, e.Name(), err)
+			return nil, fmt.Errorf("listing referrers of %s: %s: %w", subject, path.Base(e), err)
 		}
 		out = append(out, d)
 	}
@@ -119,7 +105,7 @@ func (x referrerIndex) list(repo string, subject digest.Digest) ([]ocispec.Descr
 }
 
 func (s *Server) referrerIndex() referrerIndex {
-	return referrerIndex{dir: filepath.Join(s.opts.DataDir, "referrers")}
+	return referrerIndex{drv: s.store.driver}
 }
 
 // Referrers returns the descriptors of the manifests in repo whose subject
@@ -140,7 +126,7 @@ func (s *Server) Referrers(ctx context.Context, repo string, subject digest.Dige
 	if err := s.scanReferrers(ctx, idx, repo); err != nil {
 		return nil, err
 	}
-	all, err := idx.list(repo, subject)
+	all, err := idx.list(ctx, repo, subject)
 	if err != nil {
 		return nil, err
 	}
@@ -151,28 +137,23 @@ func (s *Server) Referrers(ctx context.Context, repo string, subject digest.Dige
 		if artifactType != "" && d.ArtifactType != artifactType {
 			return true
 		}
-		_, err := os.Stat(s.storagePath(linkPath(repo, "manifests", d.Digest)))
-		return errors.Is(err, fs.ErrNotExist)
+		_, err := idx.drv.Stat(ctx, linkPath(repo, "manifests", d.Digest))
+		return isPathNotFound(err)
 	}), nil
 }
 
-// storagePath is the file of a path of distribution's storage driver.
-func (s *Server) storagePath(p string) string {
-	return filepath.Join(s.opts.DataDir, "storage", filepath.FromSlash(p))
-}
-
 // scanReferrers indexes the manifests of repo that have a subject, once
-// per repository (then <data>/referrers/<repo>/_scanned exists): for data
-// written by distribution without labreg, or an index that was removed.
-// Manifests pushed through labreg are indexed as they are pushed.
+// per repository (then referrersScannedPath exists): for data written by
+// distribution without labreg, or an index that was removed. Manifests
+// pushed through labreg are indexed as they are pushed.
 func (s *Server) scanReferrers(ctx context.Context, idx referrerIndex, repo string) error {
-	marker := filepath.Join(idx.repoDir(repo), "_scanned")
-	if _, err := os.Stat(marker); err == nil {
+	drv := idx.drv
+	marker := referrersScannedPath(repo)
+	if _, err := drv.Stat(ctx, marker); err == nil {
 		return nil
 	}
-	revs := s.storagePath(linkDir(repo, "manifests"))
-	algs, err := os.ReadDir(revs)
-	if errors.Is(err, fs.ErrNotExist) {
+	algs, err := drv.List(ctx, linkDir(repo, "manifests"))
+	if isPathNotFound(err) {
 		return nil // no such repository (yet): nothing to scan, nothing to write
 	}
 	if err != nil {
@@ -183,19 +164,22 @@ func (s *Server) scanReferrers(ctx context.Context, idx referrerIndex, repo stri
 	var found []digest.Digest
 	aliased := map[digest.Digest]bool{}
 	for _, alg := range algs {
-		hexes, err := os.ReadDir(filepath.Join(revs, alg.Name()))
+		hexes, err := drv.List(ctx, alg)
+		if isPathNotFound(err) {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("scanning %s for referrers: %w", repo, err)
 		}
 		for _, hx := range hexes {
-			d := digest.NewDigestFromEncoded(digest.Algorithm(alg.Name()), hx.Name())
+			d := digest.NewDigestFromEncoded(digest.Algorithm(path.Base(alg)), path.Base(hx))
 			if d.Validate() != nil {
 				continue
 			}
 			found = append(found, d)
 			if d.Algorithm() != digest.Canonical {
-				if link, err := os.ReadFile(s.storagePath(linkPath(repo, "manifests", d))); err == nil {
-					aliased[digest.Digest(strings.TrimSpace(string(link)))] = true
+				if c, err := readLink(ctx, drv, repo, "manifests", d); err == nil {
+					aliased[c] = true
 				}
 			}
 		}
@@ -207,39 +191,37 @@ func (s *Server) scanReferrers(ctx context.Context, idx referrerIndex, repo stri
 		if aliased[d] {
 			continue
 		}
-		body, err := s.manifestContent(repo, d)
+		body, err := manifestContent(ctx, drv, repo, d)
 		if err != nil {
 			continue // deleted meanwhile, or not a manifest we can read
 		}
 		if desc, subject, ok := referrerDescriptor(body, "", d); ok {
-			if err := idx.add(repo, subject, desc); err != nil {
+			if err := idx.add(ctx, repo, subject, desc); err != nil {
 				return err
 			}
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(marker), 0o755); err != nil {
+	if err := drv.PutContent(ctx, marker, nil); err != nil {
 		return fmt.Errorf("scanning %s for referrers: %w", repo, err)
 	}
-	return writeFileAtomic(marker, nil)
+	return nil
 }
 
 // manifestContent reads the manifest d of repo through its revision link.
-func (s *Server) manifestContent(repo string, d digest.Digest) ([]byte, error) {
-	link, err := os.ReadFile(s.storagePath(linkPath(repo, "manifests", d)))
+func manifestContent(ctx context.Context, drv storagedriver.StorageDriver, repo string, d digest.Digest) ([]byte, error) {
+	c, err := readLink(ctx, drv, repo, "manifests", d)
 	if err != nil {
 		return nil, err
 	}
-	c, err := digest.Parse(strings.TrimSpace(string(link)))
+	if c.Validate() != nil {
+		return nil, fmt.Errorf("manifest %s: bad link %s", d, c)
+	}
+	rc, err := drv.Reader(ctx, blobDataPath(c), 0)
 	if err != nil {
 		return nil, err
 	}
-	hx := c.Encoded()
-	f, err := os.Open(s.storagePath(path.Join(v2Root, "blobs", c.Algorithm().String(), hx[:2], hx, "data")))
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	defer rc.Close()
+	b, err := io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,8 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -226,7 +228,12 @@ func TestReferrers(t *testing.T) {
 		check(t, "http://"+addr2)
 	})
 	t.Run("rebuilt when lost", func(t *testing.T) {
-		if err := os.RemoveAll(filepath.Join(data, "referrers")); err != nil {
+		// The index lives in the storage (beside distribution's tree).
+		idx := filepath.Join(data, "storage", "labreg", "referrers")
+		if _, err := os.Stat(idx); err != nil {
+			t.Fatalf("no referrer index in the storage: %v", err)
+		}
+		if err := os.RemoveAll(idx); err != nil {
 			t.Fatal(err)
 		}
 		addr2, _ := testenv.Registry(t, registry.Options{DataDir: data})
@@ -285,5 +292,55 @@ func TestReferrersAuth(t *testing.T) {
 		if status, _, _ := rfList(t, base, "lab/app", subject, "", tt.user, tt.pass); status != tt.want {
 			t.Errorf("%s: %d, want %d", tt.name, status, tt.want)
 		}
+	}
+}
+
+// TestUIDeleteDropsAliasesAndReferrers is #14's bug 5: a manifest
+// deleted through the UI (Catalog.DeleteManifest) by its sha256 left its
+// sha512 alias link and its referrer entry, so the referrers API still
+// listed the deleted artifact. Every delete now goes through the one
+// place where a manifest changes, which also records one event.
+func TestUIDeleteDropsAliasesAndReferrers(t *testing.T) {
+	data := t.TempDir()
+	addr, srv := testenv.Registry(t, registry.Options{DataDir: data})
+	base := "http://" + addr
+	const repo = "lab/ui"
+
+	empty := []byte("{}")
+	biPushBlob(t, base, repo, empty)
+	emptyDesc := ocispec.Descriptor{MediaType: "application/vnd.oci.empty.v1+json", Digest: digest.FromBytes(empty), Size: 2}
+	image := rfJSON(t, ocispec.Manifest{Versioned: ocispecVersioned, MediaType: ocispec.MediaTypeImageManifest,
+		Config: emptyDesc, Layers: []ocispec.Descriptor{}})
+	rfPush(t, base, repo, "v1", image, ocispec.MediaTypeImageManifest)
+	subject := digest.FromBytes(image)
+	art := rfJSON(t, ocispec.Manifest{Versioned: ocispecVersioned, MediaType: ocispec.MediaTypeImageManifest,
+		ArtifactType: "application/vnd.example.signature", Config: emptyDesc, Layers: []ocispec.Descriptor{emptyDesc},
+		Subject: &ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: subject, Size: int64(len(image))}})
+	art512 := digest.SHA512.FromBytes(art)
+	rfPush(t, base, repo, art512.String(), art, ocispec.MediaTypeImageManifest)
+	if _, got, _ := rfList(t, base, repo, subject, "", "", ""); !slices.Equal(got, []string{art512.String()}) {
+		t.Fatalf("referrers after the push: %v, want [%s]", got, art512)
+	}
+
+	ctx := registry.WithActor(t.Context(), registry.Actor{User: "ann", Via: "ui"})
+	if _, err := srv.Catalog().DeleteManifest(ctx, repo, digest.FromBytes(art)); err != nil {
+		t.Fatal(err)
+	}
+	if _, got, _ := rfList(t, base, repo, subject, "", "", ""); len(got) != 0 {
+		t.Errorf("referrers after the UI deleted the artifact: %v, want none", got)
+	}
+	alias := filepath.Join(data, "storage", "docker", "registry", "v2", "repositories", repo,
+		"_manifests", "revisions", "sha512", art512.Encoded(), "link")
+	if _, err := os.Stat(alias); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the sha512 alias link is still there (%v)", err)
+	}
+	if resp, err := http.Head(base + "/v2/" + repo + "/manifests/" + art512.String()); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("HEAD by sha512 after the delete: %s, want 404", resp.Status)
+	}
+	evs, _ := srv.Events().Page(0, 100, func(e registry.Event) bool { return e.Action == "delete" })
+	if len(evs) != 1 || evs[0].Via != "ui" || evs[0].User != "ann" || evs[0].Digest != digest.FromBytes(art) {
+		t.Errorf("delete events %+v, want one by ann via ui", evs)
 	}
 }

@@ -38,7 +38,7 @@ func s3Replica(t *testing.T, store *testenv.S3Store, bucket, secretFile string) 
 }
 
 // writeSecret writes an HTTP secret file (as a swarm secret would be).
-func writeSecret(t *testing.T, s string) string {
+func writeSecret(t testing.TB, s string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "http-secret")
 	if err := os.WriteFile(p, []byte(s+"\n"), 0o600); err != nil {

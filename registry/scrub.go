@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -92,8 +93,12 @@ func (r *ScrubReport) Unrepaired() int {
 }
 
 // Scrub checks (and with Repair, repairs) a running server's data dir:
-// repairs happen while the registry is read-only, as for GC.
+// repairs happen while the registry is read-only, as for GC. Scrub reads
+// a filesystem store's files; on other storage it returns ErrScrubStorage.
 func (s *Server) Scrub(ctx context.Context, opts ScrubOptions) (*ScrubReport, error) {
+	if _, ok := s.store.fsRoot(); !ok {
+		return nil, fmt.Errorf("%w (%s)", ErrScrubStorage, s.store.spec)
+	}
 	if opts.Repair {
 		resume, err := s.ReadOnly(ctx, "scrub repair")
 		if err != nil {
@@ -113,6 +118,10 @@ func (s *Server) Scrub(ctx context.Context, opts ScrubOptions) (*ScrubReport, er
 	}
 	return rep, nil
 }
+
+// ErrScrubStorage: scrub checks the files of a filesystem store; an
+// object store verifies its objects itself.
+var ErrScrubStorage = errors.New("scrub works on filesystem storage only")
 
 // OfflineScrub checks a data dir directly. With Repair it holds the data
 // dir's lock exclusively and refuses while a server has the data dir open
@@ -153,7 +162,7 @@ func scrubDetail(r *ScrubReport) string {
 
 // scrubber is one run of scrub.
 type scrubber struct {
-	data, root string // the data dir; its <storage>/docker/registry/v2
+	data, root string // the data dir; its filesystem store (see fsPath)
 	opts       ScrubOptions
 	rep        *ScrubReport
 	bad        map[string]bool // hex of blobs corrupt or missing
@@ -165,7 +174,7 @@ func scrub(ctx context.Context, dataDir string, opts ScrubOptions) (*ScrubReport
 	}
 	start := time.Now()
 	s := &scrubber{
-		data: dataDir, root: filepath.Join(dataDir, "storage", "docker", "registry", "v2"),
+		data: dataDir, root: filepath.Join(dataDir, "storage"),
 		opts: opts, rep: &ScrubReport{Repair: opts.Repair, Problems: []ScrubProblem{}}, bad: map[string]bool{},
 	}
 	if err := s.blobs(ctx); err != nil {
@@ -207,13 +216,16 @@ func (s *scrubber) problem(p ScrubProblem, action string, fix func() error) {
 	s.rep.Problems = append(s.rep.Problems, p)
 }
 
+// file is the file of driver path p (layout.go).
+func (s *scrubber) file(p string) string { return fsPath(s.root, p) }
+
 func (s *scrubber) blobData(hx string) string {
-	return filepath.Join(s.root, "blobs", "sha256", hx[:2], hx, "data")
+	return s.file(blobDataPath(digest.NewDigestFromEncoded(digest.SHA256, hx)))
 }
 
 // blobs hashes every blob.
 func (s *scrubber) blobs(ctx context.Context) error {
-	base := filepath.Join(s.root, "blobs", "sha256")
+	base := s.file(blobsPath(digest.SHA256))
 	prefixes, err := os.ReadDir(base)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -302,7 +314,7 @@ func readLinkFile(p string) (digest.Digest, error) {
 
 // repositories checks every repository's manifests, tags and uploads.
 func (s *scrubber) repositories(ctx context.Context) error {
-	base := filepath.Join(s.root, "repositories")
+	base := s.file(reposPath())
 	var repos []string
 	err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -335,17 +347,18 @@ func (s *scrubber) repositories(ctx context.Context) error {
 			return err
 		}
 		name, _ := filepath.Rel(base, dir)
-		s.manifests(name, dir)
-		s.tags(name, dir)
-		s.uploads(name, dir)
+		name = filepath.ToSlash(name)
+		s.manifests(name)
+		s.tags(name)
+		s.uploads(name)
 	}
 	return nil
 }
 
 // manifests checks that each manifest revision of a repository and what it
 // references are stored.
-func (s *scrubber) manifests(name, dir string) {
-	revs, _ := filepath.Glob(filepath.Join(dir, "_manifests", "revisions", "sha256", "*", "link"))
+func (s *scrubber) manifests(name string) {
+	revs, _ := filepath.Glob(filepath.Join(s.file(linkDir(name, "manifests")), "sha256", "*", "link"))
 	for _, link := range revs {
 		hx := filepath.Base(filepath.Dir(link))
 		dgst := digest.Digest("sha256:" + hx)
@@ -392,27 +405,26 @@ type descriptorRef struct {
 }
 
 // tags checks that each tag's manifest is stored.
-func (s *scrubber) tags(name, dir string) {
-	tagDirs, _ := os.ReadDir(filepath.Join(dir, "_manifests", "tags"))
+func (s *scrubber) tags(name string) {
+	tagDirs, _ := os.ReadDir(s.file(tagsPath(name)))
 	for _, td := range tagDirs {
 		if !td.IsDir() {
 			continue
 		}
 		tag := td.Name()
 		s.rep.Tags++
-		tdir := filepath.Join(dir, "_manifests", "tags", tag)
-		d, err := readLinkFile(filepath.Join(tdir, "current", "link"))
+		tdir := s.file(path.Join(tagsPath(name), tag))
+		d, err := readLinkFile(s.file(tagLinkPath(name, tag)))
 		why := ""
 		switch {
 		case err != nil:
 			why = "its link is unreadable: " + errnoText(err)
 		case d.Algorithm() != digest.SHA256:
-			_, err := os.Stat(filepath.Join(dir, "_manifests", "revisions", string(d.Algorithm()), d.Encoded(), "link"))
-			if err != nil {
+			if _, err := os.Stat(s.file(linkPath(name, "manifests", d))); err != nil {
 				why = "its manifest " + d.String() + " is not in the repository"
 			}
 		default:
-			if _, err := os.Stat(filepath.Join(dir, "_manifests", "revisions", "sha256", d.Encoded(), "link")); err != nil {
+			if _, err := os.Stat(s.file(linkPath(name, "manifests", d))); err != nil {
 				why = "its manifest " + d.String() + " is not in the repository"
 			} else if !s.present(d.Encoded()) {
 				why = "its manifest " + d.String() + " is missing or corrupt"
@@ -428,16 +440,16 @@ func (s *scrubber) tags(name, dir string) {
 
 // uploads finds uploads abandoned for longer than UploadAge, or without
 // the start time every upload has.
-func (s *scrubber) uploads(name, dir string) {
-	ups, _ := os.ReadDir(filepath.Join(dir, "_uploads"))
+func (s *scrubber) uploads(name string) {
+	ups, _ := os.ReadDir(s.file(uploadsPath(name)))
 	for _, u := range ups {
 		if !u.IsDir() {
 			continue
 		}
 		s.rep.Uploads++
-		udir := filepath.Join(dir, "_uploads", u.Name())
+		udir := s.file(uploadPath(name, u.Name()))
 		why := ""
-		b, err := os.ReadFile(filepath.Join(udir, "startedat"))
+		b, err := os.ReadFile(s.file(uploadStartedPath(name, u.Name())))
 		if err != nil {
 			if fi, err := os.Stat(udir); err == nil && time.Since(fi.ModTime()) < time.Minute {
 				continue // being created

@@ -30,6 +30,7 @@ import (
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/health"
 	"github.com/distribution/distribution/v3/registry/handlers"
+	"github.com/distribution/distribution/v3/registry/storage/cache"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
@@ -107,11 +108,14 @@ type Options struct {
 
 // Server is an embedded OCI registry.
 type Server struct {
-	opts   Options
-	app    *handlers.App
-	store  *backend // the one storage driver (storage.go)
-	health *health.Registry
-	extras *extras // catalog, events, read-only gate (catalog.go)
+	opts  Options
+	app   *handlers.App
+	store *backend // the one storage driver (storage.go)
+	// descriptors is distribution's Redis blob descriptor cache, cleared
+	// of removed blobs after GC (descriptors.go); nil without Redis.
+	descriptors cache.BlobDescriptorCacheProvider
+	health      *health.Registry
+	extras      *extras // catalog, events, read-only gate (catalog.go)
 	// auth checks every /v2 request's credentials before anything else
 	// runs (auth.go); nil when auth is off. distribution has no auth of
 	// its own configured: labreg's check is the one.
@@ -211,6 +215,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, auth: authn}
+	if redis != nil {
+		s.descriptors = descriptorCache(redis)
+	}
 	if s.extras, err = newExtras(s); err != nil {
 		return nil, err
 	}
@@ -371,6 +378,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if f := s.extras.serveLock; f != nil {
 		defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	}
+	if s.extras.journal != nil {
+		jctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go s.followJournal(jctx)
 	}
 	srv := &http.Server{
 		Handler:           s.handler,

@@ -74,6 +74,16 @@ func openBackend(ctx context.Context, opts Options) (*backend, error) {
 	return st, nil
 }
 
+// fsRoot is the root directory of a filesystem store; ok is false for
+// any other driver. The filesystem-only fast paths use it.
+func (st *backend) fsRoot() (root string, ok bool) {
+	if st.name != "filesystem" {
+		return "", false
+	}
+	root, _ = st.params["rootdirectory"].(string)
+	return root, root != ""
+}
+
 // section is distribution's storage configuration for the same driver.
 func (st *backend) section() configuration.Storage {
 	s := configuration.Storage{st.name: st.params}
@@ -122,11 +132,6 @@ func readSecretFile(what, path string) (string, error) {
 	}
 	return s, nil
 }
-
-// secretCheckPath holds an HMAC of the HTTP secret (never the secret) so
-// that a replica with another secret is refused at start. It lies outside
-// distribution's tree.
-const secretCheckPath = "/labreg/http-secret.hmac"
 
 // checkShared probes a shared store with the credentials (a missing bucket
 // or a refused key is one line here, not a 500 later) and checks that
@@ -177,4 +182,21 @@ func (st *backend) explain(err error) error {
 		return fmt.Errorf("storage %s: cannot reach the store: %v", st.spec, o)
 	}
 	return fmt.Errorf("storage %s: %s: %s", st.spec, ae.Code(), ae.Message())
+}
+
+// StorageUsed is the size of everything in the registry's storage (blobs,
+// links, uploads in progress, labreg's own index), walked through the
+// storage driver: on a shared store it is the whole cluster's.
+func (c *Catalog) StorageUsed(ctx context.Context) (int64, error) {
+	var n int64
+	err := c.driver.Walk(ctx, "/", func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	if isPathNotFound(err) {
+		return 0, nil
+	}
+	return n, err
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
+	"github.com/opencontainers/go-digest"
 )
 
 // uploadState is distribution's blobUploadState (handlers/hmac.go), the
@@ -101,11 +102,11 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 			return false // missing, malformed, other algorithm: distribution answers
 		}
 	}
-	dir := filepath.Join(fp.repoDir(name), "_uploads", id)
-	if _, err := os.Stat(filepath.Join(dir, "startedat")); err != nil {
+	dir := fp.file(uploadPath(name, id))
+	if _, err := os.Stat(fp.file(uploadStartedPath(name, id))); err != nil {
 		return false
 	}
-	dataPath := filepath.Join(dir, "data")
+	dataPath := fp.file(uploadDataPath(name, id))
 	var size int64
 	if fi, err := os.Stat(dataPath); err == nil {
 		size = fi.Size()
@@ -117,7 +118,7 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 	}
 	h := sha256.New()
 	if size > 0 {
-		b, err := os.ReadFile(filepath.Join(dir, "hashstates", "sha256", strconv.FormatInt(size, 10)))
+		b, err := os.ReadFile(fp.file(uploadHashStatePath(name, id, size)))
 		if err != nil || h.(encoding.BinaryUnmarshaler).UnmarshalBinary(b) != nil {
 			return false // no hash state at this offset: distribution re-hashes
 		}
@@ -164,7 +165,7 @@ func (fp *fastPath) serveUpload(w http.ResponseWriter, r *http.Request, name, id
 	size += n
 
 	if r.Method == http.MethodPatch {
-		if err := storeHashState(dir, size, h); err != nil {
+		if err := storeHashState(fp.file(uploadHashStatePath(name, id, size)), h); err != nil {
 			f.Close()
 			os.RemoveAll(dir)
 			writeStorageError(w, err)
@@ -210,8 +211,7 @@ var fastDigest = regexp.MustCompile(`^sha256:[a-f0-9]{64}$`)
 // digest is verified: move the data into the blob store (unless the blob
 // is already there), link it into the repository, remove the upload.
 func (fp *fastPath) commit(dir, dataPath, name, dgst string) error {
-	hx := dgst[len("sha256:"):]
-	blob := fp.blobData(hx)
+	blob := fp.file(blobDataPath(digest.Digest(dgst)))
 	if _, err := os.Stat(blob); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(blob), 0o777); err != nil {
 			return fmt.Errorf("committing blob %s: %w", dgst, err)
@@ -226,7 +226,7 @@ func (fp *fastPath) commit(dir, dataPath, name, dgst string) error {
 	} else if err != nil {
 		return fmt.Errorf("committing blob %s: %w", dgst, err)
 	}
-	link := filepath.Join(fp.repoDir(name), "_layers", "sha256", hx, "link")
+	link := fp.file(linkPath(name, "blobs", digest.Digest(dgst)))
 	if err := putFile(link, []byte(dgst)); err != nil {
 		return fmt.Errorf("linking blob %s into %s: %w", dgst, name, err)
 	}
@@ -239,14 +239,13 @@ func (fp *fastPath) commit(dir, dataPath, name, dgst string) error {
 	return nil
 }
 
-// storeHashState writes the sha256 state at offset where distribution's
+// storeHashState writes the sha256 state to p, where distribution's
 // resumable digest (blobwriter_resumable.go) finds it.
-func storeHashState(dir string, offset int64, h hash.Hash) error {
+func storeHashState(p string, h hash.Hash) error {
 	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
 	if err != nil {
 		return fmt.Errorf("saving hash state: %w", err)
 	}
-	p := filepath.Join(dir, "hashstates", "sha256", strconv.FormatInt(offset, 10))
 	if err := putFile(p, b); err != nil {
 		return fmt.Errorf("saving hash state: %w", err)
 	}

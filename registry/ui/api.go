@@ -38,7 +38,7 @@ func (u *UI) routesAPI() {
 		writeJSON(w, http.StatusOK, u.eventsView(r.URL.Query()))
 	})
 	u.mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, u.statusView())
+		writeJSON(w, http.StatusOK, u.statusView(r.Context()))
 	})
 	u.mux.HandleFunc("POST /api/gc", u.apiGC)
 	u.mux.HandleFunc("POST /api/scrub", u.apiScrub)
@@ -116,7 +116,9 @@ func (u *UI) apiRepoDELETE(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	repo, verb, arg := splitRest(r.PathValue("rest"))
-	ctx := r.Context()
+	// The registry records the deletes in its history (one place where a
+	// manifest changes), with this actor.
+	ctx := registry.WithActor(r.Context(), registry.Actor{User: user(r), Addr: r.RemoteAddr, Via: "api"})
 	switch {
 	case verb == "tags" && arg != "":
 		d, err := u.opts.Catalog.DeleteTag(ctx, repo, arg)
@@ -124,7 +126,6 @@ func (u *UI) apiRepoDELETE(w http.ResponseWriter, r *http.Request) {
 			apiError(w, err)
 			return
 		}
-		u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Tag: arg, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "api"})
 		writeJSON(w, http.StatusOK, map[string]any{"deleted_tags": []string{arg}, "digest": d})
 	case verb == "manifests" && arg != "":
 		d, err := digest.Parse(arg)
@@ -137,8 +138,6 @@ func (u *UI) apiRepoDELETE(w http.ResponseWriter, r *http.Request) {
 			apiError(w, err)
 			return
 		}
-		u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "api",
-			Detail: "tags: " + strings.Join(tags, ", ")})
 		writeJSON(w, http.StatusOK, map[string]any{"deleted_tags": tags, "digest": d})
 	default:
 		apiError(w, fmt.Errorf("no API endpoint %s: %w", r.URL.Path, registry.ErrNotFound))

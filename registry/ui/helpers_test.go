@@ -42,7 +42,7 @@ func TestDockerfile(t *testing.T) {
 		{CreatedBy: ""},
 	}
 	want := []string{"ADD file:abc in /", `CMD ["sh"]`, "RUN apk add curl", "RUN make V=$V", "COPY app /app"}
-	if got := registry.Dockerfile(hist); !slices.Equal(got, want) {
+	if got := Dockerfile(hist); !slices.Equal(got, want) {
 		t.Errorf("Dockerfile = %q, want %q", got, want)
 	}
 }

@@ -2,6 +2,7 @@ package ui
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"html/template"
@@ -218,7 +219,7 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, fmt.Errorf("digest %q: %v: %w", arg, err, errBadRequest))
 			return
 		}
-		img, err := u.opts.Catalog.Image(ctx, repo, d)
+		img, err := imageOf(ctx, u.opts.Catalog, repo, d)
 		if err != nil {
 			u.fail(w, r, err)
 			return
@@ -277,7 +278,7 @@ func (u *UI) tagRow(repo string, g TagGroup) (template.HTML, error) {
 
 // ImageView is the tag detail page.
 type ImageView struct {
-	*registry.Image
+	*Image
 	Ref       string // repo:tag or repo@digest
 	Tag       string // "" when opened by digest
 	Pull      string
@@ -294,7 +295,7 @@ type Referrer struct {
 }
 
 func (u *UI) imageView(r *http.Request, repo string, d digest.Digest, verb, arg string) (*ImageView, error) {
-	img, err := u.opts.Catalog.Image(r.Context(), repo, d)
+	img, err := imageOf(r.Context(), u.opts.Catalog, repo, d)
 	if err != nil {
 		return nil, err
 	}
@@ -332,7 +333,9 @@ func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
 		u.fail(w, r, fmt.Errorf("%v: %w", err, errForbidden))
 		return
 	}
-	ctx := r.Context()
+	// The registry records the deletes in its history (one place where a
+	// manifest changes), with this actor.
+	ctx := registry.WithActor(r.Context(), registry.Actor{User: user(r), Addr: r.RemoteAddr, Via: "ui"})
 	switch verb {
 	case "delete-tags":
 		tags := r.PostForm["tag"]
@@ -341,12 +344,10 @@ func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, t := range tags {
-			d, err := u.opts.Catalog.DeleteTag(ctx, repo, t)
-			if err != nil {
+			if _, err := u.opts.Catalog.DeleteTag(ctx, repo, t); err != nil {
 				u.fail(w, r, err)
 				return
 			}
-			u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Tag: t, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "ui"})
 		}
 		redirect(w, r, "/r/"+repo, fmt.Sprintf("Deleted tag %s (other tags on the same digest stay).", strings.Join(tags, ", ")))
 	case "delete-manifest":
@@ -360,8 +361,6 @@ func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
-		u.opts.History.Add(registry.Event{Action: "delete", Repo: repo, Digest: d, User: user(r), Addr: r.RemoteAddr, Via: "ui",
-			Detail: "tags: " + strings.Join(tags, ", ")})
 		msg := "Deleted manifest " + shortDigest(d)
 		if len(tags) > 0 {
 			msg += " and its tags " + strings.Join(tags, ", ")
@@ -415,8 +414,8 @@ type StatusView struct {
 	Scrub bool `json:"scrub"`
 }
 
-func (u *UI) statusView() *StatusView {
-	s := &StatusView{Version: u.opts.Version, DataDir: u.opts.DataDir, StorageUsed: u.storageUsed(),
+func (u *UI) statusView(ctx context.Context) *StatusView {
+	s := &StatusView{Version: u.opts.Version, DataDir: u.opts.DataDir, StorageUsed: u.storageUsed(ctx),
 		Advertise: u.opts.Advertise, UIReadOnly: u.opts.ReadOnly, Scrub: u.opts.Scrub != nil}
 	if busy, why := u.opts.ReadOnlyState(); busy {
 		s.Busy = why
@@ -428,7 +427,7 @@ func (u *UI) statusView() *StatusView {
 }
 
 func (u *UI) status(w http.ResponseWriter, r *http.Request) {
-	u.render(w, r, http.StatusOK, "status", "Status", u.statusView())
+	u.render(w, r, http.StatusOK, "status", "Status", u.statusView(r.Context()))
 }
 
 // GCView is the garbage-collection page.

@@ -22,7 +22,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -41,7 +40,8 @@ type Catalog interface {
 	Repositories(ctx context.Context) ([]registry.Repository, error)
 	Tags(ctx context.Context, repo string) (registry.Repository, []registry.Tag, error)
 	Resolve(ctx context.Context, repo, ref string) (digest.Digest, error)
-	Image(ctx context.Context, repo string, dgst digest.Digest) (*registry.Image, error)
+	Manifest(ctx context.Context, repo string, dgst digest.Digest) (*registry.Manifest, error)
+	TagsOf(ctx context.Context, repo string, dgst digest.Digest) ([]string, error)
 	DeleteTag(ctx context.Context, repo, tag string) (digest.Digest, error)
 	DeleteManifest(ctx context.Context, repo string, dgst digest.Digest) ([]string, error)
 }
@@ -316,22 +316,27 @@ func redact(s Setting) Setting {
 	return s
 }
 
-// storageUsed sums the file sizes under the data dir, at most once a minute.
-func (u *UI) storageUsed() int64 {
+// storageMeter is a Catalog that can size its storage (*registry.Catalog).
+type storageMeter interface {
+	StorageUsed(ctx context.Context) (int64, error)
+}
+
+// storageUsed is the size of the registry's storage, measured at most
+// once a minute; 0 when the catalog cannot tell.
+func (u *UI) storageUsed(ctx context.Context) int64 {
 	u.duMu.Lock()
 	defer u.duMu.Unlock()
 	if time.Since(u.duAt) < time.Minute {
 		return u.duSize
 	}
-	var n int64
-	filepath.WalkDir(u.opts.DataDir, func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
+	m, ok := u.opts.Catalog.(storageMeter)
+	if !ok {
+		return 0
+	}
+	n, err := m.StorageUsed(ctx)
+	if err != nil {
+		return u.duSize // the last figure until the store answers again
+	}
 	u.duAt, u.duSize = time.Now(), n
 	return n
 }

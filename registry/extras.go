@@ -1,0 +1,93 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"syscall"
+)
+
+// A server's catalog, history, change bookkeeping and data-dir locks,
+// wired to its one storage driver.
+
+type extras struct {
+	catalog *Catalog
+	events  *EventLog
+	changes *changes // what follows a manifest change (changes.go)
+	journal *journal // the shared store's change journal; nil on a store of one's own
+	gate    *gate
+	dataDir string
+	lock    *os.File // <data>/.lock, locked shared while writes run (see gate)
+	// serveLock is <data>/.serve.lock, locked shared until Serve returns.
+	serveLock *os.File
+}
+
+// newExtras opens the catalog, event log and data-dir lock of a server.
+// The lock file is closed when the Server is garbage collected. A catalog
+// that cannot be opened fails the server's start (a nil catalog would fail
+// the UI later).
+func newExtras(s *Server) (*extras, error) {
+	if s.store == nil {
+		return nil, errors.New("registry: no storage")
+	}
+	cat, err := newCatalog(context.Background(), s.store.driver, filepath.Join(s.opts.DataDir, "catalog-cache.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	e := &extras{catalog: cat, gate: newGate(), dataDir: s.opts.DataDir}
+	cat.gate = e.gate
+	e.events = openEventLog(s.opts.DataDir, s.log)
+	e.changes = &changes{drv: s.store.driver, idx: s.referrerIndex(), catalog: cat, events: e.events, log: s.log}
+	if s.store.spec.Shared() {
+		id, err := replicaID(s.opts.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		e.journal = newJournal(s.store.driver, id, s.log)
+		e.changes.journal = e.journal
+	}
+	cat.onChange = e.changes
+	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
+		e.lock = f
+		e.gate.lock = f
+		runtime.AddCleanup(s, func(f *os.File) { f.Close() }, f)
+	}
+	// <data>/.serve.lock, held shared for the server's life: ServerRunning
+	// tells an offline tool that a server uses the data dir.
+	if f, err := os.OpenFile(filepath.Join(s.opts.DataDir, ".serve.lock"), os.O_RDWR|os.O_CREATE, 0o644); err == nil {
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB) == nil {
+			e.serveLock = f // closed when Serve returns
+			runtime.AddCleanup(s, func(f *os.File) { f.Close() }, f)
+		} else {
+			f.Close()
+		}
+	}
+	return e, nil
+}
+
+// ServerRunning reports whether a labreg server (in any process) has the
+// data dir open: it holds <data>/.serve.lock shared while it lives.
+func ServerRunning(dataDir string) bool {
+	f, err := os.Open(filepath.Join(dataDir, ".serve.lock"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return true
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return false
+}
+
+// Catalog returns the in-process view of this server's storage that the
+// web UI reads.
+func (s *Server) Catalog() *Catalog { return s.extras.catalog }
+
+// Events returns this server's push/pull/delete history.
+func (s *Server) Events() *EventLog { return s.extras.events }
+
+// DataDir returns the data directory.
+func (s *Server) DataDir() string { return s.opts.DataDir }

@@ -1,0 +1,239 @@
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+)
+
+// Replicas on one shared store keep their in-memory state (the catalog
+// index, the event history, distribution's blob descriptor cache) in step
+// through a change journal in the store itself: every change made through
+// a replica (changes.go, GC) is written as one small object under
+// journalPath, named so that names sort by time. Every replica lists the
+// journal every journalPoll and applies the entries of the other
+// replicas: it refreshes the repository in its catalog index, adds the
+// event to its history, and after a GC elsewhere drops what it cached.
+// Entries older than journalKeep are deleted by whichever replica sees
+// them. Nothing but the store is needed (no Redis, no peer list).
+//
+// The referrer index and the sha512 aliases need no journal: they are
+// read from the store on every request. Pull events stay with the
+// replica that served them (one object per pull would cost the store
+// more than the history is worth).
+
+// journalPoll is how often a replica reads the journal: a change made
+// through another replica is seen within about this long (plus one
+// store round trip).
+const journalPoll = 250 * time.Millisecond
+
+// journalKeep is how long entries stay in the journal. A replica that
+// starts imports the events of the entries still there.
+const journalKeep = 24 * time.Hour
+
+// journalEntry is one change.
+type journalEntry struct {
+	Replica string `json:"replica"`
+	Repo    string `json:"repo,omitempty"`
+	// Event is the change as the history records it.
+	Event *Event `json:"event,omitempty"`
+	// GC: a garbage collection removed Blobs (digests) from the store.
+	GC    bool     `json:"gc,omitempty"`
+	Blobs []string `json:"blobs,omitempty"`
+}
+
+// journal writes and tails the change journal of one replica.
+type journal struct {
+	drv storagedriver.StorageDriver
+	id  string // this replica (see replicaID)
+	log *slog.Logger
+	seq atomic.Uint64
+
+	mu   sync.Mutex
+	seen map[string]bool // entry names applied or skipped
+}
+
+// journalPath is the directory of the journal.
+func journalPath() string { return path.Join(labregRoot, "journal") }
+
+// replicaID is this data dir's replica name, kept in <data>/replica-id
+// so that a restarted replica recognises its own journal entries.
+func replicaID(dataDir string) (string, error) {
+	p := filepath.Join(dataDir, "replica-id")
+	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) == 16 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	id := hex.EncodeToString(b[:])
+	if err := writeFileAtomic(p, []byte(id+"\n")); err != nil {
+		return "", fmt.Errorf("recording the replica id: %w", err)
+	}
+	return id, nil
+}
+
+func newJournal(drv storagedriver.StorageDriver, id string, log *slog.Logger) *journal {
+	return &journal{drv: drv, id: id, log: log, seen: map[string]bool{}}
+}
+
+// publish writes e to the journal. A failure is logged: the change itself
+// is made; other replicas see it at their next full reload.
+func (j *journal) publish(ctx context.Context, e journalEntry) {
+	e.Replica = j.id
+	b, err := json.Marshal(e)
+	if err != nil {
+		return
+	}
+	name := fmt.Sprintf("%020d-%s-%06d.json", time.Now().UnixNano(), j.id, j.seq.Add(1)%1_000_000)
+	j.mu.Lock()
+	j.seen[name] = true
+	j.mu.Unlock()
+	if err := j.drv.PutContent(context.WithoutCancel(ctx), path.Join(journalPath(), name), b); err != nil {
+		j.log.Warn("writing the change journal", "err", err)
+	}
+}
+
+// entryTime is when the entry name was written.
+func entryTime(name string) (time.Time, bool) {
+	i := strings.IndexByte(name, '-')
+	if i != 20 {
+		return time.Time{}, false
+	}
+	var ns int64
+	if _, err := fmt.Sscanf(name[:i], "%d", &ns); err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
+}
+
+// poll applies the entries not seen yet, oldest first, through apply.
+// since: entries written before it are marked seen without being applied
+// (zero: apply all).
+func (j *journal) poll(ctx context.Context, since time.Time, apply func(journalEntry)) error {
+	paths, err := j.drv.List(ctx, journalPath())
+	if isPathNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	sort.Strings(paths)
+	now := time.Now()
+	listed := make(map[string]bool, len(paths))
+	for _, p := range paths {
+		name := path.Base(p)
+		listed[name] = true
+		j.mu.Lock()
+		done := j.seen[name]
+		j.seen[name] = true
+		j.mu.Unlock()
+		t, ok := entryTime(name)
+		if ok && now.Sub(t) > journalKeep {
+			_ = j.drv.Delete(ctx, p) // any replica prunes
+			continue
+		}
+		if done || !ok || t.Before(since) || strings.Contains(name, "-"+j.id+"-") {
+			continue
+		}
+		b, err := j.drv.GetContent(ctx, p)
+		if err != nil {
+			continue // pruned meanwhile
+		}
+		var e journalEntry
+		if json.Unmarshal(b, &e) != nil || e.Replica == j.id {
+			continue
+		}
+		apply(e)
+	}
+	// Forget what the journal no longer holds.
+	j.mu.Lock()
+	for name := range j.seen {
+		if !listed[name] {
+			if t, ok := entryTime(name); !ok || now.Sub(t) > time.Minute {
+				delete(j.seen, name)
+			}
+		}
+	}
+	j.mu.Unlock()
+	return nil
+}
+
+// followJournal applies the other replicas' changes to this server until
+// ctx ends, keeps its heartbeat, and follows other replicas' GC leases
+// (gclease.go). At start it imports the events of the entries newer than the
+// newest event already in the history.
+func (s *Server) followJournal(ctx context.Context) {
+	e := s.extras
+	since := time.Time{}
+	if last, n := e.events.Page(0, 1, nil); n > 0 {
+		since = last[0].Time
+	}
+	apply := func(je journalEntry) { s.applyJournal(ctx, je) }
+	tick := time.NewTicker(journalPoll)
+	defer tick.Stop()
+	var gc remoteGC
+	var beat time.Time
+	for {
+		if time.Since(beat) >= heartbeatEvery {
+			if err := e.journal.heartbeat(ctx); err == nil {
+				beat = time.Now()
+			}
+		}
+		if err := e.journal.poll(ctx, since, apply); err != nil && ctx.Err() == nil {
+			s.log.Warn("reading the change journal", "err", err)
+		}
+		since = time.Time{}
+		// After the journal: a GC's entry (drop cached blobs) is applied
+		// before its lease's end reopens this replica.
+		s.followLease(ctx, &gc)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// applyJournal brings this replica up to date with one change made
+// through another.
+func (s *Server) applyJournal(ctx context.Context, je journalEntry) {
+	e := s.extras
+	switch {
+	case je.GC:
+		s.dropCachedBlobs(ctx, je.Blobs)
+		e.catalog.Reload()
+	case je.Repo != "":
+		e.catalog.Touch(je.Repo, "")
+	}
+	if je.Event != nil {
+		e.events.Add(*je.Event)
+	}
+}
+
+// afterGC drops the cached descriptors of the blobs a GC removed and
+// tells the other replicas, which drop theirs and reload their index.
+func (s *Server) afterGC(ctx context.Context, res *GCResult, ev Event) {
+	blobs := make([]string, len(res.Blobs))
+	for i, b := range res.Blobs {
+		blobs[i] = b.Digest.String()
+	}
+	s.dropCachedBlobs(ctx, blobs)
+	if j := s.extras.journal; j != nil {
+		j.publish(ctx, journalEntry{GC: true, Blobs: blobs, Event: &ev})
+	}
+}
