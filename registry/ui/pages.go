@@ -146,6 +146,8 @@ func statusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, errForbidden):
 		return http.StatusForbidden
+	case errors.Is(err, errConflict):
+		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
 }
@@ -223,7 +225,8 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
-		u.render(w, r, http.StatusOK, "confirm", "Delete "+repo+"@"+shortDigest(d), img)
+		why, _ := u.inUse(ctx, d)
+		u.render(w, r, http.StatusOK, "confirm", "Delete "+repo+"@"+shortDigest(d), &confirmView{Image: img, InUse: why})
 	default:
 		u.fail(w, r, fmt.Errorf("no page %s: %w", r.URL.Path, registry.ErrNotFound))
 	}
@@ -355,6 +358,10 @@ func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, fmt.Errorf("digest %q: %v: %w", arg, err, errBadRequest))
 			return
 		}
+		if err := u.checkDeleteInUse(r, repo, d); err != nil {
+			u.fail(w, r, err)
+			return
+		}
 		tags, err := u.opts.Catalog.DeleteManifest(ctx, repo, d)
 		if err != nil {
 			u.fail(w, r, err)
@@ -460,11 +467,17 @@ func (u *UI) gcRun(w http.ResponseWriter, r *http.Request) {
 		RemoveUntagged:   r.PostFormValue("untagged") == "1",
 		RemoveEmptyRepos: r.PostFormValue("empty") == "1",
 	}
+	unchecked, err := u.gcKeep(r.Context(), &opts, r.PostFormValue("ignore_swarm") == "1")
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
 	res, err := u.opts.GC.GC(r.Context(), opts)
 	if err != nil {
 		u.fail(w, r, err)
 		return
 	}
+	res.Unchecked = unchecked
 	v := &GCView{Result: res, Opts: opts, Shown: res.Blobs}
 	if len(v.Shown) > 500 {
 		v.Shown = v.Shown[:500]

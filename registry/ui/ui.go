@@ -111,6 +111,9 @@ type Options struct {
 	Settings []Setting
 	// Logger receives errors. Default: discard.
 	Logger *slog.Logger
+	// InUse, when set, names the manifests swarm services use: GC keeps
+	// them, and deleting one needs a confirmation. Default: not asked.
+	InUse InUseFunc
 }
 
 // UI is the web UI's http.Handler.
