@@ -36,6 +36,7 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, hosts []str
 		opts.InUse = func(context.Context) (map[digest.Digest]string, error) { return nil, err }
 	} else {
 		opts.InUse = func(ctx context.Context) (map[digest.Digest]string, error) { return swarmInUse(ctx, dc) }
+		opts.Swarm = &uiSwarm{dc: dc, registry: advertise, log: log}
 	}
 	// The referrers API of the registry, when this build has it.
 	if r, ok := any(srv).(ui.Referrers); ok {

@@ -20,7 +20,7 @@ import (
 
 type pageTemplate struct{ t *template.Template }
 
-var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "scrub", "error"}
+var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "scrub", "error", "services"}
 
 var funcs = template.FuncMap{
 	"size":        units.HumanSize,
@@ -49,7 +49,9 @@ var funcs = template.FuncMap{
 		v.Del("page")
 		return "?" + v.Encode()
 	},
-	"iso": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"shortStr":    func(d string) string { return shortDigest(digest.Digest(d)) },
+	"updateState": updateState,
+	"iso":         func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"sortedKeys": func(m map[string]string) []string {
 		ks := make([]string, 0, len(m))
 		for k := range m {
@@ -104,13 +106,14 @@ type page struct {
 	Busy     string
 	Flash    string
 	HasGC    bool
+	HasSwarm bool
 	Query    url.Values
 	Data     any
 }
 
 func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name, title string, data any) {
 	p := page{Title: title, Nav: name, CSRF: csrfToken(w, r), ReadOnly: u.opts.ReadOnly,
-		Flash: r.URL.Query().Get("flash"), HasGC: u.opts.GC != nil && !u.opts.ReadOnly, Query: r.URL.Query(), Data: data}
+		Flash: r.URL.Query().Get("flash"), HasGC: u.opts.GC != nil && !u.opts.ReadOnly, HasSwarm: u.opts.Swarm != nil, Query: r.URL.Query(), Data: data}
 	p.Query.Del("flash")
 	if busy, why := u.opts.ReadOnlyState(); busy {
 		p.Busy = why
@@ -209,6 +212,7 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
+		v.Services = u.servicesUsing(ctx, d)
 		u.render(w, r, http.StatusOK, "image", v.Ref, v)
 	case "delete-manifest":
 		if u.opts.ReadOnly {
@@ -286,6 +290,8 @@ type ImageView struct {
 	Pull      string
 	Update    string
 	Referrers []Referrer
+	// Services are the swarm services whose tasks run this digest.
+	Services []string
 }
 
 // Referrer is one manifest whose subject is the image.
