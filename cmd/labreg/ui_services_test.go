@@ -118,7 +118,7 @@ func TestServicesPage(t *testing.T) {
 	}
 	shot := func(name string) {
 		t.Helper()
-		buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+		buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100) /* PNG */)
 		if err != nil {
 			t.Fatalf("screenshot %s: %v", name, err)
 		}
