@@ -97,7 +97,7 @@ func TestServicesPage(t *testing.T) {
 
 	// Chromium.
 	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.Headless, chromedp.Flag("disable-background-networking", true), chromedp.WindowSize(1200, 900))
+		chromedp.Headless, chromedp.Flag("disable-background-networking", true), chromedp.WindowSize(1000, 700))
 	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
 	t.Cleanup(cancel)
 	bctx, cancel2 := chromedp.NewContext(actx)

@@ -308,30 +308,32 @@ func (u *UI) serviceAction(w http.ResponseWriter, r *http.Request) {
 		} else {
 			res, err = u.opts.Swarm.Rollback(ctx, name, log)
 		}
-		u.ops.mu.Lock()
-		op.Done = true
+		// The outcome, recorded as an event before the page shows it done.
+		var o Operation
 		var re *deploy.RolloutError
 		switch {
 		case err == nil:
-			op.Outcome, op.Result = "converged", res.Image
+			o.Outcome, o.Result = "converged", res.Image
 		case errors.As(err, &re):
-			op.Outcome, op.Error, op.TaskErr = re.State, err.Error(), re.TaskErr
+			o.Outcome, o.Error, o.TaskErr = re.State, err.Error(), re.TaskErr
 			if re.State == "rollback_completed" {
-				op.Outcome = "rolled back"
+				o.Outcome = "rolled back"
 			}
 		default:
-			op.Outcome, op.Error = "failed", err.Error()
+			o.Outcome, o.Error = "failed", err.Error()
 		}
 		ev := registry.Event{Action: action, Repo: repo, Tag: tag, User: op.User, Addr: r.RemoteAddr, Via: "ui",
-			Detail: fmt.Sprintf("service %s: %s", name, op.Outcome)}
+			Detail: fmt.Sprintf("service %s: %s", name, o.Outcome)}
 		if _, d, ok := strings.Cut(res.Image, "@"); ok {
 			ev.Digest = digest.Digest(d)
 		}
-		if op.Error != "" {
-			ev.Detail += ": " + op.Error
+		if o.Error != "" {
+			ev.Detail += ": " + o.Error
 		}
-		u.ops.mu.Unlock()
 		u.opts.History.Add(ev)
+		u.ops.mu.Lock()
+		op.Done, op.Outcome, op.Result, op.Error, op.TaskErr = true, o.Outcome, o.Result, o.Error, o.TaskErr
+		u.ops.mu.Unlock()
 	}()
 	// A quick outcome (a refused update) shows at once; a rollout is
 	// followed on the Services page.
