@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -17,6 +18,8 @@ import (
 // spec, previous spec, running tasks), as digest -> "used by service web
 // (current spec, task abc)": what GC keeps and UI deletes confirm.
 func swarmInUse(ctx context.Context, dc *deploy.Client) (map[digest.Digest]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second) // an engine that hangs is one that cannot be asked
+	defer cancel()
 	uses, err := dc.ImagesInUse(ctx)
 	if err != nil {
 		return nil, err

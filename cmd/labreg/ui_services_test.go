@@ -168,6 +168,15 @@ func TestServicesPage(t *testing.T) {
 	do("deploy green", chromedp.Navigate(hs.URL+"/services"), chromedp.SetValue(chromedp.CSS("#tag-"+svc), "green"),
 		chromedp.Click(chromedp.CSS("#deploy-"+svc)), chromedp.WaitVisible(chromedp.CSS("#flash")))
 	shot("services-2-rollout")
+	// Followed without JavaScript: while the rollout runs the page asks
+	// the browser to reload it every 2 seconds.
+	if resp, err := http.Get(hs.URL + "/services"); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "running…") && resp.Header.Get("Refresh") != "2" {
+			t.Errorf("the Services page during a rollout has Refresh %q, want 2", resp.Header.Get("Refresh"))
+		}
+	}
 	if got := wait("deploy green"); got != "converged" {
 		t.Errorf("deploy green from the browser: %q (%s), want converged", got, text(sel+" .op"))
 	}
@@ -262,6 +271,24 @@ func TestServicesPage(t *testing.T) {
 	}
 	if after := specImage(); after != before {
 		t.Errorf("a refused deploy changed the service: %s -> %s", before, after)
+	}
+
+	// No swarm manager to ask: the page says why.
+	t.Setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+	noSwarm, err := newWebUI(srv, addr, false, nil, dir, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := httptest.NewServer(noSwarm)
+	t.Cleanup(ns.Close)
+	resp, err := http.Get(ns.URL + "/services")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `id="unavailable"`) || !strings.Contains(string(b), "did not answer as a swarm manager") {
+		t.Errorf("Services page without an engine: %d\n%s", resp.StatusCode, b)
 	}
 }
 

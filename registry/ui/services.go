@@ -31,6 +31,10 @@ type Swarm interface {
 	Rollback(ctx context.Context, service string, progress io.Writer) (deploy.Result, error)
 }
 
+// swarmTimeout bounds the engine queries of one page view (an engine
+// that does not answer must not hang the page).
+const swarmTimeout = 10 * time.Second
+
 // rolloutTimeout bounds a deploy or rollback started from the UI.
 const rolloutTimeout = 10 * time.Minute
 
@@ -112,7 +116,9 @@ func (u *UI) servicesView(ctx context.Context) *ServicesView {
 		v.Unavailable = "this web UI has no swarm engine configured"
 		return v
 	}
-	st, err := u.opts.Swarm.Status(ctx)
+	sctx, cancel := context.WithTimeout(ctx, swarmTimeout)
+	defer cancel()
+	st, err := u.opts.Swarm.Status(sctx)
 	if err != nil {
 		v.Unavailable = "the Docker Engine next to labreg serve did not answer as a swarm manager: " + err.Error()
 		return v
@@ -182,6 +188,8 @@ func (u *UI) servicesUsing(ctx context.Context, dgst digest.Digest) []string {
 	if u.opts.Swarm == nil {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, swarmTimeout)
+	defer cancel()
 	st, err := u.opts.Swarm.Status(ctx)
 	if err != nil {
 		return nil
