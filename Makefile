@@ -10,25 +10,40 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/labreg
 
-# The lab's example images; images/labreg (labreg's own image, for running
-# the registry as a swarm service) is left out: it compiles labreg again.
-EXAMPLES ?= images/webserver images/myhttpd images/samsung
+# The main job: start the registry (and UI), build the lab's example images
+# (images/webserver, images/myhttpd, images/samsung; not images/labreg,
+# labreg's own image: it recompiles labreg from this checkout, which `make
+# up` has just done, and the lab does not run it) into it, deploy the lab's
+# myhttpd service where this node is a swarm manager that trusts the
+# registry (labreg doctor), and keep serving until Ctrl-C. The terminal
+# shows where the registry and UI are, one line per image and what was
+# deployed; the server's log goes to $(DATA)/serve.log. On a one-node swarm
+# whose engine does not trust the advertised address (no
+# insecure-registries entry yet), myhttpd is deployed through
+# 127.0.0.1:PORT, which every engine trusts: fine while this node is the
+# only one, not once workers join (they cannot pull from this node's
+# loopback). LABREG_* variables (LABREG_LISTEN, LABREG_REGISTRY, ...)
+# configure every command.
+UP_IMAGES ?= images/webserver images/myhttpd images/samsung
 
-# The main job: start the registry (and UI), build the example images
-# ($(EXAMPLES)) into it, deploy the lab's myhttpd service where this node is a
-# swarm manager that trusts the registry (labreg doctor), and keep serving
-# until Ctrl-C. LABREG_* variables
-# (LABREG_LISTEN, LABREG_REGISTRY, ...) configure both commands.
 up: build
-	@$(BIN) serve --data $(DATA) & serve=$$!; \
+	@mkdir -p $(DATA); \
+	$(BIN) serve --data $(DATA) 2>$(DATA)/serve.log & serve=$$!; \
 	trap 'kill $$serve 2>/dev/null; wait $$serve' INT TERM; \
-	$(BIN) build --wait 60s $(EXAMPLES) || { kill $$serve; wait $$serve; exit 1; }; \
+	stop() { kill $$serve 2>/dev/null; wait $$serve; echo "labreg: server log: $(DATA)/serve.log" >&2; exit 1; }; \
+	$(BIN) build --wait 60s --progress quiet $(UP_IMAGES) || stop; \
+	adv=$$($(BIN) config 2>/dev/null | sed -n 's/^  advertise: "\([^"]*\)".*/\1/p'); \
+	port=$${adv##*:}; \
 	if $(BIN) doctor >/dev/null 2>&1; then \
-	  $(BIN) deploy -f deploy/examples/myhttpd.yaml || { kill $$serve; wait $$serve; exit 1; }; \
+	  $(BIN) deploy -f deploy/examples/myhttpd.yaml --progress quiet || stop; \
+	elif $(BIN) doctor --local --advertise 127.0.0.1:$$port 2>/dev/null | grep -q 'manager of a 1-node swarm'; then \
+	  echo "labreg: this engine does not trust $$adv (see: $(BIN) doctor); on this one-node swarm myhttpd pulls through 127.0.0.1:$$port instead." >&2; \
+	  echo "labreg: when workers join they cannot pull from 127.0.0.1: trust $$adv on every node, then redeploy (labreg deploy -f deploy/examples/myhttpd.yaml)." >&2; \
+	  LABREG_ADVERTISE=127.0.0.1:$$port $(BIN) deploy -f deploy/examples/myhttpd.yaml --progress quiet || stop; \
 	else \
 	  echo "labreg: not deploying: this node is not a swarm manager that trusts the registry (see: $(BIN) doctor)" >&2; \
 	fi; \
-	echo "labreg: example images built; registry still serving (Ctrl-C stops it)" >&2; \
+	echo "labreg: example images built; registry still serving (Ctrl-C stops it); server log: $(DATA)/serve.log" >&2; \
 	wait $$serve
 
 # The example base image's binary, for building images/webserver/1 with

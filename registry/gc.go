@@ -27,6 +27,19 @@ type GCOptions struct {
 	// RemoveEmptyRepos removes repositories left with no tag and no
 	// manifest. Default false.
 	RemoveEmptyRepos bool
+	// Keep are manifests that must stay although no tag reaches them, with
+	// the reason (e.g. "used by service myhttpd (previous spec)"): the
+	// images swarm services run or roll back to. They and everything they
+	// reference stay, in every repository. The caller computes them (the
+	// registry does not know the swarm). Default: none.
+	Keep map[digest.Digest]string `json:"-"`
+}
+
+// GCKept is an untagged manifest kept because GCOptions.Keep names it.
+type GCKept struct {
+	Repo   string        `json:"repo"`
+	Digest digest.Digest `json:"digest"`
+	Reason string        `json:"reason"`
 }
 
 // GCBlob is a blob garbage collection removes.
@@ -52,6 +65,12 @@ type GCResult struct {
 	// Kept is the number of blobs and manifests still referenced.
 	Kept     int           `json:"kept"`
 	Duration time.Duration `json:"duration"`
+	// InUse are the untagged manifests kept because something uses them
+	// (GCOptions.Keep): only with RemoveUntagged, the others stay anyway.
+	InUse []GCKept `json:"in_use,omitempty"`
+	// Unchecked, when set, says why what uses the images (the swarm) could
+	// not be checked; the caller sets it.
+	Unchecked string `json:"unchecked,omitempty"`
 }
 
 // GC runs garbage collection online: unless it is a dry run, the registry
@@ -130,6 +149,7 @@ type repoPlan struct {
 	tags      []string
 	manifests []digest.Digest
 	drop      []digest.Digest // untagged manifests to remove
+	inUse     []GCKept        // untagged manifests kept for GCOptions.Keep
 }
 
 // GC plans garbage collection over the storage and, unless DryRun, carries
@@ -152,6 +172,7 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			dropped[d] = true
 			res.Manifests = append(res.Manifests, GCManifest{Repo: p.name, Digest: d})
 		}
+		res.InUse = append(res.InUse, p.inUse...)
 		if opts.RemoveEmptyRepos && len(p.tags) == 0 && len(p.manifests) == len(p.drop) {
 			emptyRepos = append(emptyRepos, p)
 			res.Repositories = append(res.Repositories, p.name)
@@ -301,6 +322,29 @@ func (c *Catalog) plan(ctx context.Context, opts GCOptions) ([]*repoPlan, error)
 				return nil, err
 			}
 		}
+		// Then what is in use (GCOptions.Keep) and all it reaches, noting
+		// which manifests stay only for that.
+		tagged := make(map[digest.Digest]bool, len(keep))
+		for d := range keep {
+			tagged[d] = true
+		}
+		reason := map[digest.Digest]string{}
+		for _, d := range p.manifests {
+			if why, ok := opts.Keep[d]; ok && !keep[d] {
+				before := make(map[digest.Digest]bool, len(keep))
+				for k := range keep {
+					before[k] = true
+				}
+				if err := walk(d); err != nil {
+					return nil, err
+				}
+				for k := range keep {
+					if !before[k] {
+						reason[k] = why
+					}
+				}
+			}
+		}
 		subjects := map[digest.Digest]digest.Digest{}
 		for _, d := range p.manifests {
 			raw, _, err := c.readManifest(ctx, repo, d)
@@ -320,8 +364,11 @@ func (c *Catalog) plan(ctx context.Context, opts GCOptions) ([]*repoPlan, error)
 			}
 		}
 		for _, d := range p.manifests {
-			if !keep[d] {
+			switch {
+			case !keep[d]:
 				p.drop = append(p.drop, d)
+			case !tagged[d] && reason[d] != "":
+				p.inUse = append(p.inUse, GCKept{Repo: p.name, Digest: d, Reason: reason[d]})
 			}
 		}
 	}

@@ -346,6 +346,12 @@ func (slogHook) Fire(e *logrus.Entry) error {
 	if e.Level <= logrus.ErrorLevel {
 		lvl = slog.LevelError
 	}
+	if st, ok := e.Data["http.response.status"].(int); ok && st >= 400 && st < 500 {
+		// "response completed with error" for a client's 4xx: the expected
+		// 404 of every existence check (docker push, labreg build). The
+		// access log has the request; details at debug.
+		lvl = slog.LevelDebug
+	}
 	attrs := make([]any, 0, 2*len(e.Data))
 	for k, v := range e.Data {
 		if strings.HasPrefix(k, "http.request.") || k == "go.version" || k == "instance.id" || k == "service" {

@@ -17,6 +17,7 @@ func newGCCmd(io streams) *cobra.Command {
 		opts    registry.GCOptions
 		offline bool
 		verbose bool
+		ignore  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "gc",
@@ -34,7 +35,15 @@ runs beside a write in flight, and the server refuses pushes with 503 until it
 ends). --offline forces that.
 
 Nothing a manifest references is removed: layers, configs, index children,
-and referrers (signatures, SBOMs).`,
+and referrers (signatures, SBOMs).
+
+With --remove-untagged, gc first asks the swarm (the Docker Engine at
+DOCKER_HOST, a manager) which images its services use — current spec,
+previous spec (the rollback target), running tasks — and keeps those
+manifests although no tag reaches them ("kept: used by service X" in the
+dry run and with -v). When the engine cannot be asked, a dry run says so
+and a real run refuses: a service pinned to a removed digest can no longer
+roll back or reschedule a task. --ignore-swarm removes them unchecked.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := loadConfig(cmd)
@@ -48,7 +57,7 @@ and referrers (signatures, SBOMs).`,
 				if err != nil {
 					return err
 				}
-				res, err = cl.GC(ctx, ui.GCRequest{DryRun: opts.DryRun, RemoveUntagged: opts.RemoveUntagged, RemoveEmptyRepos: opts.RemoveEmptyRepos})
+				res, err = cl.GC(ctx, ui.GCRequest{DryRun: opts.DryRun, RemoveUntagged: opts.RemoveUntagged, RemoveEmptyRepos: opts.RemoveEmptyRepos, IgnoreSwarm: ignore})
 				if errors.Is(err, ui.ErrUnreachable) {
 					// Only a refused connection means no server, and even
 					// then one may run on the data dir without a UI here.
@@ -65,11 +74,19 @@ and referrers (signatures, SBOMs).`,
 				return fmt.Errorf("offline GC works on filesystem storage only (registry.storage is %s)", c.Registry.Storage)
 			}
 			if offline {
+				unchecked, err := offlineKeep(ctx, c, io, &opts, ignore)
+				if err != nil {
+					return err
+				}
 				log := newLogger(c, io.Err)
 				registry.RouteLogrus(log) // the vacuum logs every deletion through logrus
 				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, log); err != nil {
 					return err
 				}
+				res.Unchecked = unchecked
+			}
+			if res.Unchecked != "" {
+				fmt.Fprintf(io.Err, "labreg: %s; untagged manifests a service uses may be listed as removable\n", res.Unchecked)
 			}
 			verb := "removed"
 			if res.DryRun {
@@ -83,19 +100,27 @@ and referrers (signatures, SBOMs).`,
 				for _, m := range res.Manifests {
 					fmt.Fprintf(tw, "manifest\t%s@%s\t\n", m.Repo, m.Digest)
 				}
+				for _, m := range res.InUse {
+					fmt.Fprintf(tw, "kept\t%s@%s\t%s\n", m.Repo, m.Digest, m.Reason)
+				}
 				for _, b := range res.Blobs {
 					fmt.Fprintf(tw, "blob\t%s\t%s\n", b.Digest, units.HumanSize(b.Size))
 				}
 				tw.Flush()
 			}
-			fmt.Fprintf(io.Out, "%s %d blobs (%s, %d bytes), %d untagged manifests, %d empty repositories; %d still referenced\n",
-				verb, len(res.Blobs), units.HumanSize(res.Bytes), res.Bytes, len(res.Manifests), len(res.Repositories), res.Kept)
+			inUse := ""
+			if len(res.InUse) > 0 {
+				inUse = fmt.Sprintf(" (%d untagged manifests kept: used by swarm services)", len(res.InUse))
+			}
+			fmt.Fprintf(io.Out, "%s %d blobs (%s, %d bytes), %d untagged manifests, %d empty repositories; %d still referenced%s\n",
+				verb, len(res.Blobs), units.HumanSize(res.Bytes), res.Bytes, len(res.Manifests), len(res.Repositories), res.Kept, inUse)
 			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&opts.DryRun, "dry-run", false, "show what would be removed and how many bytes, remove nothing")
 	cmd.Flags().BoolVar(&opts.RemoveUntagged, "remove-untagged", false, "also remove manifests no tag reaches (directly, as index child or as referrer)")
 	cmd.Flags().BoolVar(&opts.RemoveEmptyRepos, "remove-empty-repos", false, "also remove repositories left without tags or manifests")
+	cmd.Flags().BoolVar(&ignore, "ignore-swarm", false, "with --remove-untagged: remove untagged manifests even when the swarm cannot be asked which images its services use")
 	cmd.Flags().BoolVar(&offline, "offline", false, "work on the data dir directly (fails while a server uses it)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list every removed blob and manifest")
 	cmd.Flags().String("ui-url", "", "URL of the labreg web UI (default http://127.0.0.1:<port of ui.listen>)")

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/labreg/labreg/config"
+	"github.com/labreg/labreg/deploy"
 	"github.com/labreg/labreg/registry"
 	"github.com/labreg/labreg/registry/ui"
 )
@@ -26,6 +30,13 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, hosts []str
 		DataDir:       data,
 		Settings:      st,
 		Logger:        log,
+	}
+	// The swarm the registry serves, through the local engine (DOCKER_HOST).
+	if dc, err := deploy.New(deploy.Options{Registry: advertise, Logger: log}); err != nil {
+		opts.InUse = func(context.Context) (map[digest.Digest]string, error) { return nil, err }
+	} else {
+		opts.InUse = func(ctx context.Context) (map[digest.Digest]string, error) { return swarmInUse(ctx, dc) }
+		opts.Swarm = &uiSwarm{dc: dc, registry: advertise, log: log}
 	}
 	// The referrers API of the registry, when this build has it.
 	if r, ok := any(srv).(ui.Referrers); ok {

@@ -20,7 +20,7 @@ import (
 //	GET    /api/repositories/<repo>/-/tags/<tag>
 //	GET    /api/repositories/<repo>/-/manifests/<digest>
 //	DELETE /api/repositories/<repo>/-/tags/<tag>          (that tag only)
-//	DELETE /api/repositories/<repo>/-/manifests/<digest>  (digest and its tags)
+//	DELETE /api/repositories/<repo>/-/manifests/<digest>  (digest and its tags; ?in_use=confirm when a service uses it)
 //	GET    /api/events?repo=&action=&page=&per=
 //	GET    /api/status
 //	POST   /api/gc  {"dry_run":true,"remove_untagged":false,"remove_empty_repos":false}
@@ -133,6 +133,10 @@ func (u *UI) apiRepoDELETE(w http.ResponseWriter, r *http.Request) {
 			apiError(w, fmt.Errorf("digest %q: %v: %w", arg, err, errBadRequest))
 			return
 		}
+		if err := u.checkDeleteInUse(r, repo, d); err != nil {
+			apiError(w, err)
+			return
+		}
 		tags, err := u.opts.Catalog.DeleteManifest(ctx, repo, d)
 		if err != nil {
 			apiError(w, err)
@@ -149,6 +153,9 @@ type GCRequest struct {
 	DryRun           bool `json:"dry_run"`
 	RemoveUntagged   bool `json:"remove_untagged"`
 	RemoveEmptyRepos bool `json:"remove_empty_repos"`
+	// IgnoreSwarm removes untagged manifests even when the swarm cannot
+	// be asked which ones services use.
+	IgnoreSwarm bool `json:"ignore_swarm,omitempty"`
 }
 
 func (u *UI) apiGC(w http.ResponseWriter, r *http.Request) {
@@ -165,11 +172,18 @@ func (u *UI) apiGC(w http.ResponseWriter, r *http.Request) {
 		apiError(w, fmt.Errorf("decoding GC request: %v: %w", err, errBadRequest))
 		return
 	}
-	res, err := u.opts.GC.GC(r.Context(), registry.GCOptions{DryRun: req.DryRun, RemoveUntagged: req.RemoveUntagged, RemoveEmptyRepos: req.RemoveEmptyRepos})
+	opts := registry.GCOptions{DryRun: req.DryRun, RemoveUntagged: req.RemoveUntagged, RemoveEmptyRepos: req.RemoveEmptyRepos}
+	unchecked, err := u.gcKeep(r.Context(), &opts, req.IgnoreSwarm)
 	if err != nil {
 		apiError(w, err)
 		return
 	}
+	res, err := u.opts.GC.GC(r.Context(), opts)
+	if err != nil {
+		apiError(w, err)
+		return
+	}
+	res.Unchecked = unchecked
 	writeJSON(w, http.StatusOK, res)
 }
 

@@ -21,7 +21,7 @@ import (
 
 type pageTemplate struct{ t *template.Template }
 
-var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "scrub", "error"}
+var pageNames = []string{"repositories", "tags", "image", "confirm", "events", "status", "gc", "scrub", "error", "services"}
 
 var funcs = template.FuncMap{
 	"size":        units.HumanSize,
@@ -50,7 +50,9 @@ var funcs = template.FuncMap{
 		v.Del("page")
 		return "?" + v.Encode()
 	},
-	"iso": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"shortStr":    func(d string) string { return shortDigest(digest.Digest(d)) },
+	"updateState": updateState,
+	"iso":         func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"sortedKeys": func(m map[string]string) []string {
 		ks := make([]string, 0, len(m))
 		for k := range m {
@@ -105,13 +107,14 @@ type page struct {
 	Busy     string
 	Flash    string
 	HasGC    bool
+	HasSwarm bool
 	Query    url.Values
 	Data     any
 }
 
 func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name, title string, data any) {
 	p := page{Title: title, Nav: name, CSRF: csrfToken(w, r), ReadOnly: u.opts.ReadOnly,
-		Flash: r.URL.Query().Get("flash"), HasGC: u.opts.GC != nil && !u.opts.ReadOnly, Query: r.URL.Query(), Data: data}
+		Flash: r.URL.Query().Get("flash"), HasGC: u.opts.GC != nil && !u.opts.ReadOnly, HasSwarm: u.opts.Swarm != nil, Query: r.URL.Query(), Data: data}
 	p.Query.Del("flash")
 	if busy, why := u.opts.ReadOnlyState(); busy {
 		p.Busy = why
@@ -147,6 +150,8 @@ func statusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, errForbidden):
 		return http.StatusForbidden
+	case errors.Is(err, errConflict):
+		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
 }
@@ -208,6 +213,7 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
+		v.Services = u.servicesUsing(ctx, d)
 		u.render(w, r, http.StatusOK, "image", v.Ref, v)
 	case "delete-manifest":
 		if u.opts.ReadOnly {
@@ -224,7 +230,8 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
-		u.render(w, r, http.StatusOK, "confirm", "Delete "+repo+"@"+shortDigest(d), img)
+		why, _ := u.inUse(ctx, d)
+		u.render(w, r, http.StatusOK, "confirm", "Delete "+repo+"@"+shortDigest(d), &confirmView{Image: img, InUse: why})
 	default:
 		u.fail(w, r, fmt.Errorf("no page %s: %w", r.URL.Path, registry.ErrNotFound))
 	}
@@ -284,6 +291,8 @@ type ImageView struct {
 	Pull      string
 	Update    string
 	Referrers []Referrer
+	// Services are the swarm services whose tasks run this digest.
+	Services []string
 }
 
 // Referrer is one manifest whose subject is the image.
@@ -354,6 +363,10 @@ func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
 		d, err := digest.Parse(arg)
 		if err != nil {
 			u.fail(w, r, fmt.Errorf("digest %q: %v: %w", arg, err, errBadRequest))
+			return
+		}
+		if err := u.checkDeleteInUse(r, repo, d); err != nil {
+			u.fail(w, r, err)
 			return
 		}
 		tags, err := u.opts.Catalog.DeleteManifest(ctx, repo, d)
@@ -459,11 +472,17 @@ func (u *UI) gcRun(w http.ResponseWriter, r *http.Request) {
 		RemoveUntagged:   r.PostFormValue("untagged") == "1",
 		RemoveEmptyRepos: r.PostFormValue("empty") == "1",
 	}
+	unchecked, err := u.gcKeep(r.Context(), &opts, r.PostFormValue("ignore_swarm") == "1")
+	if err != nil {
+		u.fail(w, r, err)
+		return
+	}
 	res, err := u.opts.GC.GC(r.Context(), opts)
 	if err != nil {
 		u.fail(w, r, err)
 		return
 	}
+	res.Unchecked = unchecked
 	v := &GCView{Result: res, Opts: opts, Shown: res.Blobs}
 	if len(v.Shown) > 500 {
 		v.Shown = v.Shown[:500]

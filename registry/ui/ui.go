@@ -111,6 +111,12 @@ type Options struct {
 	Settings []Setting
 	// Logger receives errors. Default: discard.
 	Logger *slog.Logger
+	// InUse, when set, names the manifests swarm services use: GC keeps
+	// them, and deleting one needs a confirmation. Default: not asked.
+	InUse InUseFunc
+	// Swarm, when set, adds the Services page (/services, /api/services):
+	// what runs where, deploy another tag, roll back. Default: none.
+	Swarm Swarm
 }
 
 // UI is the web UI's http.Handler.
@@ -124,6 +130,8 @@ type UI struct {
 
 	rowsMu sync.Mutex
 	rows   map[string]template.HTML
+
+	ops operations
 
 	duMu   sync.Mutex
 	duAt   time.Time
@@ -180,6 +188,9 @@ func New(opts Options) (*UI, error) {
 	u.mux.HandleFunc("GET /gc", u.gcForm)
 	u.mux.HandleFunc("POST /gc", u.gcRun)
 	u.mux.HandleFunc("POST /scrub", u.scrubRun)
+	u.mux.HandleFunc("GET /services", u.services)
+	u.mux.HandleFunc("POST /services/{name}/{action}", u.serviceAction)
+	u.mux.HandleFunc("GET /api/services", u.apiServices)
 	u.routesAPI()
 	return u, nil
 }
