@@ -130,6 +130,8 @@ func TestLoadFileErrors(t *testing.T) {
 		{"external secret", "services:\n  a:\n    image: x\n    secrets: [s]\nsecrets:\n  s:\n    external: true\n", "secret s"},
 		{"bridge network", "services:\n  a:\n    image: x\n    networks: [n]\nnetworks:\n  n:\n    driver: bridge\n", "network n"},
 		{"bad mode", "services:\n  a:\n    image: x\n    deploy:\n      mode: daemonset\n", "daemonset"},
+		{"negative prepull parallelism", "services:\n  a:\n    image: x\n    x-labreg:\n      prepull: {parallelism: -3}\n", "x-labreg.prepull.parallelism: -3"},
+		{"unknown x-labreg key", "services:\n  a:\n    image: x\n    x-labreg:\n      prepul: true\n", `unknown key "prepul"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,5 +144,33 @@ func TestLoadFileErrors(t *testing.T) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestComposePrepull: x-labreg.prepull turns the prepull on for a service,
+// with its parallelism (true: the default 50).
+func TestComposePrepull(t *testing.T) {
+	tests := []struct {
+		ext  string
+		want *deploy.Prepull
+	}{
+		{"", nil},
+		{"    x-labreg:\n      prepull: false\n", nil},
+		{"    x-labreg:\n      prepull: true\n", &deploy.Prepull{Parallelism: deploy.DefaultPrepullParallelism}},
+		{"    x-labreg:\n      prepull: {parallelism: 20}\n", &deploy.Prepull{Parallelism: 20}},
+		{"    x-labreg:\n      prepull: {parallelism: 0}\n", &deploy.Prepull{Parallelism: 0}},
+	}
+	for _, tc := range tests {
+		f := filepath.Join(t.TempDir(), "compose.yaml")
+		if err := os.WriteFile(f, []byte("services:\n  a:\n    image: x\n"+tc.ext), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		specs, err := deploy.LoadFile(context.Background(), f)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.ext, err)
+		}
+		if got := specs[0].Prepull; (got == nil) != (tc.want == nil) || got != nil && *got != *tc.want {
+			t.Errorf("%q: Prepull %+v, want %+v", tc.ext, got, tc.want)
+		}
 	}
 }
