@@ -22,7 +22,7 @@ func (s *Server) routes() (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	fast, err := s.fastPaths(s.app)
+	fast, err := s.fastPaths(s.mirror(s.app)) // mirror: proxy.go
 	if err != nil {
 		return nil, err
 	}
