@@ -174,3 +174,36 @@ func TestComposePrepull(t *testing.T) {
 		}
 	}
 }
+
+// TestLoadMirrorExample: examples/mirror.yaml runs one mirror per zone,
+// each placed in its zone, each a pull-through cache of the origin with
+// the origin's credentials from a secret.
+func TestLoadMirrorExample(t *testing.T) {
+	specs, err := deploy.LoadFile(context.Background(), filepath.Join("examples", "mirror.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zones := map[string]bool{}
+	for _, s := range specs {
+		env := strings.Join(s.Env, "\n")
+		for _, w := range []string{"LABREG_PROXY_REMOTE_URL=http://", "LABREG_PROXY_CREDENTIALS_FILE=/run/secrets/origin_credentials"} {
+			if !strings.Contains(env, w) {
+				t.Errorf("%s: env %q lacks %s", s.Name, s.Env, w)
+			}
+		}
+		if len(s.Secrets) != 1 {
+			t.Errorf("%s: secrets %+v, want the origin credentials", s.Name, s.Secrets)
+		}
+		for _, c := range s.Constraints {
+			if z, ok := strings.CutPrefix(strings.ReplaceAll(c, " ", ""), "node.labels.zone=="); ok {
+				zones[z] = true
+				if s.Name != "mirror-"+z {
+					t.Errorf("%s placed in zone %s", s.Name, z)
+				}
+			}
+		}
+	}
+	if len(specs) != 2 || !zones["seoul"] || !zones["busan"] {
+		t.Errorf("%d services in zones %v, want one mirror in seoul and one in busan", len(specs), zones)
+	}
+}
