@@ -56,6 +56,9 @@ type Registry struct {
 	// ProxyRemoteURL turns the registry into a pull-through cache of that
 	// upstream registry. Default: off.
 	ProxyRemoteURL string `yaml:"proxy_remote_url" flag:"proxy-remote-url" usage:"upstream registry URL for pull-through-cache mode"`
+	// ProxyCredentialsFile holds USER:PASSWORD for the origin of a mirror
+	// (proxy_remote_url); never printed. Default: none.
+	ProxyCredentialsFile string `yaml:"proxy_credentials_file" flag:"proxy-credentials-file" usage:"file with USER:PASSWORD for the proxy remote (a mirror's origin)"`
 	// DrainTimeout is how long shutdown waits for requests in flight. Default 30s.
 	DrainTimeout time.Duration `yaml:"drain_timeout" flag:"drain-timeout" usage:"how long shutdown waits for requests in flight"`
 	// GCDrainTimeout bounds how long garbage collection (and scrub --repair)

@@ -183,7 +183,74 @@ func serviceSpec(p *types.Project, sc types.ServiceConfig) (Spec, error) {
 			s.Labels = map[string]string(d.Labels)
 		}
 	}
+	pp, err := composePrepull(sc.Extensions["x-labreg"])
+	if err != nil {
+		return s, err
+	}
+	s.Prepull = pp
 	return s, s.Validate()
+}
+
+// composePrepull reads a service's x-labreg extension:
+//
+//	x-labreg:
+//	  prepull: true              # or false, or:
+//	  prepull: {parallelism: 20} # 0 = all nodes at once
+//
+// prepull: true pulls DefaultPrepullParallelism nodes at a time.
+func composePrepull(x any) (*Prepull, error) {
+	if x == nil {
+		return nil, nil
+	}
+	m, ok := x.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("x-labreg: want a mapping")
+	}
+	for k := range m {
+		if k != "prepull" {
+			return nil, fmt.Errorf("x-labreg: unknown key %q (known: prepull)", k)
+		}
+	}
+	switch v := m["prepull"].(type) {
+	case nil:
+		return nil, nil
+	case bool:
+		if !v {
+			return nil, nil
+		}
+		return &Prepull{Parallelism: DefaultPrepullParallelism}, nil
+	case map[string]any:
+		p := &Prepull{Parallelism: DefaultPrepullParallelism}
+		for k, val := range v {
+			if k != "parallelism" {
+				return nil, fmt.Errorf("x-labreg.prepull: unknown key %q (known: parallelism)", k)
+			}
+			n, ok := asInt(val)
+			if !ok || n < 0 {
+				return nil, fmt.Errorf("x-labreg.prepull.parallelism: %v is not a number of nodes (0 = all at once)", val)
+			}
+			p.Parallelism = n
+		}
+		return p, nil
+	default:
+		return nil, fmt.Errorf("x-labreg.prepull: want true, false or {parallelism: N}, not %v", v)
+	}
+}
+
+func asInt(v any) (int, bool) {
+	switch n := v.(type) {
+	case int:
+		return n, true
+	case int64:
+		return int(n), true
+	case uint64:
+		return int(n), true
+	case float64:
+		if n == float64(int(n)) {
+			return int(n), true
+		}
+	}
+	return 0, false
 }
 
 func composePolicy(u *types.UpdateConfig) UpdatePolicy {

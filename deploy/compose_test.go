@@ -130,6 +130,8 @@ func TestLoadFileErrors(t *testing.T) {
 		{"external secret", "services:\n  a:\n    image: x\n    secrets: [s]\nsecrets:\n  s:\n    external: true\n", "secret s"},
 		{"bridge network", "services:\n  a:\n    image: x\n    networks: [n]\nnetworks:\n  n:\n    driver: bridge\n", "network n"},
 		{"bad mode", "services:\n  a:\n    image: x\n    deploy:\n      mode: daemonset\n", "daemonset"},
+		{"negative prepull parallelism", "services:\n  a:\n    image: x\n    x-labreg:\n      prepull: {parallelism: -3}\n", "x-labreg.prepull.parallelism: -3"},
+		{"unknown x-labreg key", "services:\n  a:\n    image: x\n    x-labreg:\n      prepul: true\n", `unknown key "prepul"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,5 +144,66 @@ func TestLoadFileErrors(t *testing.T) {
 				t.Errorf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestComposePrepull: x-labreg.prepull turns the prepull on for a service,
+// with its parallelism (true: the default 50).
+func TestComposePrepull(t *testing.T) {
+	tests := []struct {
+		ext  string
+		want *deploy.Prepull
+	}{
+		{"", nil},
+		{"    x-labreg:\n      prepull: false\n", nil},
+		{"    x-labreg:\n      prepull: true\n", &deploy.Prepull{Parallelism: deploy.DefaultPrepullParallelism}},
+		{"    x-labreg:\n      prepull: {parallelism: 20}\n", &deploy.Prepull{Parallelism: 20}},
+		{"    x-labreg:\n      prepull: {parallelism: 0}\n", &deploy.Prepull{Parallelism: 0}},
+	}
+	for _, tc := range tests {
+		f := filepath.Join(t.TempDir(), "compose.yaml")
+		if err := os.WriteFile(f, []byte("services:\n  a:\n    image: x\n"+tc.ext), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		specs, err := deploy.LoadFile(context.Background(), f)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.ext, err)
+		}
+		if got := specs[0].Prepull; (got == nil) != (tc.want == nil) || got != nil && *got != *tc.want {
+			t.Errorf("%q: Prepull %+v, want %+v", tc.ext, got, tc.want)
+		}
+	}
+}
+
+// TestLoadMirrorExample: examples/mirror.yaml runs one mirror per zone,
+// each placed in its zone, each a pull-through cache of the origin with
+// the origin's credentials from a secret.
+func TestLoadMirrorExample(t *testing.T) {
+	specs, err := deploy.LoadFile(context.Background(), filepath.Join("examples", "mirror.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zones := map[string]bool{}
+	for _, s := range specs {
+		env := strings.Join(s.Env, "\n")
+		for _, w := range []string{"LABREG_PROXY_REMOTE_URL=http://", "LABREG_PROXY_CREDENTIALS_FILE=/run/secrets/origin_credentials"} {
+			if !strings.Contains(env, w) {
+				t.Errorf("%s: env %q lacks %s", s.Name, s.Env, w)
+			}
+		}
+		if len(s.Secrets) != 1 {
+			t.Errorf("%s: secrets %+v, want the origin credentials", s.Name, s.Secrets)
+		}
+		for _, c := range s.Constraints {
+			if z, ok := strings.CutPrefix(strings.ReplaceAll(c, " ", ""), "node.labels.zone=="); ok {
+				zones[z] = true
+				if s.Name != "mirror-"+z {
+					t.Errorf("%s placed in zone %s", s.Name, z)
+				}
+			}
+		}
+	}
+	if len(specs) != 2 || !zones["seoul"] || !zones["busan"] {
+		t.Errorf("%d services in zones %v, want one mirror in seoul and one in busan", len(specs), zones)
 	}
 }

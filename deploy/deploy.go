@@ -27,6 +27,11 @@ type DeployOptions struct {
 	// Prepull makes every eligible node pull the image before the rolling
 	// update starts (see Prepull). Default false.
 	Prepull bool
+	// PrepullParallelism is how many nodes pull at once during the
+	// prepull (see Prepull): 0 means all at once, as does a number at
+	// least the count of eligible nodes; negative is an error. Default 0;
+	// labreg's CLI defaults to DefaultPrepullParallelism.
+	PrepullParallelism int
 	// Detach returns after the request without watching the rollout.
 	Detach bool
 	// Timeout bounds the prepull (when Prepull is set) and the rollout
@@ -41,6 +46,10 @@ type DeployOptions struct {
 	// does not exist is skipped.
 	Layout string
 }
+
+// DefaultPrepullParallelism is labreg deploy's --prepull-parallelism:
+// at most 50 nodes pull from the registry at once.
+const DefaultPrepullParallelism = 50
 
 func (o DeployOptions) timeout() time.Duration {
 	if o.Timeout <= 0 {
@@ -129,7 +138,7 @@ func (c *Client) Deploy(ctx context.Context, s Spec, opts DeployOptions) (Result
 		}
 		sp := s.apply(base, pinned, nets, configs, secrets)
 		pctx, cancel := context.WithDeadline(ctx, deadline)
-		_, err := c.Prepull(pctx, s.Name, pinned, sp.TaskTemplate.Placement, auth)
+		_, err := c.Prepull(pctx, s.Name, pinned, sp.TaskTemplate.Placement, auth, opts.PrepullParallelism)
 		cancel()
 		if err != nil {
 			return res, err

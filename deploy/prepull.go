@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"time"
@@ -23,11 +24,53 @@ type PullTime struct {
 
 // Prepull makes every node eligible under placement pull image before the
 // rolling update, so that nodes that pull faster do not get all the new
-// tasks (the lab's "1000 servers" imbalance). It runs a global job with the
-// same constraints and forwarded credentials whose container never starts
+// tasks (the lab's "1000 servers" imbalance). Its job runs with the same
+// constraints and forwarded credentials, and its container never starts
 // the application (its entrypoint does not exist): a task that got past
-// "preparing" has the image. It prints and returns the pull time per node.
-func (c *Client) Prepull(ctx context.Context, service, image string, placement *swarm.Placement, auth string) ([]PullTime, error) {
+// "preparing" has the image. It reports the pull time per node and a
+// summary (nodes, p50/p99, slowest node) through Options.OnProgress and
+// returns the pull times.
+//
+// parallelism paces it: at most that many nodes pull at once. Swarm does
+// the pacing, labreg only watches: the job is a replicated job with
+// MaxConcurrent parallelism, one task per node at a time (MaxReplicas 1)
+// and as many completions as eligible nodes. A task swarm hands to a node
+// that already pulled finds the image there and is not waited for; the
+// job is removed once every eligible node has pulled. parallelism 0, or
+// at least the number of eligible nodes, pulls everywhere at once (a
+// global job).
+func (c *Client) Prepull(ctx context.Context, service, image string, placement *swarm.Placement, auth string, parallelism int) ([]PullTime, error) {
+	if parallelism < 0 {
+		return nil, fmt.Errorf("prepull parallelism %d: want 0 (all at once) or more", parallelism)
+	}
+	var constraints []string
+	if placement != nil {
+		constraints = placement.Constraints
+	}
+	paced := false
+	var mode swarm.ServiceMode
+	if parallelism > 0 {
+		res, err := c.api.NodeList(ctx, client.NodeListOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("listing nodes: %w", err)
+		}
+		eligible, err := eligibleNodes(res.Items, constraints)
+		if err != nil {
+			return nil, err
+		}
+		paced = parallelism < len(eligible)
+		if paced {
+			mode = swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{
+				MaxConcurrent: u64p(uint64(parallelism)), TotalCompletions: u64p(uint64(len(eligible)))}}
+			// one task per node at a time
+			pl := swarm.Placement{MaxReplicas: 1}
+			if placement != nil {
+				pl = *placement
+				pl.MaxReplicas = 1
+			}
+			placement = &pl
+		}
+	}
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	name := "labreg-prepull-" + service + "-" + hex.EncodeToString(b)
@@ -35,6 +78,9 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		name = name[len(name)-63:]
 	}
 	none := swarm.RestartPolicyConditionNone
+	if !paced {
+		mode = swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}}
+	}
 	spec := swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{"labreg.prepull": service}},
 		TaskTemplate: swarm.TaskSpec{
@@ -42,7 +88,7 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 			Placement:     placement,
 			RestartPolicy: &swarm.RestartPolicy{Condition: none},
 		},
-		Mode: swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}},
+		Mode: mode,
 	}
 	r, err := c.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: auth})
 	if err != nil {
@@ -54,7 +100,11 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		defer cancel()
 		_, _ = c.api.ServiceRemove(rctx, r.ID, client.ServiceRemoveOptions{})
 	}()
-	c.opts.OnProgress(Progress{Service: service, Stage: StagePrepull, Image: image, Message: "every eligible node pulls " + shortImage(image)})
+	msg := "every eligible node pulls " + shortImage(image)
+	if paced {
+		msg = fmt.Sprintf("%d eligible nodes pull %s, at most %d at once", *mode.ReplicatedJob.TotalCompletions, shortImage(image), parallelism)
+	}
+	c.opts.OnProgress(Progress{Service: service, Stage: StagePrepull, Image: image, Message: msg})
 	start := time.Now()
 	seen := map[string]time.Time{} // task -> first seen preparing
 	done := map[string]PullTime{}  // node -> result
@@ -64,7 +114,7 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 	for {
 		// Nodes are read on every poll: a node that goes down or leaves
 		// during the prepull must not be waited for.
-		ineligible, names, err := c.prepullNodes(ctx)
+		ineligible, names, nodes, err := c.prepullNodes(ctx)
 		if err != nil {
 			return nil, prepullCtxErr(ctx, service, image, start, nil, names, err)
 		}
@@ -112,7 +162,29 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 			c.opts.OnProgress(Progress{Service: service, Stage: StagePrepull, Node: pt.Node, Image: image, Took: pt.Took, Err: oneLine(pt.Err)})
 			done[t.NodeID] = pt
 		}
-		if len(pending) == 0 && (len(done) > 0 || len(skipped) > 0) {
+		if paced {
+			// Swarm hands out tasks N at a time: an eligible node without
+			// a task yet waits for its turn.
+			eligible, err := eligibleNodes(nodes, constraints)
+			if err != nil {
+				return nil, err
+			}
+			for id := range eligible {
+				if _, ok := done[id]; !ok {
+					if _, ok := pending[id]; !ok {
+						pending[id] = stateWaiting
+					}
+				}
+			}
+			for id := range pending {
+				if id == "" {
+					delete(pending, id) // a task not placed yet
+				}
+			}
+			if len(pending) == 0 {
+				break
+			}
+		} else if len(pending) == 0 && (len(done) > 0 || len(skipped) > 0) {
 			break
 		}
 		select {
@@ -120,6 +192,13 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 			// Say which nodes had not pulled when the deadline passed,
 			// not at the last poll (a node may have taken its task since).
 			if p, n, ok := c.prepullPending(ctx, r.ID, done); ok {
+				if paced {
+					for id, st := range pending {
+						if _, has := p[id]; !has && st == stateWaiting {
+							p[id] = st
+						}
+					}
+				}
 				pending, names = p, n
 			}
 			return nil, prepullCtxErr(ctx, service, image, start, pending, names, ctx.Err())
@@ -135,6 +214,9 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	if sum := pullSummary(out, time.Since(start)); sum != "" {
+		c.opts.OnProgress(Progress{Service: service, Stage: StagePrepull, Image: image, Took: time.Since(start), Message: sum})
+	}
 	if len(failed) > 0 {
 		// A *RolloutError like a prepull that timed out: the rollout did
 		// not happen (exit status 3 in labreg's CLI).
@@ -152,12 +234,39 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 	return out, nil
 }
 
+// stateWaiting is the state a paced prepull reports for an eligible node
+// swarm has not given a task yet.
+const stateWaiting swarm.TaskState = "waiting for its turn"
+
+// pullSummary is the one-line summary of a prepull: how many nodes pulled,
+// the total time, the median and 99th percentile pull time and the
+// slowest node. "" when no node pulled.
+func pullSummary(pts []PullTime, total time.Duration) string {
+	var ok []PullTime
+	for _, pt := range pts {
+		if pt.Err == "" {
+			ok = append(ok, pt)
+		}
+	}
+	if len(ok) == 0 {
+		return ""
+	}
+	sort.Slice(ok, func(i, j int) bool { return ok[i].Took < ok[j].Took })
+	q := func(p float64) time.Duration {
+		i := int(math.Ceil(p*float64(len(ok)))) - 1
+		return ok[max(i, 0)].Took.Round(time.Millisecond)
+	}
+	last := ok[len(ok)-1]
+	return fmt.Sprintf("%d node(s) pulled in %s: p50 %s, p99 %s, slowest %s (%s)",
+		len(ok), total.Round(time.Millisecond), q(0.50), q(0.99), last.Node, last.Took.Round(time.Millisecond))
+}
+
 // prepullPending looks once more, after ctx ended, at which eligible nodes
 // have not pulled yet (done are the nodes that finished).
 func (c *Client) prepullPending(ctx context.Context, job string, done map[string]PullTime) (map[string]swarm.TaskState, map[string]string, bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	ineligible, names, err := c.prepullNodes(ctx)
+	ineligible, names, _, err := c.prepullNodes(ctx)
 	if err != nil {
 		return nil, nil, false
 	}
@@ -182,10 +291,10 @@ func (c *Client) prepullPending(ctx context.Context, job string, done map[string
 // reason: only ready and active nodes pull (a down, drained or paused node
 // does not; a node that left the swarm is missing from names), and the
 // hostname of every node.
-func (c *Client) prepullNodes(ctx context.Context) (ineligible, names map[string]string, err error) {
+func (c *Client) prepullNodes(ctx context.Context) (ineligible, names map[string]string, nodes []swarm.Node, err error) {
 	res, err := c.api.NodeList(ctx, client.NodeListOptions{})
 	if err != nil {
-		return nil, nil, fmt.Errorf("listing nodes: %w", err)
+		return nil, nil, nil, fmt.Errorf("listing nodes: %w", err)
 	}
 	ineligible, names = map[string]string{}, map[string]string{}
 	for _, n := range res.Items {
@@ -197,7 +306,7 @@ func (c *Client) prepullNodes(ctx context.Context) (ineligible, names map[string
 			ineligible[n.ID] = string(n.Spec.Availability)
 		}
 	}
-	return ineligible, names, nil
+	return ineligible, names, res.Items, nil
 }
 
 // prepullCtxErr turns a deadline (DeployOptions.Timeout) into a
@@ -222,3 +331,5 @@ func prepullCtxErr(ctx context.Context, service, image string, start time.Time, 
 	}
 	return &RolloutError{Service: service, State: "timeout", Image: image, Message: msg, Hint: hint}
 }
+
+func u64p(v uint64) *uint64 { return &v }

@@ -51,6 +51,16 @@ type Spec struct {
 	// Deploy creates for it carry the label StackLabel=Stack, by which Down
 	// finds them. Default "": no label.
 	Stack string
+	// Prepull, when set (compose: x-labreg.prepull), makes labreg deploy
+	// prepull this service's image with Prepull.Parallelism unless the
+	// command line says otherwise. Default nil: the command line decides.
+	Prepull *Prepull
+}
+
+// Prepull is a service's own prepull setting (compose: x-labreg.prepull).
+type Prepull struct {
+	// Parallelism is how many nodes pull at once; 0 = all at once.
+	Parallelism int
 }
 
 // Network is a swarm overlay network a service attaches to.

@@ -22,7 +22,7 @@ func (s *Server) routes() (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	fast, err := s.fastPaths(s.distErrors(s.app)) // errors.go
+	fast, err := s.fastPaths(s.mirror(s.distErrors(s.app))) // mirror: proxy.go; distErrors: errors.go
 	if err != nil {
 		return nil, err
 	}

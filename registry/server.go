@@ -55,8 +55,12 @@ type Options struct {
 	AuthLimit AuthLimit
 	// ReadOnly rejects pushes and deletes. Default false.
 	ReadOnly bool
-	// ProxyRemoteURL makes the registry a pull-through cache. Default: off.
+	// ProxyRemoteURL makes the registry a pull-through cache (a mirror,
+	// proxy.go) of that origin. Default: off.
 	ProxyRemoteURL string
+	// ProxyCredentialsFile holds USER:PASSWORD for the origin of a mirror.
+	// Default: credentials in ProxyRemoteURL, else none.
+	ProxyCredentialsFile string
 	// DrainTimeout bounds how long Serve waits for requests in flight after
 	// its context ends. Default 30s.
 	DrainTimeout time.Duration
@@ -124,6 +128,8 @@ type Server struct {
 	log     *slog.Logger
 	metrics *prometheus.Registry
 	ln      net.Listener
+	// mirrorCfg is the origin of a mirror (proxy.go); nil otherwise.
+	mirrorCfg *mirrorConfig
 }
 
 // New checks the data directory and builds the registry. It does not listen.
@@ -208,7 +214,12 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		redis = &r
 	}
 
+	mc, err := newMirrorConfig(opts)
+	if err != nil {
+		return nil, err
+	}
 	cfg := distributionConfig(opts, store.section(), secret, redis)
+	mc.apply(cfg)
 	hr := health.NewRegistry()
 	app, err := newApp(ctx, cfg, hr)
 	if err != nil {
@@ -218,6 +229,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if redis != nil {
 		s.descriptors = descriptorCache(redis)
 	}
+	s.mirrorCfg = mc
 	if s.extras, err = newExtras(s); err != nil {
 		return nil, err
 	}

@@ -28,6 +28,7 @@ type deployFlags struct {
 	attachable                                bool
 	update, rollback                          policyFlags
 	withRegistryAuth, prepull, detach         bool
+	prepullParallelism                        int
 	timeout                                   time.Duration
 }
 
@@ -120,13 +121,25 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
 					return usageError{err}
 				}
 			}
+			if fl.prepullParallelism < 0 {
+				return usageError{fmt.Errorf("--prepull-parallelism %d: want 0 (every node at once) or a number of nodes", fl.prepullParallelism)}
+			}
 			dc, err := newDeployClient(c, io, fl.progress)
 			if err != nil {
 				return err
 			}
 			defer dc.Close()
-			o := deploy.DeployOptions{NoRegistryAuth: !fl.withRegistryAuth, Prepull: fl.prepull, Detach: fl.detach, Timeout: fl.timeout, Layout: fl.layout}
+			o := deploy.DeployOptions{NoRegistryAuth: !fl.withRegistryAuth, Prepull: fl.prepull, Detach: fl.detach, Timeout: fl.timeout, Layout: fl.layout,
+				PrepullParallelism: fl.prepullParallelism}
 			for _, s := range specs {
+				o := o
+				if s.Prepull != nil {
+					// x-labreg.prepull in the compose file; the flag wins
+					o.Prepull = true
+					if !cmd.Flags().Changed("prepull-parallelism") {
+						o.PrepullParallelism = s.Prepull.Parallelism
+					}
+				}
 				r, err := dc.Deploy(cmd.Context(), s, o)
 				if err != nil {
 					return rolloutErr(err)
@@ -156,6 +169,7 @@ networks with ipam subnet and attachable, configs and secrets from files, enviro
 	f.BoolVar(&fl.withRegistryAuth, "with-registry-auth", true, "forward the docker CLI's registry credentials to the swarm")
 	f.StringVar(&fl.layout, "layout", deploy.DefaultLayout, "OCI layout directory (labreg build --no-push --layout) to push the image from when the registry lacks it")
 	f.BoolVar(&fl.prepull, "prepull", false, "make every eligible node pull the image before the rolling update")
+	f.IntVar(&fl.prepullParallelism, "prepull-parallelism", deploy.DefaultPrepullParallelism, "with --prepull: at most this many nodes pull at once, paced by swarm (0 = all at once; more than the nodes = all at once)")
 	f.BoolVarP(&fl.detach, "detach", "d", false, "do not wait for the rollout to converge")
 	f.DurationVar(&fl.timeout, "timeout", 10*time.Minute, "give up on the prepull and the rollout after this long")
 	addProgressFlag(cmd, &fl.progress, "rollout progress")

@@ -52,6 +52,7 @@ func TestDeployUsage(t *testing.T) {
 		{[]string{"deploy", "web", "--image", "x", "--secret", "novalue"}, exitUsage},
 		{[]string{"deploy", "web", "--image", "x", "--subnet", "10.0.0.0/24"}, exitUsage},
 		{[]string{"deploy", "-f", "missing.yaml", "--advertise", "127.0.0.1:5000"}, exitUsage},
+		{[]string{"deploy", "web", "--image", "x", "--prepull", "--prepull-parallelism", "-1", "--advertise", "127.0.0.1:5000"}, exitUsage},
 		{[]string{"node", "label", "n1"}, exitUsage},
 		{[]string{"rollback"}, exitUsage},
 		{[]string{"rm"}, exitUsage},

@@ -23,6 +23,7 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, hosts []str
 		Scrub:         srv,
 		ReadOnlyState: srv.ReadOnlyState,
 		Advertise:     advertise,
+		MirrorOf:      srv.Origin(), // "": not a mirror
 		ReadOnly:      readOnly,
 		Auth:          srv.Authenticator(), // nil: auth off
 		Hosts:         hosts,

@@ -108,6 +108,7 @@ type page struct {
 	Flash    string
 	HasGC    bool
 	HasSwarm bool
+	MirrorOf string // the origin, when the registry is a mirror
 	Query    url.Values
 	Data     any
 }
@@ -115,6 +116,7 @@ type page struct {
 func (u *UI) render(w http.ResponseWriter, r *http.Request, status int, name, title string, data any) {
 	p := page{Title: title, Nav: name, CSRF: csrfToken(w, r), ReadOnly: u.opts.ReadOnly,
 		Flash: r.URL.Query().Get("flash"), HasGC: u.opts.GC != nil && !u.opts.ReadOnly, HasSwarm: u.opts.Swarm != nil, Query: r.URL.Query(), Data: data}
+	p.MirrorOf = u.opts.MirrorOf
 	p.Query.Del("flash")
 	if busy, why := u.opts.ReadOnlyState(); busy {
 		p.Busy = why

@@ -88,6 +88,10 @@ type Options struct {
 	// ReadOnlyState reports the registry's runtime read-only mode (during
 	// GC) for a banner. Default: never read-only.
 	ReadOnlyState func() (bool, string)
+	// MirrorOf is the origin registry (URL, no credentials) when the
+	// registry is a mirror (registry.Server.Origin); every page says so.
+	// Default "": not a mirror.
+	MirrorOf string
 	// Advertise is the registry's HOST:PORT in the copy-ready commands.
 	Advertise string
 	// ReadOnly hides and refuses deletes and GC. Default false.
