@@ -38,7 +38,9 @@ func swarmInUse(ctx context.Context, dc *deploy.Client) (map[digest.Digest]strin
 		}
 		if strings.HasPrefix(u.Why, "task ") {
 			tasks[k]++
-			whys[k] = whys[k] // k is seen even when only tasks use it
+			if _, ok := whys[k]; !ok {
+				whys[k] = nil // k is seen even when only tasks use it
+			}
 			continue
 		}
 		whys[k] = append(whys[k], u.Why)
