@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -217,6 +218,13 @@ func (m *mirror) coalesce(w http.ResponseWriter, r *http.Request, key string) {
 // whether the content is stored now: distribution answered 200 and, for a
 // GET, sent the whole body (it stores what it fetched once it was sent).
 func (m *mirror) lead(w http.ResponseWriter, r *http.Request) bool {
+	// distribution's proxy keeps one process-wide set of blobs being
+	// fetched: a second fetch of a digest while one runs (another
+	// repository, another mirror in the same process) streams from the
+	// origin without storing. One fetch of a digest at a time avoids it.
+	slot := &fetchSlots[fetchSlot(r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:])]
+	slot.Lock()
+	defer slot.Unlock()
 	if r.Method == http.MethodHead {
 		// fetched as a GET so that it is stored; net/http discards the
 		// body of a reply to a HEAD request
@@ -232,6 +240,15 @@ func (m *mirror) lead(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	return r.Context().Err() == nil || rec.n > 0
+}
+
+// fetchSlots serialize the fetches of one digest in the process (lead).
+var fetchSlots [64]sync.Mutex
+
+func fetchSlot(dgst string) int {
+	h := fnv.New32a()
+	h.Write([]byte(dgst))
+	return int(h.Sum32() % uint32(len(fetchSlots)))
 }
 
 // resolveTag asks the origin which digest tag names now (a HEAD with the
