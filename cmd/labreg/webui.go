@@ -16,7 +16,6 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, hosts []str
 		Catalog:       srv.Catalog(),
 		History:       srv.Events(),
 		GC:            srv,
-		Scrub:         srv,
 		ReadOnlyState: srv.ReadOnlyState,
 		Advertise:     advertise,
 		ReadOnly:      readOnly,
@@ -26,6 +25,9 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, hosts []str
 		DataDir:       data,
 		Settings:      st,
 		Logger:        log,
+	}
+	if srv.CanScrub() { // a filesystem store; an object store checks itself
+		opts.Scrub = srv
 	}
 	// The referrers API of the registry, when this build has it.
 	if r, ok := any(srv).(ui.Referrers); ok {
