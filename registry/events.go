@@ -163,6 +163,10 @@ func (s *Server) hooks(next http.Handler) http.Handler {
 			ev.Digest = digest.Digest(sw.Header().Get("Docker-Content-Digest"))
 		}
 		ev.Action = "pull"
+		ev.Time = time.Now().UTC()
 		e.events.Add(ev)
+		if e.journal != nil {
+			e.journal.queue(ev) // the other replicas' histories
+		}
 	})
 }

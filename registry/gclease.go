@@ -95,8 +95,11 @@ func (j *journal) liveReplicas(ctx context.Context) ([]string, error) {
 			continue
 		}
 		t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(b)))
-		if err == nil && time.Since(t) < replicaStale {
+		switch {
+		case err == nil && time.Since(t) < replicaStale:
 			live = append(live, id)
+		case err == nil && time.Since(t) > journalKeep:
+			_ = j.drv.Delete(ctx, p) // a replica long gone
 		}
 	}
 	sort.Strings(live)

@@ -31,9 +31,9 @@ import (
 // them. Nothing but the store is needed (no Redis, no peer list).
 //
 // The referrer index and the sha512 aliases need no journal: they are
-// read from the store on every request. Pull events stay with the
-// replica that served them (one object per pull would cost the store
-// more than the history is worth).
+// read from the store on every request. Pull events are batched: a
+// replica writes the pulls it served in one entry a second at most (one
+// object per pull would cost the store more than the history is worth).
 
 // journalPoll is how often a replica reads the journal: a change made
 // through another replica is seen within about this long (plus one
@@ -50,6 +50,8 @@ type journalEntry struct {
 	Repo    string `json:"repo,omitempty"`
 	// Event is the change as the history records it.
 	Event *Event `json:"event,omitempty"`
+	// Events are pulls, batched (one entry a second at most).
+	Events []Event `json:"events,omitempty"`
 	// GC: a garbage collection removed Blobs (digests) from the store.
 	GC    bool     `json:"gc,omitempty"`
 	Blobs []string `json:"blobs,omitempty"`
@@ -62,8 +64,29 @@ type journal struct {
 	log *slog.Logger
 	seq atomic.Uint64
 
-	mu   sync.Mutex
-	seen map[string]bool // entry names applied or skipped
+	mu      sync.Mutex
+	seen    map[string]bool // entry names applied or skipped
+	pending []Event         // pulls not written yet (see queue)
+}
+
+// queue keeps a pull event for the next flush.
+func (j *journal) queue(ev Event) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if len(j.pending) < maxEvents {
+		j.pending = append(j.pending, ev)
+	}
+}
+
+// flush writes the queued pull events as one entry.
+func (j *journal) flush(ctx context.Context) {
+	j.mu.Lock()
+	batch := j.pending
+	j.pending = nil
+	j.mu.Unlock()
+	if len(batch) > 0 {
+		j.publish(ctx, journalEntry{Events: batch})
+	}
 }
 
 // journalPath is the directory of the journal.
@@ -193,6 +216,7 @@ func (s *Server) followJournal(ctx context.Context) {
 			if err := e.journal.heartbeat(ctx); err == nil {
 				beat = time.Now()
 			}
+			e.journal.flush(ctx)
 		}
 		if err := e.journal.poll(ctx, since, apply); err != nil && ctx.Err() == nil {
 			s.log.Warn("reading the change journal", "err", err)
@@ -222,6 +246,9 @@ func (s *Server) applyJournal(ctx context.Context, je journalEntry) {
 	}
 	if je.Event != nil {
 		e.events.Add(*je.Event)
+	}
+	for _, ev := range je.Events {
+		e.events.Add(ev)
 	}
 }
 

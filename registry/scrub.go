@@ -119,6 +119,13 @@ func (s *Server) Scrub(ctx context.Context, opts ScrubOptions) (*ScrubReport, er
 	return rep, nil
 }
 
+// CanScrub reports whether Scrub can check this server's storage (a
+// filesystem store).
+func (s *Server) CanScrub() bool {
+	_, ok := s.store.fsRoot()
+	return ok
+}
+
 // ErrScrubStorage: scrub checks the files of a filesystem store; an
 // object store verifies its objects itself.
 var ErrScrubStorage = errors.New("scrub works on filesystem storage only")

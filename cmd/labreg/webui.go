@@ -20,7 +20,6 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, hosts []str
 		Catalog:       srv.Catalog(),
 		History:       srv.Events(),
 		GC:            srv,
-		Scrub:         srv,
 		ReadOnlyState: srv.ReadOnlyState,
 		Advertise:     advertise,
 		MirrorOf:      srv.Origin(), // "": not a mirror
@@ -38,6 +37,9 @@ func newWebUI(srv *registry.Server, advertise string, readOnly bool, hosts []str
 	} else {
 		opts.InUse = func(ctx context.Context) (map[digest.Digest]string, error) { return swarmInUse(ctx, dc) }
 		opts.Swarm = &uiSwarm{dc: dc, registry: advertise, log: log}
+	}
+	if srv.CanScrub() { // a filesystem store; an object store checks itself
+		opts.Scrub = srv
 	}
 	// The referrers API of the registry, when this build has it.
 	if r, ok := any(srv).(ui.Referrers); ok {
