@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -208,6 +209,23 @@ func TestServicesPage(t *testing.T) {
 		t.Errorf("the failed deploy shows task error %q, want the task's non-zero exit", got)
 	}
 	shot("services-5-broken-rolled-back")
+	if got := text(sel + " .update-task-err"); !strings.Contains(got, "non-zero exit") {
+		t.Errorf("the service's update state shows task error %q, want the task's non-zero exit", got)
+	}
+	if resp, err := http.Get(hs.URL + "/api/services"); err != nil {
+		t.Error(err)
+	} else {
+		var api ui.ServicesView
+		err := json.NewDecoder(resp.Body).Decode(&api)
+		resp.Body.Close()
+		found := false
+		for _, s := range api.Services {
+			found = found || (s.Name == svc && s.Repo == "myhttpd" && s.Tag == "blue" && s.Digest == blue && s.Running == 1)
+		}
+		if err != nil || !found {
+			t.Errorf("GET /api/services (%v) does not list %s on myhttpd:blue@%s with 1 running task: %+v", err, svc, blue, api.Services)
+		}
+	}
 	if !strings.HasSuffix(specImage(), "@"+blue) {
 		t.Errorf("after the failed deploy the service's spec names %s, want blue", specImage())
 	}

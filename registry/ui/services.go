@@ -95,7 +95,10 @@ type ServiceView struct {
 	Choices []string
 	// Updating: swarm is rolling this service out or back.
 	Updating bool
-	Op       *Operation `json:",omitempty"`
+	// TaskErr is the error of the newest failed task when the last update
+	// paused or rolled back (what made swarm stop).
+	TaskErr string
+	Op      *Operation `json:",omitempty"`
 }
 
 // ServicesView is the Services page and GET /api/services.
@@ -128,6 +131,14 @@ func (u *UI) servicesView(ctx context.Context) *ServicesView {
 	for _, s := range st.Services {
 		sv := &ServiceView{ServiceStatus: s}
 		sv.Updating = s.UpdateState == "updating" || s.UpdateState == "rollback_started"
+		if s.UpdateState == "paused" || strings.HasPrefix(s.UpdateState, "rollback_") {
+			var newest time.Time
+			for _, t := range s.Tasks {
+				if (t.State == "failed" || t.State == "rejected") && t.Err != "" && t.Since.After(newest) {
+					newest, sv.TaskErr = t.Since, t.Err
+				}
+			}
+		}
 		sv.Repo, sv.Tag, sv.Digest = u.localImage(s.Image)
 		if sv.Repo != "" {
 			tags, ok := tagsOf[sv.Repo]
