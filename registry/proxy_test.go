@@ -316,3 +316,49 @@ func TestMirrorCutFetch(t *testing.T) {
 		t.Errorf("the origin served the blob %d times, want 2 (the cut one was not kept)", n)
 	}
 }
+
+// TestMirrorSameBlobTwoRepos: the same image pulled at once from two
+// repositories of a mirror is fetched from the origin once per
+// repository (distribution's proxy links blobs per repository), not once
+// per request: while one repository's fetch of a digest runs, the
+// other's waits for it instead of streaming without storing.
+func TestMirrorSameBlobTwoRepos(t *testing.T) {
+	const user, pass = "mirror", "pw-origin-2r"
+	o := newOrigin(t, user, pass)
+	o.delay = 200 * time.Millisecond
+	img, err := random.Image(128<<10, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushTo(t, o, "lab/a:v1", img, user, pass)
+	pushTo(t, o, "lab/b:v1", img, user, pass)
+	o.mu.Lock()
+	o.gets = map[string]int{}
+	o.mu.Unlock()
+	m := mirrorOf(t, o, user, pass)
+	blobs := blobsOf(t, img)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Transport: &http.Transport{}, Timeout: 2 * time.Minute}
+			defer c.CloseIdleConnections()
+			repo := []string{"a", "b"}[i%2]
+			<-start
+			for _, b := range blobs {
+				if st, _, err := get(c, http.MethodGet, m, "/v2/lab/"+repo+"/blobs/"+b, b); err != nil || st != 200 {
+					t.Errorf("blob %s from lab/%s: %d %v", b, repo, st, err)
+				}
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for _, b := range blobs {
+		if n, _ := o.count(b); n != 2 {
+			t.Errorf("the origin served %s %d times, want twice (once per repository)", b, n)
+		}
+	}
+}
