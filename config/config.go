@@ -295,7 +295,7 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Annotated renders the configuration as YAML (as YAML does), each value's
+// Annotated renders the configuration as YAML, as YAML does, with each value's
 // comment ending with where it came from (see Origins).
 func (c *Config) Annotated(o Origins) []byte {
 	var b bytes.Buffer
