@@ -295,8 +295,8 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Annotated renders the configuration as YAML, as YAML does, with each value's
-// comment ending with where it came from (see Origins).
+// Annotated renders the configuration as YAML with a comment on each value
+// that ends with where the value came from (see Origins).
 func (c *Config) Annotated(o Origins) []byte {
 	var b bytes.Buffer
 	sec := ""
