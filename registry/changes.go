@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/distribution/distribution/v3"
@@ -107,7 +108,7 @@ func (c *changes) OnDeleteManifest(ctx context.Context, repo string, named, cano
 	ev := Event{Action: "delete", Repo: repo, Digest: named}
 	if len(tags) > 0 {
 		sort.Strings(tags)
-		ev.Detail = "tags: " + joinComma(tags)
+		ev.Detail = "tags: " + strings.Join(tags, ", ")
 	}
 	c.record(ctx, ev)
 	return errors.Join(errs...)
@@ -139,17 +140,6 @@ func (c *changes) record(ctx context.Context, ev Event) {
 	if c.journal != nil {
 		c.journal.publish(ctx, journalEntry{Repo: ev.Repo, Event: &ev})
 	}
-}
-
-func joinComma(ss []string) string {
-	out := ""
-	for i, s := range ss {
-		if i > 0 {
-			out += ", "
-		}
-		out += s
-	}
-	return out
 }
 
 // DeleteTag removes one tag; other tags on the same digest stay.

@@ -432,3 +432,56 @@ func TestS3KillMidUpload(t *testing.T) {
 		t.Errorf("the committed blob through B: %d bytes differ from the %d sent", len(got), len(content))
 	}
 }
+
+// TestS3OneGCAtATime: while a GC started through A holds the cluster's
+// lease (it waits for B, which drains a push in flight), a GC started
+// through B is refused as busy; A's GC then completes.
+func TestS3OneGCAtATime(t *testing.T) {
+	p := newReplicaPair(t)
+	status, hdr, body := biDo(t, "POST", "http://"+p.addrB+"/v2/lab/pushing/blobs/uploads/", nil, false)
+	if status != http.StatusAccepted {
+		t.Fatalf("starting an upload through B: %d %s", status, body)
+	}
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequestWithContext(t.Context(), "PATCH", s3Absolute(p.addrB, hdr.Get("Location")), pr)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	patched := make(chan struct{})
+	go func() {
+		defer close(patched)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	if _, err := pw.Write([]byte("in flight")); err != nil {
+		t.Fatal(err)
+	}
+	gcA := make(chan error, 1)
+	go func() {
+		_, err := p.srvA.GC(context.Background(), registry.GCOptions{})
+		gcA <- err
+	}()
+	// B turns read-only for A's GC: A holds the lease.
+	if why := eventually(time.Now().Add(20*time.Second), func() string {
+		if ro, reason := p.srvB.ReadOnlyState(); !ro || !strings.Contains(reason, "garbage collection on replica") {
+			return fmt.Sprintf("read-only %v (%q)", ro, reason)
+		}
+		return ""
+	}); why != "" {
+		t.Fatalf("B while A runs GC: %s", why)
+	}
+	_, err := p.srvB.GC(context.Background(), registry.GCOptions{})
+	var busy *registry.BusyError
+	if !errors.As(err, &busy) {
+		t.Errorf("GC through B while A's runs: %v, want a BusyError", err)
+	}
+	pw.Close()
+	<-patched
+	select {
+	case err := <-gcA:
+		if err != nil {
+			t.Errorf("GC through A: %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("GC through A did not end")
+	}
+}
