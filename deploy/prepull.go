@@ -33,10 +33,13 @@ type PullTime struct {
 //
 // parallelism paces it: at most that many nodes pull at once. Swarm does
 // the pacing, labreg only watches: the job is a replicated job with
-// MaxConcurrent parallelism, one task per node at a time (MaxReplicas 1)
-// and as many completions as eligible nodes. A task swarm hands to a node
-// that already pulled finds the image there and is not waited for; the
-// job is removed once every eligible node has pulled. parallelism 0, or
+// MaxConcurrent parallelism, one task per node at a time (MaxReplicas 1),
+// as many completions as eligible nodes, and failed tasks restarted at
+// once (each task fails: its command does not exist), which is how swarm
+// hands the next node its turn. A task swarm hands to a node that already
+// pulled finds the image there and is not waited for (swarm's scheduler
+// avoids a node after 5 recent failures); the job is removed once every
+// eligible node has pulled. parallelism 0, or
 // at least the number of eligible nodes, pulls everywhere at once (a
 // global job).
 func (c *Client) Prepull(ctx context.Context, service, image string, placement *swarm.Placement, auth string, parallelism int) ([]PullTime, error) {
@@ -77,16 +80,24 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 	if len(name) > 63 {
 		name = name[len(name)-63:]
 	}
-	none := swarm.RestartPolicyConditionNone
+	restart := &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone}
 	if !paced {
 		mode = swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}}
+	} else {
+		// A replicated job does not replace a task that failed under
+		// condition none: the job would stop after its first N tasks
+		// (every task fails, its command does not exist). Restarted at
+		// once, a task goes to the next node that has not pulled (or to
+		// one that has, where it ends at once).
+		var now time.Duration
+		restart = &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionOnFailure, Delay: &now}
 	}
 	spec := swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: name, Labels: map[string]string{"labreg.prepull": service}},
 		TaskTemplate: swarm.TaskSpec{
 			ContainerSpec: &swarm.ContainerSpec{Image: image, Command: []string{"/.labreg-prepull-does-not-run"}},
 			Placement:     placement,
-			RestartPolicy: &swarm.RestartPolicy{Condition: none},
+			RestartPolicy: restart,
 		},
 		Mode: mode,
 	}

@@ -152,6 +152,9 @@ func TestPrepullPaced(t *testing.T) {
 				if *rj.MaxConcurrent != tc.maxConc || *rj.TotalCompletions != tc.total {
 					t.Errorf("MaxConcurrent %d, TotalCompletions %d; want %d, %d", *rj.MaxConcurrent, *rj.TotalCompletions, tc.maxConc, tc.total)
 				}
+				if rp := spec.TaskTemplate.RestartPolicy; rp == nil || rp.Condition != swarm.RestartPolicyConditionOnFailure || rp.Delay == nil || *rp.Delay != 0 {
+					t.Errorf("restart policy %+v, want on-failure at once (else swarm never hands out the next node's turn)", rp)
+				}
 				if pl := spec.TaskTemplate.Placement; pl == nil || pl.MaxReplicas != 1 || strings.Join(pl.Constraints, ",") != strings.Join(tc.constraints, ",") {
 					t.Errorf("placement %+v, want MaxReplicas 1 and constraints %v", pl, tc.constraints)
 				}

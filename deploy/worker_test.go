@@ -252,6 +252,52 @@ func TestWorkers(t *testing.T) {
 		onEveryWorker(t, docker, workers, svc, pre, p, "prepulled "+id+"\n")
 	})
 
+	// A paced prepull (PrepullParallelism 1 over the two workers) is
+	// swarm's replicated job, one node at a time: both workers pull, the
+	// summary names them, and the job is gone afterwards.
+	t.Run("prepull paced", func(t *testing.T) {
+		svc := "wpace-" + id
+		removeService(t, docker, svc)
+		p := freePort(t)
+		dc, prog := client(t, adv)
+		opts := deploy.DeployOptions{Timeout: 2 * time.Minute}
+		pre := img("pace", "v2", "paced "+id+"\n") // new on both workers
+		if _, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: blueRef, Replicas: &two,
+			Constraints: onWorkers, Ports: hostPort(p), Update: fast}, opts); err != nil {
+			t.Fatalf("deploy blue: %v\n%s", err, prog)
+		}
+		prog.Reset()
+		opts.Prepull, opts.PrepullParallelism = true, 1
+		opts.Timeout = 3 * time.Minute
+		_, err := dc.Deploy(t.Context(), deploy.Spec{Name: svc, Image: pre}, opts)
+		t.Logf("paced prepull progress:\n%s", prog)
+		if err != nil {
+			t.Fatalf("deploy with a paced prepull: %v", err)
+		}
+		if prog.index(func(p deploy.Progress) bool {
+			return p.Stage == deploy.StagePrepull && strings.Contains(p.Message, "2 eligible nodes pull") && strings.Contains(p.Message, "at most 1 at once")
+		}) < 0 {
+			t.Error("no event says 2 eligible nodes pull, at most 1 at once")
+		}
+		for _, w := range workers {
+			if prog.index(func(p deploy.Progress) bool {
+				return p.Stage == deploy.StagePrepull && p.Node == w.Name && p.Err == "" && p.Took > 0
+			}) < 0 {
+				t.Errorf("no pull time for worker %s", w.Name)
+			}
+		}
+		if prog.index(func(p deploy.Progress) bool {
+			return p.Stage == deploy.StagePrepull && strings.HasPrefix(p.Message, "2 node(s) pulled in ")
+		}) < 0 {
+			t.Error("no summary: 2 node(s) pulled in ...")
+		}
+		out, _ := exec.Command(docker, "service", "ls", "-q", "--filter", "label=labreg.prepull="+svc).Output()
+		if len(strings.TrimSpace(string(out))) != 0 {
+			t.Errorf("prepull job left behind: %s", out)
+		}
+		onEveryWorker(t, docker, workers, svc, pre, p, "paced "+id+"\n")
+	})
+
 	t.Run("global", func(t *testing.T) {
 		svc := "wglobal-" + id
 		removeService(t, docker, svc)
