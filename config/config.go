@@ -298,25 +298,17 @@ func (c *Config) Validate() error {
 // Annotated renders the configuration as YAML with a comment on each value
 // that ends with where the value came from (see Origins).
 func (c *Config) Annotated(o Origins) []byte {
-	var b bytes.Buffer
-	sec := ""
-	for _, f := range c.Fields() {
-		s, k, _ := strings.Cut(f.Key, ".")
-		if s != sec {
-			fmt.Fprintf(&b, "%s:\n", s)
-			sec = s
-		}
-		v := f.String()
-		if f.Kind == reflect.String {
-			v = strconv.Quote(v)
-		}
-		fmt.Fprintf(&b, "  %s: %s  # %s, --%s; from: %s\n", k, v, f.Env, f.Flag, o.Of(f.Key))
-	}
-	return b.Bytes()
+	return c.render(func(key string) string { return "; from: " + o.Of(key) })
 }
 
 // YAML renders the configuration as a YAML document.
 func (c *Config) YAML() ([]byte, error) {
+	return c.render(func(string) string { return "" }), nil
+}
+
+// render writes every field as YAML, each commented with its variable and
+// flag, then whatever note adds for its key.
+func (c *Config) render(note func(key string) string) []byte {
 	var b bytes.Buffer
 	sec := ""
 	for _, f := range c.Fields() {
@@ -329,7 +321,7 @@ func (c *Config) YAML() ([]byte, error) {
 		if f.Kind == reflect.String {
 			v = strconv.Quote(v)
 		}
-		fmt.Fprintf(&b, "  %s: %s  # %s, --%s\n", k, v, f.Env, f.Flag)
+		fmt.Fprintf(&b, "  %s: %s  # %s, --%s%s\n", k, v, f.Env, f.Flag, note(f.Key))
 	}
-	return b.Bytes(), nil
+	return b.Bytes()
 }

@@ -231,15 +231,15 @@ func (m *mirror) lead(w http.ResponseWriter, r *http.Request) bool {
 		r = r.Clone(r.Context())
 		r.Method = http.MethodGet
 	}
-	rec := &flightWriter{ResponseWriter: w}
+	rec := &statusWriter{ResponseWriter: w} // routes.go: status and bytes written
 	m.next.ServeHTTP(rec, r)
 	if rec.status != http.StatusOK && rec.status != 0 {
 		return false
 	}
-	if n, err := strconv.ParseInt(rec.Header().Get("Content-Length"), 10, 64); err == nil && n != rec.n {
+	if n, err := strconv.ParseInt(rec.Header().Get("Content-Length"), 10, 64); err == nil && n != rec.bytes {
 		return false
 	}
-	return r.Context().Err() == nil || rec.n > 0
+	return r.Context().Err() == nil || rec.bytes > 0
 }
 
 // fetchSlots serialize the fetches of one digest in the process (lead).
@@ -286,35 +286,4 @@ func (m *mirror) resolveTag(ctx context.Context, in *http.Request, name, tag str
 		return "", 0, fmt.Errorf("its answer has no valid Docker-Content-Digest")
 	}
 	return d, http.StatusOK, nil
-}
-
-// flightWriter records the status and body size of the leading request.
-type flightWriter struct {
-	http.ResponseWriter
-	status int
-	n      int64
-}
-
-func (w *flightWriter) WriteHeader(code int) {
-	if w.status == 0 {
-		w.status = code
-	}
-	w.ResponseWriter.WriteHeader(code)
-}
-
-func (w *flightWriter) Write(b []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	n, err := w.ResponseWriter.Write(b)
-	w.n += int64(n)
-	return n, err
-}
-
-func (w *flightWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (w *flightWriter) Flush() {
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
 }
