@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +24,7 @@ type fakeEngine struct {
 	serviceCreate  func(o client.ServiceCreateOptions) (string, error)
 	serviceUpdate  func(id string, o client.ServiceUpdateOptions) error
 	serviceRemove  func(id string) error
-	taskList       func(f client.Filters) ([]swarm.Task, error)
+	taskList       func(ctx context.Context, f client.Filters) ([]swarm.Task, error)
 	nodeList       func() ([]swarm.Node, error)
 }
 
@@ -67,11 +68,11 @@ func (f *fakeEngine) ServiceRemove(_ context.Context, id string, _ client.Servic
 	return client.ServiceRemoveResult{}, f.serviceRemove(id)
 }
 
-func (f *fakeEngine) TaskList(_ context.Context, o client.TaskListOptions) (client.TaskListResult, error) {
+func (f *fakeEngine) TaskList(ctx context.Context, o client.TaskListOptions) (client.TaskListResult, error) {
 	if f.taskList == nil {
 		return client.TaskListResult{}, errNotFaked
 	}
-	t, err := f.taskList(o.Filters)
+	t, err := f.taskList(ctx, o.Filters)
 	return client.TaskListResult{Items: t}, err
 }
 
@@ -226,7 +227,7 @@ func TestRollbackByExactName(t *testing.T) {
 			}
 			return after, nil
 		},
-		taskList: func(f client.Filters) ([]swarm.Task, error) {
+		taskList: func(_ context.Context, f client.Filters) ([]swarm.Task, error) {
 			return []swarm.Task{running("t1", 1, "n1", imgOld)}, nil
 		},
 		nodeList: func() ([]swarm.Node, error) { return threeWorkers[:1], nil },
@@ -308,7 +309,7 @@ func TestDeployPrepullTimeout(t *testing.T) {
 		},
 		serviceRemove: func(id string) error { removed = append(removed, id); return nil },
 		nodeList:      func() ([]swarm.Node, error) { return threeWorkers[:1], nil },
-		taskList: func(client.Filters) ([]swarm.Task, error) {
+		taskList: func(context.Context, client.Filters) ([]swarm.Task, error) {
 			return []swarm.Task{task("p1", 0, "n1", swarm.TaskStatePreparing, swarm.TaskStateComplete, imgNew, "")}, nil
 		},
 	}
@@ -327,5 +328,55 @@ func TestDeployPrepullTimeout(t *testing.T) {
 	}
 	if len(created) != 1 || !reflect.DeepEqual(removed, []string{"job1"}) {
 		t.Errorf("created %v, removed %v: want only the prepull job, removed", created, removed)
+	}
+}
+
+// TestPrepullDeadlineMidPoll: a deadline that passes while a poll is
+// listing tasks still names the node whose pull had not finished (a fresh
+// look after the deadline), not "no ready node has taken a prepull task"
+// from the poll it cut short. (TestPrepullTimeout once failed that way on
+// the real swarm under load.)
+func TestPrepullDeadlineMidPoll(t *testing.T) {
+	deadline := &stateDeadline{Context: t.Context(), done: make(chan struct{})}
+	var once sync.Once
+	e := &fakeEngine{
+		serviceList:   func() ([]swarm.Service, error) { return nil, nil },
+		serviceCreate: func(client.ServiceCreateOptions) (string, error) { return "job1", nil },
+		serviceRemove: func(string) error { return nil },
+		nodeList:      func() ([]swarm.Node, error) { return threeWorkers[:1], nil },
+		taskList: func(ctx context.Context, _ client.Filters) ([]swarm.Task, error) {
+			first := false
+			once.Do(func() { first = true })
+			if first { // the deadline passes during this poll's task list
+				close(deadline.done)
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return []swarm.Task{task("p1", 0, "n1", swarm.TaskStatePreparing, swarm.TaskStateComplete, imgNew, "")}, nil
+		},
+	}
+	var events []Progress
+	_, err := fakeClient(e, &events).Deploy(deadline, Spec{Name: "web", Image: imgNew},
+		DeployOptions{Prepull: true, NoRegistryAuth: true})
+	var re *RolloutError
+	if !errors.As(err, &re) || re.State != "timeout" || !strings.Contains(re.Message, "not pulled yet on worker1 (preparing)") {
+		t.Fatalf("err = %v, want a timeout naming worker1", err)
+	}
+}
+
+// stateDeadline is a context whose deadline passes when done is closed.
+type stateDeadline struct {
+	context.Context
+	done chan struct{}
+}
+
+func (d *stateDeadline) Done() <-chan struct{} { return d.done }
+
+func (d *stateDeadline) Err() error {
+	select {
+	case <-d.done:
+		return context.DeadlineExceeded
+	default:
+		return nil
 	}
 }

@@ -122,16 +122,37 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 	skipped := map[string]bool{}   // nodes left out, said so once
 	tick := time.NewTicker(c.opts.PollInterval)
 	defer tick.Stop()
+	// ended is the error of a prepull whose ctx ended (err: the poll's
+	// error, or ctx's). It says which nodes had not pulled when the
+	// deadline passed, from a fresh look rather than the last poll (a node
+	// may have taken its task since, and the deadline may have cut a poll
+	// short before its tasks were read).
+	ended := func(pending map[string]swarm.TaskState, names map[string]string, err error) error {
+		if ctx.Err() == nil {
+			return prepullCtxErr(ctx, service, image, start, pending, names, err)
+		}
+		if p, n, ok := c.prepullPending(ctx, r.ID, done); ok {
+			if paced {
+				for id, st := range pending {
+					if _, has := p[id]; !has && st == stateWaiting {
+						p[id] = st
+					}
+				}
+			}
+			pending, names = p, n
+		}
+		return prepullCtxErr(ctx, service, image, start, pending, names, ctx.Err())
+	}
 	for {
 		// Nodes are read on every poll: a node that goes down or leaves
 		// during the prepull must not be waited for.
 		ineligible, names, nodes, err := c.prepullNodes(ctx)
 		if err != nil {
-			return nil, prepullCtxErr(ctx, service, image, start, nil, names, err)
+			return nil, ended(nil, names, err)
 		}
 		tl, err := c.api.TaskList(ctx, client.TaskListOptions{Filters: make(client.Filters).Add("service", r.ID)})
 		if err != nil {
-			return nil, prepullCtxErr(ctx, service, image, start, nil, names, fmt.Errorf("listing prepull tasks: %w", err))
+			return nil, ended(nil, names, fmt.Errorf("listing prepull tasks: %w", err))
 		}
 		pending := map[string]swarm.TaskState{} // node -> state of its task
 		for _, t := range tl.Items {
@@ -200,19 +221,7 @@ func (c *Client) Prepull(ctx context.Context, service, image string, placement *
 		}
 		select {
 		case <-ctx.Done():
-			// Say which nodes had not pulled when the deadline passed,
-			// not at the last poll (a node may have taken its task since).
-			if p, n, ok := c.prepullPending(ctx, r.ID, done); ok {
-				if paced {
-					for id, st := range pending {
-						if _, has := p[id]; !has && st == stateWaiting {
-							p[id] = st
-						}
-					}
-				}
-				pending, names = p, n
-			}
-			return nil, prepullCtxErr(ctx, service, image, start, pending, names, ctx.Err())
+			return nil, ended(pending, names, ctx.Err())
 		case <-tick.C:
 		}
 	}

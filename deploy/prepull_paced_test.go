@@ -111,7 +111,7 @@ func TestPrepullPaced(t *testing.T) {
 					return "job1", nil
 				},
 				serviceRemove: func(string) error { return nil },
-				taskList: func(client.Filters) ([]swarm.Task, error) {
+				taskList: func(context.Context, client.Filters) ([]swarm.Task, error) {
 					tl := tc.polls[min(poll, len(tc.polls)-1)]
 					poll++
 					return tl, nil
