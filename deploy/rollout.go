@@ -70,6 +70,13 @@ const (
 // second or two, and may place a pending task once another one stops.
 const stuckGrace = 10 * time.Second
 
+// portGrace is stuckGrace for slots that wait only for a host-mode port
+// (swarm: "host-mode port already in use") with no node down: in a
+// stop-first update the old container frees the port after its stop grace
+// period and swarm places the new task at its next scheduling pass, which
+// on a busy manager can take longer than stuckGrace.
+const portGrace = 30 * time.Second
+
 // row is the task that stands for one slot (replicated) or node (global).
 type row struct {
 	Slot     int
@@ -402,7 +409,11 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 	} else if m.stuckSince.IsZero() {
 		m.stuckSince = o.Now
 	}
-	if len(out.stuck) > 0 && o.Now.Sub(m.stuckSince) >= stuckGrace {
+	grace := stuckGrace
+	if len(out.stuck) > 0 && onlyPortWaits(out.stuck) {
+		grace = portGrace
+	}
+	if len(out.stuck) > 0 && o.Now.Sub(m.stuckSince) >= grace {
 		st := "node down"
 		for _, s := range out.stuck {
 			if !strings.Contains(s.Reason, " is down") {
@@ -465,6 +476,17 @@ func decide(g goal, m memory, o observation) (memory, outcome) {
 		return failed("failing", lastFail)
 	}
 	return m, out
+}
+
+// onlyPortWaits reports whether every stuck slot or node waits only for a
+// host-mode port, with no node down.
+func onlyPortWaits(stuck []stuck) bool {
+	for _, s := range stuck {
+		if !strings.Contains(s.Reason, "port already in use") || strings.Contains(s.Reason, "down") {
+			return false
+		}
+	}
+	return true
 }
 
 // unplaced reports whether swarm's scheduler found no node for t
