@@ -337,7 +337,8 @@ func TestDeployPrepullTimeout(t *testing.T) {
 // from the poll it cut short. (TestPrepullTimeout once failed that way on
 // the real swarm under load.)
 func TestPrepullDeadlineMidPoll(t *testing.T) {
-	deadline := &stateDeadline{Context: t.Context(), done: make(chan struct{})}
+	fire := make(chan struct{})
+	deadline := DeadlineAt(t.Context(), fire)
 	var once sync.Once
 	e := &fakeEngine{
 		serviceList:   func() ([]swarm.Service, error) { return nil, nil },
@@ -348,7 +349,7 @@ func TestPrepullDeadlineMidPoll(t *testing.T) {
 			first := false
 			once.Do(func() { first = true })
 			if first { // the deadline passes during this poll's task list
-				close(deadline.done)
+				close(fire)
 				<-ctx.Done()
 				return nil, ctx.Err()
 			}
@@ -364,7 +365,22 @@ func TestPrepullDeadlineMidPoll(t *testing.T) {
 	}
 }
 
-// stateDeadline is a context whose deadline passes when done is closed.
+// DeadlineAt returns a context whose deadline passes when ch is closed
+// (its Err is then context.DeadlineExceeded, as a real deadline's), so that
+// a test times out at a known state instead of at a wall-clock time.
+// Exported for the external tests (deploy_test).
+func DeadlineAt(parent context.Context, ch <-chan struct{}) context.Context {
+	d := &stateDeadline{Context: parent, done: make(chan struct{})}
+	go func() {
+		select {
+		case <-ch:
+		case <-parent.Done():
+		}
+		close(d.done)
+	}()
+	return d
+}
+
 type stateDeadline struct {
 	context.Context
 	done chan struct{}

@@ -108,11 +108,11 @@ type result struct {
 	took     time.Duration
 }
 
-// labreg runs the labreg binary with env added to the environment.
-func labreg(t testing.TB, env []string, args ...string) result {
-	t.Helper()
-	bin := testenv.BuildLabreg(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+// runLabreg runs the labreg binary bin with env added to the environment
+// (from any goroutine: it never fails the test); code -1 when it could not
+// run.
+func runLabreg(bin string, env []string, args ...string) result {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
@@ -126,7 +126,17 @@ func labreg(t testing.TB, env []string, args ...string) result {
 	case errors.As(err, &ee):
 		r.code = ee.ExitCode()
 	case err != nil:
-		t.Fatalf("running labreg %v: %v", args, err)
+		r.code, r.err = -1, err.Error()
+	}
+	return r
+}
+
+// labreg runs the labreg binary with env added to the environment.
+func labreg(t testing.TB, env []string, args ...string) result {
+	t.Helper()
+	r := runLabreg(testenv.BuildLabreg(t), env, args...)
+	if r.code == -1 {
+		t.Fatalf("running labreg %v: %s", args, r.err)
 	}
 	t.Logf("labreg %s (exit %d, %s)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), r.code, r.took.Round(time.Millisecond), r.out, r.err)
 	return r

@@ -1,11 +1,7 @@
 package deploy_test
 
 import (
-	"bytes"
-	"context"
-	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -133,27 +129,6 @@ func TestWorkerDownMidUpdate(t *testing.T) {
 			}
 		})
 	}
-}
-
-// runLabreg runs the labreg binary bin like labreg, from any goroutine.
-func runLabreg(bin string, env []string, args ...string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var o, e bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &e
-	start := time.Now()
-	err := cmd.Run()
-	r := result{out: o.String(), err: e.String(), took: time.Since(start)}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	case err != nil:
-		r.code, r.err = -1, err.Error()
-	}
-	return r
 }
 
 func lastLine(s string) string {

@@ -1,7 +1,6 @@
 package deploy_test
 
 import (
-	"context"
 	"errors"
 	"os/exec"
 	"strings"
@@ -42,7 +41,7 @@ func TestPrepullTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ctx := deadlineOnce(t, stalled)
+	ctx := deploy.DeadlineAt(t.Context(), stalled) // the deadline passes once the node pulls the stalled layer
 	_, err = c.Deploy(ctx, deploy.Spec{Name: svc, Image: "stall:" + id, Constraints: []string{onManager(t, docker)}},
 		deploy.DeployOptions{Prepull: true, Timeout: 5 * time.Minute})
 	t.Logf("Deploy: %v\nprogress:\n%s", err, progress.String())
@@ -63,36 +62,5 @@ func TestPrepullTimeout(t *testing.T) {
 	out, _ := exec.Command(docker, "service", "ls", "-q", "--filter", "label=labreg.prepull="+svc).Output()
 	if len(strings.TrimSpace(string(out))) != 0 {
 		t.Errorf("prepull job left behind: %s", out)
-	}
-}
-
-// deadlineOnce is a context whose deadline passes when ch is closed (its
-// Err is then context.DeadlineExceeded, as a real deadline's), so that a
-// test times out at a known state instead of at a wall-clock time.
-func deadlineOnce(t *testing.T, ch <-chan struct{}) context.Context {
-	d := &stateDeadline{Context: t.Context(), done: make(chan struct{})}
-	go func() {
-		select {
-		case <-ch:
-		case <-t.Context().Done():
-		}
-		close(d.done)
-	}()
-	return d
-}
-
-type stateDeadline struct {
-	context.Context
-	done chan struct{}
-}
-
-func (d *stateDeadline) Done() <-chan struct{} { return d.done }
-
-func (d *stateDeadline) Err() error {
-	select {
-	case <-d.done:
-		return context.DeadlineExceeded
-	default:
-		return nil
 	}
 }
