@@ -101,19 +101,8 @@ func (g *gate) close(ctx context.Context, reason string, drain time.Duration) er
 	if wait == nil {
 		return nil
 	}
-	var bound <-chan time.Time
-	if drain > 0 {
-		t := time.NewTimer(drain)
-		defer t.Stop()
-		bound = t.C
-	}
-	select {
-	case <-wait:
-		return nil
-	case <-ctx.Done():
-		g.open()
-		return ctx.Err()
-	case <-bound:
+	if done, err := g.waitIdle(ctx, wait, drain); done || err != nil {
+		return err
 	}
 	g.mu.Lock()
 	n := g.inflight
@@ -125,17 +114,31 @@ func (g *gate) close(ctx context.Context, reason string, drain time.Duration) er
 	for _, f := range aborts {
 		f()
 	}
-	t := time.NewTimer(abortGrace)
-	defer t.Stop()
+	if done, err := g.waitIdle(ctx, wait, abortGrace); done || err != nil {
+		return err
+	}
+	g.open()
+	return fmt.Errorf("%s gave up: %d writes were still in flight %s after the registry turned read-only (the GC drain timeout), and did not stop when asked; nothing was changed, try again", reason, n, drain)
+}
+
+// waitIdle waits until wait is closed (the writes in flight ended: true),
+// ctx ends (the gate opens again; ctx's error) or timeout passes (false;
+// timeout <= 0: no bound).
+func (g *gate) waitIdle(ctx context.Context, wait <-chan struct{}, timeout time.Duration) (bool, error) {
+	var bound <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		bound = t.C
+	}
 	select {
 	case <-wait:
-		return nil
+		return true, nil
 	case <-ctx.Done():
 		g.open()
-		return ctx.Err()
-	case <-t.C:
-		g.open()
-		return fmt.Errorf("%s gave up: %d writes were still in flight %s after the registry turned read-only (the GC drain timeout), and did not stop when asked; nothing was changed, try again", reason, n, drain)
+		return false, ctx.Err()
+	case <-bound:
+		return false, nil
 	}
 }
 

@@ -334,14 +334,23 @@ func (u *UI) imageView(r *http.Request, repo string, d digest.Digest, verb, arg 
 	return v, nil
 }
 
-func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
-	repo, verb, arg := splitRest(r.PathValue("rest"))
+// refuseWrite answers a form POST that changes something with 403 when
+// the UI is read-only or the CSRF check fails, and reports whether it did.
+func (u *UI) refuseWrite(w http.ResponseWriter, r *http.Request) bool {
 	if u.opts.ReadOnly {
 		u.fail(w, r, fmt.Errorf("the UI is read-only (--ui-readonly): %w", errForbidden))
-		return
+		return true
 	}
 	if err := checkCSRF(r); err != nil {
 		u.fail(w, r, fmt.Errorf("%v: %w", err, errForbidden))
+		return true
+	}
+	return false
+}
+
+func (u *UI) repoPOST(w http.ResponseWriter, r *http.Request) {
+	repo, verb, arg := splitRest(r.PathValue("rest"))
+	if u.refuseWrite(w, r) {
 		return
 	}
 	// The registry records the deletes in its history (one place where a

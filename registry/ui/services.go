@@ -253,12 +253,7 @@ func (u *UI) apiServices(w http.ResponseWriter, r *http.Request) {
 // follows it.
 func (u *UI) serviceAction(w http.ResponseWriter, r *http.Request) {
 	name, action := r.PathValue("name"), r.PathValue("action")
-	if u.opts.ReadOnly {
-		u.fail(w, r, fmt.Errorf("the UI is read-only (--ui-readonly): %w", errForbidden))
-		return
-	}
-	if err := checkCSRF(r); err != nil {
-		u.fail(w, r, fmt.Errorf("%v: %w", err, errForbidden))
+	if u.refuseWrite(w, r) {
 		return
 	}
 	if u.opts.Swarm == nil {
