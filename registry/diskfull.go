@@ -22,19 +22,22 @@ const StorageRetryAfter = 60 * time.Second
 // UNKNOWN; the message names the condition (the errno's text), never a
 // path.
 func writeStorageError(w http.ResponseWriter, err error) {
-	cond := "an I/O error"
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		cond = errno.Error()
-	}
-	if isNoSpace(err) {
+	writeStorageFailure(w, isNoSpace(err), errnoText(err), "the upload was discarded")
+}
+
+// writeStorageFailure answers a write the storage refused: 503 UNAVAILABLE
+// with Retry-After when the disk or quota is full, else 500 UNKNOWN; cond
+// names the condition (never a path), lost says what became of the
+// request's data.
+func writeStorageFailure(w http.ResponseWriter, full bool, cond, lost string) {
+	if full {
 		w.Header().Set("Retry-After", strconv.Itoa(int(StorageRetryAfter.Seconds())))
-		_ = errcode.ServeJSON(w, errcode.ErrorCodeUnavailable.WithMessage(
-			"the registry's storage is full ("+cond+"); the upload was discarded: retry once space is freed"))
+		WriteError(w, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.WithMessage(
+			"the registry's storage is full ("+cond+"); "+lost+": retry once space is freed"))
 		return
 	}
-	_ = errcode.ServeJSON(w, errcode.ErrorCodeUnknown.WithMessage(
-		"the registry could not write to its storage ("+cond+"); the upload was discarded: retry"))
+	WriteError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown.WithMessage(
+		"the registry could not write to its storage ("+cond+"); "+lost+": retry"))
 }
 
 // isNoSpace reports a full disk or quota.

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -183,9 +182,7 @@ func (e *errorWriter) finish(log *slog.Logger, r *http.Request) {
 		slog.Int("status", e.status), slog.String("reply", body))
 	e.Header().Del("Content-Length")
 	if full {
-		e.Header().Set("Retry-After", strconv.Itoa(int(StorageRetryAfter.Seconds())))
-		WriteError(e.ResponseWriter, http.StatusServiceUnavailable, errcode.ErrorCodeUnavailable.WithMessage(
-			"the registry's storage is full ("+cond+"); nothing was stored: retry once space is freed"))
+		writeStorageFailure(e.ResponseWriter, true, cond, "nothing was stored")
 		return
 	}
 	WriteError(e.ResponseWriter, e.status, errcode.ErrorCodeUnknown.WithMessage(
