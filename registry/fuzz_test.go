@@ -14,7 +14,7 @@ import (
 )
 
 // Fuzz targets for request routing and parsing. `make test` runs each for
-// for FUZZTIME inputs after the tests; the seed corpus is below and
+// FUZZTIME inputs after the tests; the seed corpus is below and
 // in testdata/fuzz/<target>, where `go test -fuzz` also writes any input
 // that fails.
 
