@@ -32,7 +32,12 @@ type S3Store struct {
 	// Region is the store's region, us-east-1.
 	Region string
 	client *s3.S3
+	pid    int
 }
+
+// Pid is the store's process id (to read its /proc/PID files, e.g. the
+// bytes it has sent).
+func (s *S3Store) Pid() int { return s.pid }
 
 var (
 	s3Once    sync.Once
@@ -177,6 +182,7 @@ func startVersitygw(bin string) (*S3Store, error) {
 		return nil, err
 	}
 	st.client = s3.New(sess)
+	st.pid = cmd.Process.Pid
 	return st, nil
 }
 
