@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -149,7 +149,7 @@ cache:
 		}
 	}
 	b.StopTimer()
-	rate := func(ds []time.Duration) float64 { return float64(s3BenchSize) / 1e6 / medianDuration(ds).Seconds() }
+	rate := func(ds []time.Duration) float64 { return float64(s3BenchSize) / 1e6 / medianOf(ds).Seconds() }
 	b.Logf("S3 blob, 256 MiB, %d round(s), medians; %s, then load %s", round, cond, loadAvg())
 	for i, c := range pushes {
 		b.ReportMetric(rate(pushTimes[i]), "push-"+c.name+"-MB/s")
@@ -166,11 +166,11 @@ cache:
 		rate(pushTimes[1])/rate(pushTimes[0]), rate(pullTimes[2])/rate(pullTimes[1]), rate(pullTimes[3])/rate(pullTimes[0]))
 }
 
-// medianDuration is the median of ds (the mean of the middle two of an
-// even count).
-func medianDuration(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+// medianOf is the median of v (the mean of the middle two of an even
+// count) for the benchmarks' figures.
+func medianOf[T ~int64 | ~float64](v []T) T {
+	s := slices.Clone(v)
+	slices.Sort(s)
 	if len(s)%2 == 1 {
 		return s[len(s)/2]
 	}
