@@ -47,13 +47,8 @@ var (
 // without it the test skips loudly, or fails under LABREG_E2E=1.
 func S3(t testing.TB) (*S3Store, string) {
 	t.Helper()
-	bin := os.Getenv("LABREG_VERSITYGW")
-	if bin == "" {
-		bin, _ = exec.LookPath("versitygw")
-	}
-	_, err := os.Stat(bin)
-	Require(t, "versitygw (S3-compatible store)", bin != "" && err == nil,
-		"set LABREG_VERSITYGW or put versitygw in PATH (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
+	bin := Binary(t, "LABREG_VERSITYGW", "versitygw", "versitygw (S3-compatible store)",
+		"go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
 	s3Once.Do(func() { s3Shared, s3Err = startVersitygw(bin) })
 	if s3Err != nil {
 		t.Fatalf("starting versitygw: %v", s3Err)

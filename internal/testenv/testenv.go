@@ -140,6 +140,19 @@ func Tool(t testing.TB, name, install string) string {
 	return p
 }
 
+// Binary requires the program that env names, or name in PATH, and
+// returns its path; what and how say what it is and how to get it.
+func Binary(t testing.TB, env, name, what, how string) string {
+	t.Helper()
+	bin := os.Getenv(env)
+	if bin == "" {
+		bin, _ = exec.LookPath(name)
+	}
+	_, err := os.Stat(bin)
+	Require(t, what, bin != "" && err == nil, "set "+env+" or put "+name+" in PATH ("+how+")")
+	return bin
+}
+
 // WaitHTTP polls url until it answers with a status below 500 or the
 // timeout passes.
 func WaitHTTP(t testing.TB, url string, timeout time.Duration) {
