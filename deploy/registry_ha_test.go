@@ -33,8 +33,8 @@ import (
 // Ports are published in host mode (no IPVS here): each replica answers on
 // its own node's address, as the example says.
 func TestRegistryHA(t *testing.T) {
-	lab := testenv.NewLab(t, registry.Options{})
 	store, bucket := testenv.WorkerS3(t)
+	lab := testenv.NewLab(t, registry.Options{})
 	root := testenv.RepoRoot(t)
 	w1, w2, w3 := lab.Worker("worker1"), lab.Worker("worker2"), lab.Worker("worker3")
 	env := append(slices.Clone(lab.Env), "LABREG_ADVERTISE="+lab.Registry, "DOCKER_CONFIG="+dockerConfig(t, lab.Registry, "", ""),
