@@ -62,5 +62,30 @@ Exit status 1 when a check fails.`,
 	cmd.Flags().BoolVar(&local, "local", false, "check this engine only (no probe job on the nodes)")
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long the nodes get to pull the probe image")
 	bindConfig(cmd, "registry.advertise", "registry.tls_", "log.")
+	cmd.AddCommand(newNodeProbeCmd(io))
+	return cmd
+}
+
+// newNodeProbeCmd is what doctor's probe job runs on each node for a
+// registry named by a host name (deploy.NodeProbeCommand): where the name
+// leads there and whether that serves the probe's pinned digest, one line
+// on stdout; exit status 1 when it does not.
+func newNodeProbeCmd(io streams) *cobra.Command {
+	var tlsOn bool
+	cmd := &cobra.Command{
+		Use:    "node-probe HOST:PORT REPO@DIGEST",
+		Short:  "Say where HOST resolves on this node and whether it serves REPO@DIGEST (run by doctor's probe job)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			line, ok := deploy.NodeProbe(cmd.Context(), args[0], args[1], tlsOn)
+			fmt.Fprintln(io.Out, line)
+			if !ok {
+				return errors.New("the registry name does not lead to the pinned digest here")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&tlsOn, "tls", false, "the registry serves HTTPS")
 	return cmd
 }
