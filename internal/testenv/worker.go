@@ -276,6 +276,19 @@ func (n *Node) SetHosts(names map[string]string) error {
 	return f.Close()
 }
 
+// WithHosts is the command line that runs args (a command and its
+// arguments) on this host with the node's own /etc/hosts, as a process on
+// the node resolves names (in a private mount namespace of its own, like
+// the node's dockerd; the host's network). It is args itself when the node
+// has no hosts file of its own.
+func (n *Node) WithHosts(args ...string) []string {
+	if n.Hosts == "" {
+		return args
+	}
+	return append([]string{"unshare", "--mount", "--propagation", "private", "--",
+		"sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, n.Hosts}, args...)
+}
+
 // docker runs the docker CLI against the node's engine.
 func (n *Node) docker(args ...string) (string, error) {
 	out, err := exec.Command("docker", append([]string{"-H", n.Socket}, args...)...).CombinedOutput()
