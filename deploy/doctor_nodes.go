@@ -176,13 +176,21 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 	}
 	cannotPull := func(h string) Check {
 		ch := Check{Name: "node " + h, Node: h,
-			Detail: fmt.Sprintf("cannot pull %s/%s:probe (its docker log says why: not trusted, not reachable, or no credentials)", advertise, ProbeRepo)}
+			Detail: fmt.Sprintf("cannot pull %s/%s:%s (its docker log says why: not trusted, not reachable, or no credentials)", advertise, ProbeRepo, tag)}
+		if resolve {
+			host, _, _ := strings.Cut(advertise, ":")
+			ch.Detail = fmt.Sprintf("cannot pull %s/%s:%s, so where %s leads there is not known (its docker log says why: the registry it leads to is down or lacks it, not trusted, or no credentials)", advertise, ProbeRepo, tag, host)
+		}
 		if opts.TLS {
 			ch.Fix = fmt.Sprintf("on %s: trust the registry's certificate: copy its CA to /etc/docker/certs.d/%s/ca.crt (no restart needed)", h, advertise)
 		} else {
 			ch.Fix = insecureFix(h, advertise)
 		}
 		ch.Fix += fmt.Sprintf("; and check that %s reaches it: curl %s://%s/v2/", h, scheme, advertise)
+		if resolve {
+			host, _, _ := strings.Cut(advertise, ":")
+			ch.Fix += fmt.Sprintf(" (getent hosts %s there says where the name leads: its zone's mirror or the origin)", host)
+		}
 		if authOn && !cr.has() {
 			ch.Fix += fmt.Sprintf("; the registry wants credentials: docker login %s on this machine (labreg forwards them)", advertise)
 		}

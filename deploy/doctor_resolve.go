@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	neturl "net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -85,19 +86,23 @@ func serves(ctx context.Context, hc *http.Client, url, dgst string) error {
 	}
 	req.Header.Set("Accept", "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json")
 	resp, err := hc.Do(req)
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		return ue.Err // the line names the address already
+	}
 	if err != nil {
-		return fmt.Errorf("GET %s: %w", url, err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("manifest by digest: %s", resp.Status)
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, io.LimitReader(resp.Body, 4<<20)); err != nil {
-		return fmt.Errorf("GET %s: %w", url, err)
+		return fmt.Errorf("reading the manifest: %w", err)
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != dgst {
-		return fmt.Errorf("GET %s: served %s, not the pinned digest", url, shortDigest("@"+got))
+		return fmt.Errorf("served %s, not the pinned digest", shortDigest("@"+got))
 	}
 	return nil
 }

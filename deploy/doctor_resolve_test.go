@@ -13,7 +13,7 @@ import (
 const pinnedRef = "labreg-doctor@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 func TestProbeLine(t *testing.T) {
-	refused := errors.New("GET http://10.2.0.10:5000/v2/labreg-doctor/manifests/sha256:0123: connection refused")
+	refused := errors.New("dial tcp 10.2.0.10:5000: connect: connection refused")
 	for _, tc := range []struct {
 		name  string
 		addrs []string
@@ -73,7 +73,7 @@ func TestNodeProbe(t *testing.T) {
 		t.Errorf("pushed digest: %v %q", ok, line)
 	}
 	line, ok = NodeProbe(ctx, "localhost:"+port, pinnedRef, false)
-	if ok || !strings.Contains(line, "which does not serve labreg-doctor@sha256:0123456789ab") || !strings.Contains(line, "404") {
+	if ok || !strings.Contains(line, "which does not serve labreg-doctor@sha256:0123456789ab") || !strings.Contains(line, "127.0.0.1: manifest by digest: 404 Not Found") {
 		t.Errorf("digest it lacks: %v %q", ok, line)
 	}
 	if line, ok := NodeProbe(ctx, "localhost", pinnedRef, false); ok || !strings.Contains(line, "want HOST:PORT") {

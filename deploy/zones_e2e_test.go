@@ -29,7 +29,8 @@ import (
 //   - the busan mirror stopped while worker3 pulls red (its manifest
 //     request is held until the mirror is gone, whatever the node order):
 //     the deploy fails naming worker3 and why, the other nodes pulled red,
-//     and the service still runs green.
+//     and the service still runs green; doctor then fails worker3, naming
+//     it, and still says where the name leads on the others.
 func TestZoneMirrors(t *testing.T) {
 	z := testenv.NewZoneLab(t, registry.Options{})
 	seoul, busan := z.Mirrors[testenv.ZoneSeoul], z.Mirrors[testenv.ZoneBusan]
@@ -155,6 +156,58 @@ func TestZoneMirrors(t *testing.T) {
 	if got := z.Origin.Gets(testenv.ZoneSeoul)["/v2/web/manifests/"+redDigest.String()]; got != 1 {
 		t.Errorf("the seoul mirror fetched red's manifest %d time(s) from the origin, want 1", got)
 	}
+	// doctor, with the busan mirror gone: worker3 still has the probe (the
+	// same labreg, the same digest), runs it and says where the name leads
+	// and why that fails there; the others still pass.
+	doctorGone := func(want ...string) {
+		t.Helper()
+		r := labreg(env, "doctor", "--timeout", "2m")
+		if r.code != 1 {
+			t.Errorf("labreg doctor with the busan mirror gone: exit %d, want 1", r.code)
+		}
+		for _, n := range []*testenv.Node{z.Manager, w1, w2} {
+			want = append(want, "ok   node "+n.Name+": registry.lab resolves to ")
+		}
+		for _, w := range want {
+			if !strings.Contains(r.out, w) {
+				t.Errorf("doctor's output does not say %q", w)
+			}
+		}
+	}
+	doctorGone("FAIL node worker3: registry.lab resolves to "+addrOf(busan)+" there, which does not serve labreg-doctor@sha256:",
+		addrOf(busan)+": dial tcp "+busan.Addr+": connect: connection refused")
+	// without the probe image worker3 cannot even pull it (its containers
+	// of the removed probe job go first; swarm removes them in its own time)
+	removeProbe := func() error {
+		imgs, err := w3.Docker("image", "ls", "--format", "{{.Repository}} {{.ID}}")
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(imgs, "\n") {
+			repo, id, _ := strings.Cut(l, " ")
+			if repo != z.Registry+"/labreg-doctor" {
+				continue
+			}
+			if ids, _ := w3.Docker("ps", "-aq", "--filter", "ancestor="+id); ids != "" {
+				w3.Docker(append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
+			}
+			if out, err := w3.Docker("image", "rm", "-f", id); err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+		}
+		return nil
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		err := removeProbe()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("removing the probe image on worker3: %v", err)
+		}
+	}
+	doctorGone("FAIL node worker3: cannot pull "+z.Registry+"/labreg-doctor:node-probe, so where registry.lab leads there is not known",
+		"getent hosts registry.lab there")
 	if img, err := z.Docker("service", "inspect", "web", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}"); err != nil ||
 		strings.Contains(img, redDigest.String()) {
 		t.Errorf("after the failed prepull the service runs %q (%v), want green still", img, err)

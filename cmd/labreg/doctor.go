@@ -23,7 +23,11 @@ loopback), that registry.advertise answers GET /v2/ from here, that this engine 
 that every ready node can pull from it: doctor pushes a small image (labreg-doctor:probe) to the
 registry and runs it as a global job, like deploy --prepull. A failed check is followed by its
 exact fix for that node (the daemon.json insecure-registries entry and restart for a plain-HTTP
-registry, the CA certificate for a TLS one). The first line says which address is checked and
+registry, the CA certificate for a TLS one). When registry.advertise names its host (registry.lab:5000,
+not an IP) the name may lead elsewhere on each node (zone mirrors): the probe job then runs this
+labreg itself on each node, in the node's network, and each node's line says the address the name
+resolves to there and that it serves the probe's pinned digest (this needs a static labreg,
+CGO_ENABLED=0, as make build and labreg's own image build it). The first line says which address is checked and
 where it came from (flag, LABREG_ADVERTISE, config file, the running labreg serve, or derived).
 Exit status 1 when a check fails.`,
 		Args: cobra.NoArgs,
