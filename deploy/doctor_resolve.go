@@ -46,8 +46,9 @@ const nodeProbeBinary = "/labreg"
 // does and asks every address it resolves to for the manifest ref
 // (REPO@sha256:...), checking that the bytes have that digest. It returns
 // one line saying where the name leads and what each address served, and
-// whether all of them served the pinned digest.
-func NodeProbe(ctx context.Context, hostPort, ref string, tlsOn bool) (string, bool) {
+// whether all of them served the pinned digest (an address that wants
+// credentials counts as serving it: see errCredentials).
+func NodeProbe(ctx context.Context, hostPort, ref string, tlsOn bool) (line string, ok bool) {
 	host, port, err := net.SplitHostPort(hostPort)
 	if err != nil {
 		return fmt.Sprintf("registry address %q: want HOST:PORT", hostPort), false
@@ -74,9 +75,18 @@ func NodeProbe(ctx context.Context, hostPort, ref string, tlsOn bool) (string, b
 	for i, a := range addrs {
 		errs[i] = serves(ctx, hc, scheme+"://"+net.JoinHostPort(a, port)+"/v2/"+repo+"/manifests/"+dgst, dgst)
 	}
-	line := probeLine(host, addrs, errs, ref)
-	return line, errors.Join(errs...) == nil
+	ok = true
+	for _, e := range errs {
+		ok = ok && (e == nil || errors.Is(e, errCredentials))
+	}
+	return probeLine(host, addrs, errs, ref), ok
 }
+
+// errCredentials: the address wants credentials, which the probe does not
+// have (they are not put in the job's spec, where anyone could read them).
+// The node's engine pulled the probe by that same name with the forwarded
+// credentials, which shows that the address serves the pinned digest.
+var errCredentials = errors.New("wants credentials")
 
 // serves GETs url and checks that the body's digest is dgst.
 func serves(ctx context.Context, hc *http.Client, url, dgst string) error {
@@ -94,6 +104,9 @@ func serves(ctx context.Context, hc *http.Client, url, dgst string) error {
 		return err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		return errCredentials
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("manifest by digest: %s", resp.Status)
 	}
@@ -116,18 +129,25 @@ func probeLine(host string, addrs []string, errs []error, ref string) string {
 	}
 	repo, _, _ := strings.Cut(ref, "@")
 	pinned := repo + "@" + shortDigest(ref)
-	var bad []string
+	var bad, auth []string
 	for i, e := range errs {
-		if e != nil {
+		switch {
+		case errors.Is(e, errCredentials):
+			auth = append(auth, addrs[i])
+		case e != nil:
 			bad = append(bad, fmt.Sprintf("%s: %v", addrs[i], e))
 		}
+	}
+	note := ""
+	if len(auth) > 0 {
+		note = fmt.Sprintf("; %s wants credentials: the node's engine pulled it with the forwarded ones", strings.Join(auth, ", "))
 	}
 	to := strings.Join(addrs, ", ")
 	switch {
 	case len(bad) == 0 && len(addrs) == 1:
-		return fmt.Sprintf("%s resolves to %s there, which serves %s (the pinned digest)", host, to, pinned)
+		return fmt.Sprintf("%s resolves to %s there, which serves %s (the pinned digest%s)", host, to, pinned, note)
 	case len(bad) == 0:
-		return fmt.Sprintf("%s resolves to %s there, which all serve %s (the pinned digest)", host, to, pinned)
+		return fmt.Sprintf("%s resolves to %s there, which all serve %s (the pinned digest%s)", host, to, pinned, note)
 	}
 	return fmt.Sprintf("%s resolves to %s there, which does not serve %s: %s", host, to, pinned, strings.Join(bad, "; "))
 }

@@ -26,6 +26,8 @@ func TestProbeLine(t *testing.T) {
 			"registry.lab resolves to 10.1.0.10, 10.1.0.11 there, which all serve labreg-doctor@sha256:0123456789ab (the pinned digest)"},
 		{"one of two does not", []string{"10.1.0.10", "10.2.0.10"}, []error{nil, refused},
 			"registry.lab resolves to 10.1.0.10, 10.2.0.10 there, which does not serve labreg-doctor@sha256:0123456789ab: 10.2.0.10: " + refused.Error()},
+		{"it wants credentials", []string{"10.1.0.10"}, []error{errCredentials},
+			"registry.lab resolves to 10.1.0.10 there, which serves labreg-doctor@sha256:0123456789ab (the pinned digest; 10.1.0.10 wants credentials: the node's engine pulled it with the forwarded ones)"},
 		{"no address", nil, nil, "registry.lab does not resolve there (no /etc/hosts entry, no DNS answer)"},
 	} {
 		if got := probeLine("registry.lab", tc.addrs, tc.errs, pinnedRef); got != tc.want {
@@ -75,6 +77,14 @@ func TestNodeProbe(t *testing.T) {
 	line, ok = NodeProbe(ctx, "localhost:"+port, pinnedRef, false)
 	if ok || !strings.Contains(line, "which does not serve labreg-doctor@sha256:0123456789ab") || !strings.Contains(line, "127.0.0.1: manifest by digest: 404 Not Found") {
 		t.Errorf("digest it lacks: %v %q", ok, line)
+	}
+	// with basic auth on, the probe has no credentials; the node's engine
+	// (which pulled the probe with the forwarded ones) vouches for it
+	authAddr, _ := testenv.Registry(t, registry.Options{Htpasswd: testenv.Htpasswd(t, "u", "p")})
+	_, authPort, _ := strings.Cut(authAddr, ":")
+	line, ok = NodeProbe(ctx, "localhost:"+authPort, pinnedRef, false)
+	if !ok || !strings.Contains(line, "127.0.0.1 wants credentials") {
+		t.Errorf("registry with basic auth: %v %q", ok, line)
 	}
 	if line, ok := NodeProbe(ctx, "localhost", pinnedRef, false); ok || !strings.Contains(line, "want HOST:PORT") {
 		t.Errorf("no port: %v %q", ok, line)
