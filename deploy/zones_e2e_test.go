@@ -3,6 +3,7 @@ package deploy_test
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -34,6 +35,19 @@ import (
 func TestZoneMirrors(t *testing.T) {
 	z := testenv.NewZoneLab(t, registry.Options{})
 	seoul, busan := z.Mirrors[testenv.ZoneSeoul], z.Mirrors[testenv.ZoneBusan]
+	// the nodes' hosts files are theirs: nothing reaches this host's
+	if b, err := os.ReadFile("/etc/hosts"); err != nil || strings.Contains(string(b), testenv.RegistryName) {
+		t.Errorf("this host's /etc/hosts names %s (%v): a node's bind mount leaked", testenv.RegistryName, err)
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range append([]*testenv.Node{z.Manager}, z.Workers...) {
+		if n.Hosts == "" || strings.Contains(string(mounts), n.Hosts) {
+			t.Errorf("%s: hosts file %q is not its own, or is mounted in this host's mount namespace", n.Name, n.Hosts)
+		}
+	}
 	env := append(slices.Clone(z.Env), "LABREG_ADVERTISE="+z.Registry, "LABREG_REGISTRY="+z.Local,
 		"DOCKER_CONFIG="+dockerConfig(t, "", "", ""), "XDG_RUNTIME_DIR="+t.TempDir())
 	w1, w2, w3 := z.Worker("worker1"), z.Worker("worker2"), z.Worker("worker3")
