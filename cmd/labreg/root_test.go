@@ -49,6 +49,9 @@ func TestCLIExitCodesAndMessages(t *testing.T) {
 		{name: "too many arguments", args: []string{"version", "extra"}, code: 2, stderrHas: `unknown command "extra" for "labreg version"`},
 		{name: "too few arguments", args: []string{"build"}, code: 2, stderrHas: "requires at least 1 arg(s), only received 0"},
 		{name: "bad --progress", args: []string{"build", "--progress", "loud", "."}, code: 2, stderrHas: `--progress "loud": want auto, plain or quiet`},
+		{name: "doctor node-probe without its arguments", args: []string{"doctor", "node-probe"}, code: 2, stderrHas: "accepts 2 arg(s), received 0"},
+		{name: "doctor node-probe of an address without a port", args: []string{"doctor", "node-probe", "registry.lab", "labreg-doctor@sha256:00"}, code: 1,
+			stdout: `registry address "registry.lab": want HOST:PORT`},
 		{name: "data dir is a file", args: []string{"serve", "--listen", "127.0.0.1:0", "--data", notDir, "--ui-listen", ""}, code: 1, stderrHas: "data directory " + notDir, stdoutNone: true},
 	}
 	for _, tt := range tests {

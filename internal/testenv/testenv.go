@@ -192,8 +192,8 @@ func RepoRoot(t testing.TB) string {
 	}
 }
 
-// BuildLabreg compiles cmd/labreg once per test binary into a temp dir and
-// returns the path of the binary.
+// BuildLabreg compiles cmd/labreg (statically, CGO_ENABLED=0) once per test
+// binary into a temp dir and returns the path of the binary.
 func BuildLabreg(t testing.TB) string {
 	t.Helper()
 	labregOnce.Do(func() {
@@ -205,6 +205,9 @@ func BuildLabreg(t testing.TB) string {
 		labregPath = filepath.Join(dir, "labreg")
 		cmd := exec.Command("go", "build", "-o", labregPath, "./cmd/labreg")
 		cmd.Dir = RepoRoot(t)
+		// static, as `make build` and labreg's own image build it: doctor
+		// runs this very binary on the nodes (deploy/doctor_resolve.go)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			labregErr = &buildError{out: string(out), err: err}
 		}
