@@ -129,3 +129,31 @@ func TestBuildFlags(t *testing.T) {
 		t.Fatalf("options = %+v", got)
 	}
 }
+
+// Every command is listed once in labreg's help (`down` was listed twice).
+func TestHelpListsEachCommandOnce(t *testing.T) {
+	code, out, errOut := runCLI(t, "--help")
+	if code != 0 {
+		t.Fatalf("labreg --help: exit %d: %s", code, errOut)
+	}
+	seen := map[string]int{}
+	inList := false
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(line, "Available Commands:"):
+			inList = true
+		case inList && strings.TrimSpace(line) == "":
+			inList = false
+		case inList:
+			seen[strings.Fields(line)[0]]++
+		}
+	}
+	if len(seen) < 10 {
+		t.Fatalf("help lists %d commands, want every command:\n%s", len(seen), out)
+	}
+	for name, n := range seen {
+		if n != 1 {
+			t.Errorf("help lists %q %d times", name, n)
+		}
+	}
+}
