@@ -8,7 +8,7 @@ DATA    ?= $(CURDIR)/.labreg-data
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/labreg
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/labreg
 
 # The main job: start the registry (and UI), build the lab's example images
 # (images/webserver, images/myhttpd, images/samsung; not images/labreg,

@@ -59,16 +59,12 @@ func probeImage() (v1.Image, error) {
 // pushProbe pushes the probe image to advertise and returns its pinned
 // reference. The push checks nothing about trust (the nodes do): with TLS it
 // does not verify the certificate from here.
-func (c *Client) pushProbe(ctx context.Context, advertise string, tlsOn bool, cr credentials) (string, error) {
-	img, err := probeImage()
-	if err != nil {
-		return "", fmt.Errorf("making the probe image: %w", err)
-	}
+func (c *Client) pushProbe(ctx context.Context, advertise string, tlsOn bool, cr credentials, img v1.Image, tag string) (string, error) {
 	var opts []name.Option
 	if !tlsOn {
 		opts = append(opts, name.Insecure)
 	}
-	ref, err := name.NewTag(advertise+"/"+ProbeRepo+":probe", opts...)
+	ref, err := name.NewTag(advertise+"/"+ProbeRepo+":"+tag, opts...)
 	if err != nil {
 		return "", fmt.Errorf("registry.advertise %q: %w", advertise, err)
 	}
@@ -96,7 +92,28 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 	if err != nil {
 		return nil, err
 	}
-	image, err := c.pushProbe(ctx, advertise, opts.TLS, cr)
+	// A registry named by a host name: labreg itself runs on each node
+	// and says where the name leads there (doctor_resolve.go).
+	var pre []Check
+	resolve := namedRegistry(advertise)
+	img, err := probeImage()
+	tag := "probe"
+	if resolve {
+		host, _, _ := strings.Cut(advertise, ":")
+		self, serr := staticSelf()
+		if serr != nil {
+			resolve = false
+			pre = append(pre, Check{Name: "registry name per node", OK: true,
+				Detail: fmt.Sprintf("not checked where %s leads on each node: %v; the node checks say only whether each node pulls", host, serr)})
+		} else {
+			img, err = nodeProbeImage(self)
+			tag = "node-probe"
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("making the probe image: %w", err)
+	}
+	image, err := c.pushProbe(ctx, advertise, opts.TLS, cr, img, tag)
 	if err != nil {
 		return nil, err
 	}
@@ -138,6 +155,12 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 		},
 		Mode: swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}},
 	}
+	if resolve {
+		spec.TaskTemplate.ContainerSpec.Command = nodeProbeArgs(advertise, image, opts.TLS)
+		// the node's own network, /etc/hosts and resolv.conf: the names
+		// resolve as they do for the node's engine
+		spec.TaskTemplate.Networks = []swarm.NetworkAttachmentConfig{{Target: "host"}}
+	}
 	r, err := c.api.ServiceCreate(ctx, client.ServiceCreateOptions{Spec: spec, EncodedRegistryAuth: auth})
 	if err != nil {
 		return nil, fmt.Errorf("creating the probe job: %w", err)
@@ -153,13 +176,21 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 	}
 	cannotPull := func(h string) Check {
 		ch := Check{Name: "node " + h, Node: h,
-			Detail: fmt.Sprintf("cannot pull %s/%s:probe (its docker log says why: not trusted, not reachable, or no credentials)", advertise, ProbeRepo)}
+			Detail: fmt.Sprintf("cannot pull %s/%s:%s (its docker log says why: not trusted, not reachable, or no credentials)", advertise, ProbeRepo, tag)}
+		if resolve {
+			host, _, _ := strings.Cut(advertise, ":")
+			ch.Detail = fmt.Sprintf("cannot pull %s/%s:%s, so where %s leads there is not known (its docker log says why: the registry it leads to is down or lacks it, not trusted, or no credentials)", advertise, ProbeRepo, tag, host)
+		}
 		if opts.TLS {
 			ch.Fix = fmt.Sprintf("on %s: trust the registry's certificate: copy its CA to /etc/docker/certs.d/%s/ca.crt (no restart needed)", h, advertise)
 		} else {
 			ch.Fix = insecureFix(h, advertise)
 		}
 		ch.Fix += fmt.Sprintf("; and check that %s reaches it: curl %s://%s/v2/", h, scheme, advertise)
+		if resolve {
+			host, _, _ := strings.Cut(advertise, ":")
+			ch.Fix += fmt.Sprintf(" (getent hosts %s there says where the name leads: its zone's mirror or the origin)", host)
+		}
 		if authOn && !cr.has() {
 			ch.Fix += fmt.Sprintf("; the registry wants credentials: docker login %s on this machine (labreg forwards them)", advertise)
 		}
@@ -182,6 +213,10 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 			switch {
 			case probePullFailed(t.Status.Err) || st == swarm.TaskStateRejected:
 				results[t.NodeID] = cannotPull(h)
+			case resolve && probeEnded(st):
+				results[t.NodeID] = c.nodeProbeCheck(ctx, h, advertise, t)
+			case resolve:
+				// pulled; its result comes when it has run
 			case probePastPull(st):
 				results[t.NodeID] = Check{Name: "node " + h, Node: h, OK: true,
 					Detail: fmt.Sprintf("pulled %s/%s:probe", advertise, ProbeRepo)}
@@ -217,11 +252,12 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 		case <-time.After(c.opts.PollInterval):
 		}
 	}
-	out := make([]Check, 0, len(results))
+	out := make([]Check, 0, len(results)+len(pre))
+	out = append(out, pre...)
 	for _, ch := range results {
 		out = append(out, ch)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	sort.SliceStable(out[len(pre):], func(i, j int) bool { return out[len(pre)+i].Node < out[len(pre)+j].Node })
 	return out, nil
 }
 
@@ -241,4 +277,48 @@ func probePastPull(s swarm.TaskState) bool {
 		return true
 	}
 	return false
+}
+
+// probeEnded: a node-probe task that ran to its end (or could not start).
+func probeEnded(s swarm.TaskState) bool {
+	switch s {
+	case swarm.TaskStateComplete, swarm.TaskStateFailed, swarm.TaskStateShutdown:
+		return true
+	}
+	return false
+}
+
+// nodeProbeArgs is the command of the node-probe job: labreg doctor
+// node-probe [--tls] ADVERTISE REPO@DIGEST, for the image's own pinned
+// digest.
+func nodeProbeArgs(advertise, image string, tlsOn bool) []string {
+	args := append([]string{nodeProbeBinary}, NodeProbeCommand...)
+	if tlsOn {
+		args = append(args, "--tls")
+	}
+	_, dgst := splitDigest(image)
+	return append(args, advertise, ProbeRepo+"@"+dgst)
+}
+
+// nodeProbeCheck is node h's check from its ended node-probe task t: the
+// line it printed, ok when it exited 0.
+func (c *Client) nodeProbeCheck(ctx context.Context, h, advertise string, t swarm.Task) Check {
+	ch := Check{Name: "node " + h, Node: h}
+	host, _, _ := strings.Cut(advertise, ":")
+	line, err := c.probeOutput(ctx, t.ID)
+	switch {
+	case err != nil && t.Status.State == swarm.TaskStateComplete:
+		ch.OK, ch.Detail = true, fmt.Sprintf("pulled %s/%s and %s serves its digest there (the probe's report could not be read: %v)", advertise, ProbeRepo, host, err)
+		return ch
+	case err != nil:
+		ch.Detail = fmt.Sprintf("pulled the probe, which did not report: %s (%v)", taskErr(&t), err)
+		ch.Fix = fmt.Sprintf("on %s: docker logs of the labreg-doctor task say why", h)
+		return ch
+	}
+	ch.Detail = line
+	ch.OK = t.Status.State == swarm.TaskStateComplete
+	if !ch.OK {
+		ch.Fix = fmt.Sprintf("on %s: make %s resolve to a registry (its zone's mirror, or the origin) that serves every image: its /etc/hosts or the zone's DNS; and check that it runs: curl http://%s/v2/", h, host, advertise)
+	}
+	return ch
 }

@@ -76,6 +76,10 @@ func (f *fakeEngine) TaskList(ctx context.Context, o client.TaskListOptions) (cl
 	return client.TaskListResult{Items: t}, err
 }
 
+func (f *fakeEngine) TaskLogs(context.Context, string, client.TaskLogsOptions) (client.TaskLogsResult, error) {
+	return nil, errNotFaked
+}
+
 func (f *fakeEngine) NodeList(context.Context, client.NodeListOptions) (client.NodeListResult, error) {
 	if f.nodeList == nil {
 		return client.NodeListResult{}, errNotFaked

@@ -104,6 +104,12 @@ func (c *Client) pullHint(ctx context.Context, image, node, taskErr string, noAu
 	}
 	switch cause {
 	case causeUntrusted:
+		if status == http.StatusOK && namedRegistry(host) {
+			// It serves the image here; the name may lead elsewhere there.
+			h, _, _ := strings.Cut(host, ":")
+			return fmt.Sprintf("registry %s serves it from here, but on %s the name %s may lead elsewhere (zone DNS or its /etc/hosts, e.g. to a zone mirror that is down): labreg doctor says where it leads on each node; or %s does not trust it%s: add %q to insecure-registries in its /etc/docker/daemon.json and restart its dockerd",
+				host, node, h, node, plain, host)
+		}
 		return fmt.Sprintf("registry %s is not trusted by %s%s: add %q to insecure-registries in that node's /etc/docker/daemon.json and restart its dockerd, or check that it reaches %s; labreg doctor checks every node",
 			host, node, plain, host, host)
 	case causeAuth:

@@ -21,7 +21,7 @@ import (
 // Catalog.DeleteManifest) and GC (gc.go) — calls OnUpdateManifest,
 // OnDeleteManifest or OnUntag once distribution has made the change, and
 // these keep the sha512 aliases, the referrer index, the catalog index
-// and the event history in step, in step, and tell the other replicas (journal.go).
+// and the event history in step, and tell the other replicas (journal.go).
 //
 // The read-only gate is entered before distribution's call: by hooks
 // (events.go) for every /v2 write, by the Catalog for the UI's deletes,

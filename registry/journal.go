@@ -23,12 +23,17 @@ import (
 // index, the event history, distribution's blob descriptor cache) in step
 // through a change journal in the store itself: every change made through
 // a replica (changes.go, GC) is written as one small object under
-// journalPath, named so that names sort by time. Every replica lists the
-// journal every journalPoll and applies the entries of the other
-// replicas: it refreshes the repository in its catalog index, adds the
-// event to its history, and after a GC elsewhere drops what it cached.
-// Entries older than journalKeep are deleted by whichever replica sees
-// them. Nothing but the store is needed (no Redis, no peer list).
+// journalPath, in a directory per minute of its writer's clock, named so
+// that names sort by time. Every replica lists the current and the
+// previous minute's directory every journalPoll (two small LISTs however
+// long the journal is) and applies the entries of the other replicas: it
+// refreshes the repository in its catalog index, adds the event to its
+// history, and after a GC elsewhere drops what it cached. A replica that
+// starts reads every directory once. Directories older than journalKeep
+// are deleted by whichever replica sees them (pruneEvery). Nothing but
+// the store is needed (no Redis, no peer list). Clocks may differ by up to
+// a minute: a late writer's entry is still in the previous minute's
+// directory.
 //
 // The referrer index and the sha512 aliases need no journal: they are
 // read from the store on every request. Pull events are batched: a
@@ -43,6 +48,10 @@ const journalPoll = 250 * time.Millisecond
 // journalKeep is how long entries stay in the journal. A replica that
 // starts imports the events of the entries still there.
 const journalKeep = 24 * time.Hour
+
+// pruneEvery is how often a replica looks for minute directories older
+// than journalKeep.
+const pruneEvery = 10 * time.Minute
 
 // journalEntry is one change.
 type journalEntry struct {
@@ -63,10 +72,12 @@ type journal struct {
 	id  string // this replica (see replicaID)
 	log *slog.Logger
 	seq atomic.Uint64
+	now func() time.Time // time.Now; tests set their own clock
 
 	mu      sync.Mutex
 	seen    map[string]bool // entry names applied or skipped
 	pending []Event         // pulls not written yet (see queue)
+	pruned  time.Time       // last look for old minute directories (poll's goroutine only)
 }
 
 // queue keeps a pull event for the next flush.
@@ -92,6 +103,21 @@ func (j *journal) flush(ctx context.Context) {
 // journalPath is the directory of the journal.
 func journalPath() string { return path.Join(labregRoot, "journal") }
 
+// minuteDir is the journal directory of the entries written in t's minute.
+func minuteDir(t time.Time) string {
+	return path.Join(journalPath(), fmt.Sprintf("%010d", t.Unix()/60))
+}
+
+// dirTime is the start of a minute directory's minute.
+func dirTime(dir string) (time.Time, bool) {
+	var m int64
+	base := path.Base(dir)
+	if _, err := fmt.Sscanf(base, "%d", &m); err != nil || len(base) != 10 {
+		return time.Time{}, false
+	}
+	return time.Unix(m*60, 0), true
+}
+
 // replicaID is this data dir's replica name, kept in <data>/replica-id
 // so that a restarted replica recognises its own journal entries.
 func replicaID(dataDir string) (string, error) {
@@ -111,7 +137,7 @@ func replicaID(dataDir string) (string, error) {
 }
 
 func newJournal(drv storagedriver.StorageDriver, id string, log *slog.Logger) *journal {
-	return &journal{drv: drv, id: id, log: log, seen: map[string]bool{}}
+	return &journal{drv: drv, id: id, log: log, now: time.Now, seen: map[string]bool{}}
 }
 
 // publish writes e to the journal. A failure is logged: the change itself
@@ -122,11 +148,12 @@ func (j *journal) publish(ctx context.Context, e journalEntry) {
 	if err != nil {
 		return
 	}
-	name := fmt.Sprintf("%020d-%s-%06d.json", time.Now().UnixNano(), j.id, j.seq.Add(1)%1_000_000)
+	now := j.now()
+	name := fmt.Sprintf("%020d-%s-%06d.json", now.UnixNano(), j.id, j.seq.Add(1)%1_000_000)
 	j.mu.Lock()
 	j.seen[name] = true
 	j.mu.Unlock()
-	if err := j.drv.PutContent(context.WithoutCancel(ctx), path.Join(journalPath(), name), b); err != nil {
+	if err := j.drv.PutContent(context.WithoutCancel(ctx), path.Join(minuteDir(now), name), b); err != nil {
 		j.log.Warn("writing the change journal", "err", err)
 	}
 }
@@ -144,32 +171,67 @@ func entryTime(name string) (time.Time, bool) {
 	return time.Unix(0, ns), true
 }
 
-// poll applies the entries not seen yet, oldest first, through apply.
+// list returns the journal's entry paths, sorted: every minute
+// directory's when all is true, else the current and the previous
+// minute's. Old directories are pruned on the way (any replica prunes).
+func (j *journal) list(ctx context.Context, all bool) ([]string, error) {
+	now := j.now()
+	var dirs []string
+	if all || now.Sub(j.pruned) >= pruneEvery {
+		listed, err := j.drv.List(ctx, journalPath())
+		if isPathNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		j.pruned = now
+		for _, d := range listed {
+			t, ok := dirTime(d)
+			if ok && now.Sub(t) > journalKeep+time.Minute {
+				_ = j.drv.Delete(ctx, d)
+				continue
+			}
+			if all {
+				dirs = append(dirs, d)
+			}
+		}
+	}
+	if !all {
+		dirs = []string{minuteDir(now.Add(-time.Minute)), minuteDir(now)}
+	}
+	var paths []string
+	for _, d := range dirs {
+		p, err := j.drv.List(ctx, d)
+		if isPathNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		paths = append(paths, p...)
+	}
+	sort.Slice(paths, func(a, b int) bool { return path.Base(paths[a]) < path.Base(paths[b]) })
+	return paths, nil
+}
+
+// poll applies the entries not seen yet, oldest first, through apply:
+// of the whole journal when all is true, else of the last two minutes.
 // since: entries written before it are marked seen without being applied
 // (zero: apply all).
-func (j *journal) poll(ctx context.Context, since time.Time, apply func(journalEntry)) error {
-	paths, err := j.drv.List(ctx, journalPath())
-	if isPathNotFound(err) {
-		return nil
-	}
+func (j *journal) poll(ctx context.Context, all bool, since time.Time, apply func(journalEntry)) error {
+	paths, err := j.list(ctx, all)
 	if err != nil {
 		return err
 	}
-	sort.Strings(paths)
-	now := time.Now()
-	listed := make(map[string]bool, len(paths))
+	now := j.now()
 	for _, p := range paths {
 		name := path.Base(p)
-		listed[name] = true
 		j.mu.Lock()
 		done := j.seen[name]
 		j.seen[name] = true
 		j.mu.Unlock()
 		t, ok := entryTime(name)
-		if ok && now.Sub(t) > journalKeep {
-			_ = j.drv.Delete(ctx, p) // any replica prunes
-			continue
-		}
 		if done || !ok || t.Before(since) || strings.Contains(name, "-"+j.id+"-") {
 			continue
 		}
@@ -183,13 +245,11 @@ func (j *journal) poll(ctx context.Context, since time.Time, apply func(journalE
 		}
 		apply(e)
 	}
-	// Forget what the journal no longer holds.
+	// Forget entries older than the directories a poll reads.
 	j.mu.Lock()
 	for name := range j.seen {
-		if !listed[name] {
-			if t, ok := entryTime(name); !ok || now.Sub(t) > time.Minute {
-				delete(j.seen, name)
-			}
+		if t, ok := entryTime(name); !ok || now.Sub(t) > 3*time.Minute {
+			delete(j.seen, name)
 		}
 	}
 	j.mu.Unlock()
@@ -202,7 +262,7 @@ func (j *journal) poll(ctx context.Context, since time.Time, apply func(journalE
 // newest event already in the history.
 func (s *Server) followJournal(ctx context.Context) {
 	e := s.extras
-	since := time.Time{}
+	all, since := true, time.Time{}
 	if last, n := e.events.Page(0, 1, nil); n > 0 {
 		since = last[0].Time
 	}
@@ -218,10 +278,11 @@ func (s *Server) followJournal(ctx context.Context) {
 			}
 			e.journal.flush(ctx)
 		}
-		if err := e.journal.poll(ctx, since, apply); err != nil && ctx.Err() == nil {
+		if err := e.journal.poll(ctx, all, since, apply); err != nil && ctx.Err() == nil {
 			s.log.Warn("reading the change journal", "err", err)
+		} else if err == nil {
+			all, since = false, time.Time{}
 		}
-		since = time.Time{}
 		// After the journal: a GC's entry (drop cached blobs) is applied
 		// before its lease's end reopens this replica.
 		s.followLease(ctx, &gc)

@@ -86,7 +86,6 @@ var commands = []func(streams) *cobra.Command{
 	newDownCmd,
 	newGCCmd,
 	newLsCmd,
-	newDownCmd,
 	newNodeCmd,
 	newRmCmd,
 	newRollbackCmd,

@@ -49,6 +49,9 @@ func TestCLIExitCodesAndMessages(t *testing.T) {
 		{name: "too many arguments", args: []string{"version", "extra"}, code: 2, stderrHas: `unknown command "extra" for "labreg version"`},
 		{name: "too few arguments", args: []string{"build"}, code: 2, stderrHas: "requires at least 1 arg(s), only received 0"},
 		{name: "bad --progress", args: []string{"build", "--progress", "loud", "."}, code: 2, stderrHas: `--progress "loud": want auto, plain or quiet`},
+		{name: "doctor node-probe without its arguments", args: []string{"doctor", "node-probe"}, code: 2, stderrHas: "accepts 2 arg(s), received 0"},
+		{name: "doctor node-probe of an address without a port", args: []string{"doctor", "node-probe", "registry.lab", "labreg-doctor@sha256:00"}, code: 1,
+			stdout: `registry address "registry.lab": want HOST:PORT`},
 		{name: "data dir is a file", args: []string{"serve", "--listen", "127.0.0.1:0", "--data", notDir, "--ui-listen", ""}, code: 1, stderrHas: "data directory " + notDir, stdoutNone: true},
 	}
 	for _, tt := range tests {
@@ -124,5 +127,33 @@ func TestBuildFlags(t *testing.T) {
 	if got == nil || got.push || got.layout != "out" || strings.Join(got.tags, ",") != "a:1" || strings.Join(got.buildArgs, ",") != "K=V" ||
 		got.progress != "none" || got.registry != "reg.lab:5000" || strings.Join(got.dirs, ",") != "images/a" || got.engine != "auto" {
 		t.Fatalf("options = %+v", got)
+	}
+}
+
+// Every command is listed once in labreg's help (`down` was listed twice).
+func TestHelpListsEachCommandOnce(t *testing.T) {
+	code, out, errOut := runCLI(t, "--help")
+	if code != 0 {
+		t.Fatalf("labreg --help: exit %d: %s", code, errOut)
+	}
+	seen := map[string]int{}
+	inList := false
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(line, "Available Commands:"):
+			inList = true
+		case inList && strings.TrimSpace(line) == "":
+			inList = false
+		case inList:
+			seen[strings.Fields(line)[0]]++
+		}
+	}
+	if len(seen) < 10 {
+		t.Fatalf("help lists %d commands, want every command:\n%s", len(seen), out)
+	}
+	for name, n := range seen {
+		if n != 1 {
+			t.Errorf("help lists %q %d times", name, n)
+		}
 	}
 }

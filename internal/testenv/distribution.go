@@ -22,14 +22,8 @@ import (
 // Without it the caller skips loudly, or fails under LABREG_E2E=1.
 func DistributionBinary(t testing.TB) string {
 	t.Helper()
-	bin := os.Getenv("LABREG_DISTRIBUTION")
-	if bin == "" {
-		bin, _ = exec.LookPath("registry")
-	}
-	_, err := os.Stat(bin)
-	Require(t, "distribution's registry binary", bin != "" && err == nil,
-		"set LABREG_DISTRIBUTION or put distribution's `registry` in PATH (.ci/run builds it: see build_distribution there)")
-	return bin
+	return Binary(t, "LABREG_DISTRIBUTION", "registry", "distribution's registry binary",
+		".ci/run builds it in a tools module: see build_distribution there")
 }
 
 // DistributionProcess is one distribution registry started by

@@ -63,11 +63,21 @@ var labRule sync.Mutex
 func NewLab(t testing.TB, opts registry.Options) *Lab {
 	t.Helper()
 	Docker(t)
-	for _, tool := range []string{"ip", "nsenter", "unshare", "dockerd", "iptables"} {
-		Tool(t, tool, "apt-get install iproute2 util-linux docker.io iptables")
-	}
 	port, srv := WorkerRegistry(t, opts)
-	lab := &Lab{Server: srv, Local: "127.0.0.1:" + port}
+	lab := startLab(t, false)
+	lab.Server, lab.Local, lab.Registry = srv, "127.0.0.1:"+port, lab.Manager.HostIP+":"+port
+	return lab
+}
+
+// startLab starts the four nodes (each with its own hosts file when
+// ownHosts) in a swarm of their own and returns when every worker is ready
+// and labelled; the registry fields are the caller's to fill.
+func startLab(t testing.TB, ownHosts bool) *Lab {
+	t.Helper()
+	for _, tool := range []string{"ip", "nsenter", "unshare", "dockerd", "iptables", "mount"} {
+		Tool(t, tool, "apt-get install iproute2 util-linux mount docker.io iptables")
+	}
+	lab := &Lab{}
 	allowOverlay(t)
 	base := int(workerSeq.Add(4)) + os.Getpid()%200
 	names := []string{"manager", "worker1", "worker2", "worker3"}
@@ -79,7 +89,7 @@ func NewLab(t testing.TB, opts registry.Options) *Lab {
 		go func() { // the dockerds start in parallel: startNode's t.Fatal is caught below
 			defer wg.Done()
 			defer func() { errs[i] = recover() }()
-			nodes[i] = startNodeErr(name, base+i, []string{LabSubnet})
+			nodes[i] = startNodeErr(name, base+i, []string{LabSubnet}, ownHosts)
 		}()
 	}
 	wg.Wait()
@@ -95,7 +105,6 @@ func NewLab(t testing.TB, opts registry.Options) *Lab {
 	}
 	lab.Manager, lab.Workers = nodes[0], nodes[1:]
 	m := lab.Manager
-	lab.Registry = m.HostIP + ":" + port
 	lab.Env = []string{"DOCKER_HOST=" + m.Socket}
 	if out, err := m.docker("swarm", "init", "--advertise-addr", m.IP); err != nil {
 		t.Fatalf("lab manager: swarm init: %v: %s", err, out)
@@ -146,7 +155,7 @@ func (n *Node) Docker(args ...string) (string, error) { return n.docker(args...)
 
 // startNodeErr is startNode for a goroutine: failures panic with the
 // error, for NewLab to report.
-func startNodeErr(name string, n int, insecure []string) *Node {
+func startNodeErr(name string, n int, insecure []string, ownHosts bool) *Node {
 	ft := &fatalT{}
 	var node *Node
 	func() {
@@ -155,7 +164,7 @@ func startNodeErr(name string, n int, insecure []string) *Node {
 				panic(r)
 			}
 		}()
-		node = startNode(ft, name, n, insecure)
+		node = startNode(ft, name, n, insecure, ownHosts)
 	}()
 	if ft.msg != "" {
 		panic(ft.msg)

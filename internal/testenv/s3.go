@@ -23,10 +23,12 @@ import (
 
 // S3Store is an S3-compatible store (versitygw) on 127.0.0.1, one per
 // test binary, shared by the tests of that binary; each test gets its own
-// bucket.
+// bucket. WorkerS3's store listens on every address instead.
 type S3Store struct {
 	// Endpoint is http://127.0.0.1:PORT.
 	Endpoint string
+	// Port is the store's PORT.
+	Port string
 	// AccessKey and SecretKey are the store's root credentials.
 	AccessKey, SecretKey string
 	// Region is the store's region, us-east-1.
@@ -39,41 +41,60 @@ type S3Store struct {
 // bytes it has sent).
 func (s *S3Store) Pid() int { return s.pid }
 
+// sharedS3 is one versitygw of the test binary, started on first use.
+type sharedS3 struct {
+	once  sync.Once
+	store *S3Store
+	err   error
+}
+
 var (
-	s3Once    sync.Once
-	s3Shared  *S3Store
-	s3Err     error
-	s3Buckets atomic.Int64
+	s3Loopback, s3Every sharedS3
+	s3Buckets           atomic.Int64
 )
 
-// S3 returns the test binary's versitygw, started on first use, and a
-// fresh empty bucket for this test, removed with its objects at the end.
-// versitygw is $LABREG_VERSITYGW (set by .ci/run) or versitygw in PATH;
-// without it the test skips loudly, or fails under LABREG_E2E=1.
+// S3 returns the test binary's versitygw on 127.0.0.1, started on first
+// use, and a fresh empty bucket for this test, removed with its objects at
+// the end. versitygw is $LABREG_VERSITYGW (set by .ci/run) or versitygw in
+// PATH; without it the test skips loudly, or fails under LABREG_E2E=1.
 func S3(t testing.TB) (*S3Store, string) {
 	t.Helper()
-	bin := os.Getenv("LABREG_VERSITYGW")
-	if bin == "" {
-		bin, _ = exec.LookPath("versitygw")
-	}
-	_, err := os.Stat(bin)
-	Require(t, "versitygw (S3-compatible store)", bin != "" && err == nil,
-		"set LABREG_VERSITYGW or put versitygw in PATH (go install github.com/versity/versitygw/cmd/versitygw@v1.8.0)")
-	s3Once.Do(func() { s3Shared, s3Err = startVersitygw(bin) })
-	if s3Err != nil {
-		t.Fatalf("starting versitygw: %v", s3Err)
+	return s3Loopback.bucket(t, "127.0.0.1", "loopback")
+}
+
+// WorkerS3 is S3 with a versitygw listening on every address (its own,
+// one per test binary), so that worker nodes and their containers reach it
+// at Node.HostIP:PORT (URLAt) while the test uses 127.0.0.1:PORT.
+func WorkerS3(t testing.TB) (*S3Store, string) {
+	t.Helper()
+	return s3Every.bucket(t, "0.0.0.0", "every")
+}
+
+func (sh *sharedS3) bucket(t testing.TB, host, name string) (*S3Store, string) {
+	t.Helper()
+	bin := Binary(t, "LABREG_VERSITYGW", "versitygw", "versitygw (S3-compatible store)",
+		"go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
+	sh.once.Do(func() { sh.store, sh.err = startVersitygw(bin, host, name) })
+	if sh.err != nil {
+		t.Fatalf("starting versitygw: %v", sh.err)
 	}
 	bucket := fmt.Sprintf("labreg-%d-%d", os.Getpid(), s3Buckets.Add(1))
-	if _, err := s3Shared.client.CreateBucket(&s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
+	if _, err := sh.store.client.CreateBucket(&s3.CreateBucketInput{Bucket: aws.String(bucket)}); err != nil {
 		t.Fatalf("creating bucket %s: %v", bucket, err)
 	}
-	t.Cleanup(func() { s3Shared.removeBucket(bucket) })
-	return s3Shared, bucket
+	t.Cleanup(func() { sh.store.removeBucket(bucket) })
+	return sh.store, bucket
 }
 
 // URL is the registry.storage value for bucket on this store.
 func (s *S3Store) URL(bucket string) string {
 	return "s3://" + bucket + "?endpoint=" + s.Endpoint + "&region=" + s.Region
+}
+
+// URLAt is URL with the store reached at host (a Node's HostIP) instead
+// of 127.0.0.1: only a WorkerS3 store answers there.
+func (s *S3Store) URLAt(bucket, host string) string {
+	return "s3://" + bucket + "?endpoint=http://" + net.JoinHostPort(host, s.Port) + "&region=" + s.Region
 }
 
 // KeyFiles writes the store's credentials to two files (as swarm secrets
@@ -118,23 +139,25 @@ func (s *S3Store) removeBucket(bucket string) {
 	_, _ = s.client.DeleteBucket(&s3.DeleteBucketInput{Bucket: aws.String(bucket)})
 }
 
-// startVersitygw runs `versitygw --port 127.0.0.1:PORT --access K --secret S
+// startVersitygw runs `versitygw --port HOST:PORT --access K --secret S
 // posix DIR` until the test binary exits (the child dies with it), in
-// /tmp/labreg-versitygw-<pid>; directories of earlier binaries that are
-// gone are removed first.
-func startVersitygw(bin string) (*S3Store, error) {
+// /tmp/labreg-versitygw-<pid>/<name>; directories of earlier binaries that
+// are gone are removed first.
+func startVersitygw(bin, host, name string) (*S3Store, error) {
 	sweepVersitygwDirs()
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("labreg-versitygw-%d", os.Getpid()))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("labreg-versitygw-%d", os.Getpid()), name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
 	ln.Close()
-	st := &S3Store{Endpoint: "http://" + addr, AccessKey: "labregtestaccess", SecretKey: "labregtestsecret0123456789", Region: "us-east-1"}
+	addr := net.JoinHostPort(host, port)
+	local := net.JoinHostPort("127.0.0.1", port)
+	st := &S3Store{Endpoint: "http://" + local, Port: port, AccessKey: "labregtestaccess", SecretKey: "labregtestsecret0123456789", Region: "us-east-1"}
 	cmd := exec.Command(bin, "--port", addr, "--access", st.AccessKey, "--secret", st.SecretKey, "--region", st.Region, "posix", dir)
 	logf, err := os.Create(filepath.Join(dir, "versitygw.log"))
 	if err != nil {
@@ -159,7 +182,7 @@ func startVersitygw(bin string) (*S3Store, error) {
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, err := net.DialTimeout("tcp", local, time.Second)
 		if err == nil {
 			c.Close()
 			break

@@ -140,6 +140,19 @@ func Tool(t testing.TB, name, install string) string {
 	return p
 }
 
+// Binary requires the program that env names, or name in PATH, and
+// returns its path; what and how say what it is and how to get it.
+func Binary(t testing.TB, env, name, what, how string) string {
+	t.Helper()
+	bin := os.Getenv(env)
+	if bin == "" {
+		bin, _ = exec.LookPath(name)
+	}
+	_, err := os.Stat(bin)
+	Require(t, what, bin != "" && err == nil, "set "+env+" or put "+name+" in PATH ("+how+")")
+	return bin
+}
+
 // WaitHTTP polls url until it answers with a status below 500 or the
 // timeout passes.
 func WaitHTTP(t testing.TB, url string, timeout time.Duration) {
@@ -179,8 +192,8 @@ func RepoRoot(t testing.TB) string {
 	}
 }
 
-// BuildLabreg compiles cmd/labreg once per test binary into a temp dir and
-// returns the path of the binary.
+// BuildLabreg compiles cmd/labreg (statically, CGO_ENABLED=0) once per test
+// binary into a temp dir and returns the path of the binary.
 func BuildLabreg(t testing.TB) string {
 	t.Helper()
 	labregOnce.Do(func() {
@@ -192,6 +205,9 @@ func BuildLabreg(t testing.TB) string {
 		labregPath = filepath.Join(dir, "labreg")
 		cmd := exec.Command("go", "build", "-o", labregPath, "./cmd/labreg")
 		cmd.Dir = RepoRoot(t)
+		// static, as `make build` and labreg's own image build it: doctor
+		// runs this very binary on the nodes (deploy/doctor_resolve.go)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			labregErr = &buildError{out: string(out), err: err}
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -24,6 +25,9 @@ type Node struct {
 	HostIP string // the host's end of the link, reachable from the node
 	Socket string // DOCKER_HOST of the node's engine, e.g. unix:///…/docker.sock
 	ID     string // swarm node ID
+	// Hosts is the node's own /etc/hosts (see SetHosts), "" when its
+	// dockerd sees the host's.
+	Hosts string
 
 	n          int // number of its netns labreg-w<n>
 	ns, dir    string
@@ -55,7 +59,7 @@ func Worker(t testing.TB, name string) *Node {
 	lockSwarm(t, syscall.LOCK_EX) // no unconstrained services while joined (see SwarmServices)
 	removeStaleWorkers(t, docker) // left by a killed earlier run
 	n := int(workerSeq.Add(1)) + os.Getpid()%200
-	node := startNode(t, fmt.Sprintf("%s-%d", name, n), n, []string{WorkerSubnet})
+	node := startNode(t, fmt.Sprintf("%s-%d", name, n), n, []string{WorkerSubnet}, false)
 	leave := func() {
 		node.docker("swarm", "leave", "--force")
 		id := node.ID
@@ -110,7 +114,11 @@ func waitReady(t testing.TB, docker, host, id, name string, timeout time.Duratio
 // labreg-w<n> (veth lrw<n>h/lrw<n>n, addresses 10.213.<n%250>.1 and .2/24)
 // with its own daemon config file (see daemonConfig) trusting insecure,
 // and waits until it answers. The caller stops it with node.stop.
-func startNode(t testing.TB, name string, n int, insecure []string) *Node {
+//
+// With ownHosts the node's dockerd resolves names through a hosts file of
+// its own (Node.Hosts, at first a copy of the host's /etc/hosts; see
+// SetHosts).
+func startNode(t testing.TB, name string, n int, insecure []string, ownHosts bool) *Node {
 	t.Helper()
 	for _, tool := range []string{"ip", "nsenter", "unshare", "dockerd", "docker"} {
 		Tool(t, tool, "apt-get install iproute2 util-linux docker.io")
@@ -159,6 +167,14 @@ func startNode(t testing.TB, name string, n int, insecure []string) *Node {
 			t.Fatal(err)
 		}
 	}
+	if ownHosts {
+		node.Hosts = filepath.Join(dir, "hosts")
+		if err := node.SetHosts(nil); err != nil {
+			cleanupNet()
+			os.RemoveAll(dir)
+			t.Fatal(err)
+		}
+	}
 	if err := node.start(insecure); err != nil {
 		node.stop()
 		t.Fatal(err)
@@ -187,11 +203,23 @@ func (n *Node) start(insecure []string) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("nsenter", "--net=/run/netns/"+n.ns, "unshare", "--uts", "--",
-		"sh", "-c", `hostname "$0" && exec "$@"`, n.Name,
+	// With its own /etc/hosts the dockerd runs in a mount namespace of its
+	// own (private propagation: neither the bind mount nor any mount the
+	// dockerd makes reaches the host's) where the node's hosts file is
+	// bind-mounted over /etc/hosts.
+	unshare, script := []string{"unshare", "--uts"}, `hostname "$0" && exec "$@"`
+	if n.Hosts != "" {
+		unshare = append(unshare, "--mount", "--propagation", "private")
+		script = `mount --bind "$LABREG_NODE_HOSTS" /etc/hosts && ` + script
+	}
+	cmd := exec.Command("nsenter", append(append([]string{"--net=/run/netns/" + n.ns}, unshare...), "--",
+		"sh", "-c", script, n.Name,
 		"dockerd", "--config-file", cfg, "--data-root", filepath.Join(n.dir, "data"), "--exec-root", filepath.Join(n.dir, "exec"),
-		"-H", n.Socket, "--pidfile", filepath.Join(n.dir, "docker.pid"))
+		"-H", n.Socket, "--pidfile", filepath.Join(n.dir, "docker.pid"))...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if n.Hosts != "" {
+		cmd.Env = append(os.Environ(), "LABREG_NODE_HOSTS="+n.Hosts)
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err
@@ -210,6 +238,55 @@ func (n *Node) start(insecure []string) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// SetHosts rewrites the node's own hosts file (Node.Hosts; an error when it
+// has none): the host's /etc/hosts followed by one "IP NAME" line per entry
+// of names. It writes the file in place, so the node's bind mount sees it
+// at once; its dockerd re-reads it on its next lookup.
+func (n *Node) SetHosts(names map[string]string) error {
+	if n.Hosts == "" {
+		return fmt.Errorf("node %s has no hosts file of its own", n.Name)
+	}
+	base, err := os.ReadFile("/etc/hosts")
+	if err != nil {
+		return err
+	}
+	var b strings.Builder
+	b.Write(base)
+	if len(base) > 0 && base[len(base)-1] != '\n' {
+		b.WriteByte('\n')
+	}
+	keys := make([]string, 0, len(names))
+	for k := range names {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, name := range keys {
+		fmt.Fprintf(&b, "%s %s\n", names[name], name)
+	}
+	f, err := os.OpenFile(n.Hosts, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(b.String()); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// WithHosts is the command line that runs args (a command and its
+// arguments) on this host with the node's own /etc/hosts, as a process on
+// the node resolves names (in a private mount namespace of its own, like
+// the node's dockerd; the host's network). It is args itself when the node
+// has no hosts file of its own.
+func (n *Node) WithHosts(args ...string) []string {
+	if n.Hosts == "" {
+		return args
+	}
+	return append([]string{"unshare", "--mount", "--propagation", "private", "--",
+		"sh", "-c", `mount --bind "$0" /etc/hosts && exec "$@"`, n.Hosts}, args...)
 }
 
 // docker runs the docker CLI against the node's engine.
