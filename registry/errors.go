@@ -97,7 +97,10 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 // failure on the server's side (a 5xx, or any reply whose detail reports
 // a full disk or quota) is answered again through WriteError, naming the
 // condition but not the storage path that distribution's detail carries;
-// the original goes to the log. Other replies pass through untouched.
+// the original goes to the log. Its router's plain-text 404 for a path it
+// has no route for (an upload id or reference the guard let through that
+// its patterns refuse) becomes 404 NOT_FOUND with an OCI body. Other
+// replies pass through untouched.
 func (s *Server) distErrors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ew := &errorWriter{ResponseWriter: w}
@@ -115,6 +118,7 @@ type errorWriter struct {
 	http.ResponseWriter
 	status int
 	held   bool
+	miss   bool // the router's text/plain 404: no route for the path
 	body   bytes.Buffer
 }
 
@@ -123,7 +127,12 @@ func (e *errorWriter) WriteHeader(code int) {
 		return
 	}
 	e.status = code
-	if code >= 400 && strings.HasPrefix(e.Header().Get("Content-Type"), "application/json") {
+	ct := e.Header().Get("Content-Type")
+	if code == http.StatusNotFound && strings.HasPrefix(ct, "text/plain") {
+		e.held, e.miss = true, true
+		return
+	}
+	if code >= 400 && strings.HasPrefix(ct, "application/json") {
 		e.held = true
 		return
 	}
@@ -162,6 +171,10 @@ func (e *errorWriter) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 // rewritten (see distErrors).
 func (e *errorWriter) finish(log *slog.Logger, r *http.Request) {
 	if !e.held {
+		return
+	}
+	if e.miss {
+		writeError(e.ResponseWriter, http.StatusNotFound, ErrorCodeNotFound, "no registry API endpoint "+r.URL.Path)
 		return
 	}
 	body := e.body.String()
