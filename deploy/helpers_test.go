@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -244,4 +245,17 @@ func taskRunning(svc string, slot int, node, digest string) func(deploy.Progress
 		return p.Stage == deploy.StageTask && p.Service == svc && p.State == "running" &&
 			strings.HasSuffix(p.Image, "@"+digest) && (slot == 0 || p.Slot == slot) && (node == "" || p.Node == node)
 	}
+}
+
+// runningOn lists the nodes that run a task of svc in the lab, sorted (a testenv Lab).
+func runningOn(lab *testenv.Lab, svc string) []string {
+	out, _ := lab.Docker("service", "ps", svc, "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}")
+	var nodes []string
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[1] == "Running" {
+			nodes = append(nodes, f[0])
+		}
+	}
+	slices.Sort(nodes)
+	return nodes
 }

@@ -54,23 +54,11 @@ func TestLab(t *testing.T) {
 		}
 		return out
 	}
-	// running lists the nodes that run a task of svc, sorted.
-	running := func(svc string) []string {
-		out, _ := lab.Docker("service", "ps", svc, "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}")
-		var nodes []string
-		for _, l := range strings.Split(out, "\n") {
-			if f := strings.Fields(l); len(f) > 1 && f[1] == "Running" {
-				nodes = append(nodes, f[0])
-			}
-		}
-		slices.Sort(nodes)
-		return nodes
-	}
 	waitRunning := func(svc string, want ...string) {
 		t.Helper()
 		deadline := time.Now().Add(90 * time.Second)
 		for {
-			got := running(svc)
+			got := runningOn(lab, svc)
 			if slices.Equal(got, want) || want == nil && len(got) == 0 {
 				return
 			}
@@ -206,7 +194,7 @@ func TestLab(t *testing.T) {
 		if r := labreg(t, mEnv, "deploy", "-f", example("myhttpd.yaml"), "--progress", "plain", "--timeout", "3m"); r.code != 0 {
 			t.Fatalf("deploy myhttpd.yaml: exit %d", r.code)
 		}
-		if got := running("myhttpd"); len(got) != 3 {
+		if got := runningOn(lab, "myhttpd"); len(got) != 3 {
 			t.Errorf("myhttpd runs on %q, want 3 nodes", got)
 		}
 		if r := labreg(t, mEnv, "down", "-f", example("myhttpd.yaml")); r.code != 0 {
@@ -220,7 +208,7 @@ func TestLab(t *testing.T) {
 		if r := labreg(t, env, "deploy", "-f", example("db.yaml"), "--progress", "plain", "--timeout", "3m"); r.code != 0 {
 			t.Fatalf("deploy db.yaml: exit %d", r.code)
 		}
-		if got := running("db"); len(got) != 1 {
+		if got := runningOn(lab, "db"); len(got) != 1 {
 			t.Errorf("db runs on %q, want 1 node", got)
 		}
 		if r := labreg(t, env, "down", "-f", example("db.yaml")); r.code != 0 || !strings.Contains(r.out, "removed\tsecret\tdb_root-") ||

@@ -163,19 +163,6 @@ func waitV2(t *testing.T, addr string, timeout time.Duration) {
 	}
 }
 
-// runningOn lists the nodes that run a task of svc in the lab, sorted.
-func runningOn(lab *testenv.Lab, svc string) []string {
-	out, _ := lab.Docker("service", "ps", svc, "--filter", "desired-state=running", "--format", "{{.Node}} {{.CurrentState}}")
-	var nodes []string
-	for _, l := range strings.Split(out, "\n") {
-		if f := strings.Fields(l); len(f) > 1 && f[1] == "Running" {
-			nodes = append(nodes, f[0])
-		}
-	}
-	slices.Sort(nodes)
-	return nodes
-}
-
 // labNode is the lab's node named name.
 func labNode(lab *testenv.Lab, name string) *testenv.Node {
 	if name == lab.Manager.Name {
