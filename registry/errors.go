@@ -97,10 +97,11 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 // failure on the server's side (a 5xx, or any reply whose detail reports
 // a full disk or quota) is answered again through WriteError, naming the
 // condition but not the storage path that distribution's detail carries;
-// the original goes to the log. Its router's plain-text 404 for a path it
-// has no route for (an upload id or reference the guard let through that
-// its patterns refuse) becomes 404 NOT_FOUND with an OCI body. Other
-// replies pass through untouched.
+// the original goes to the log. Its router's plain-text replies become
+// OCI errors: 404 for a path it has no route for (an upload id the guard
+// let through that its patterns refuse) NOT_FOUND, 405 for a method a
+// route does not take (/v2/_catalog) UNSUPPORTED, with the router's Allow.
+// Other replies pass through untouched.
 func (s *Server) distErrors(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ew := &errorWriter{ResponseWriter: w}
@@ -118,7 +119,7 @@ type errorWriter struct {
 	http.ResponseWriter
 	status int
 	held   bool
-	miss   bool // the router's text/plain 404: no route for the path
+	plain  bool // the router's text/plain 404 or 405
 	body   bytes.Buffer
 }
 
@@ -128,8 +129,8 @@ func (e *errorWriter) WriteHeader(code int) {
 	}
 	e.status = code
 	ct := e.Header().Get("Content-Type")
-	if code == http.StatusNotFound && strings.HasPrefix(ct, "text/plain") {
-		e.held, e.miss = true, true
+	if (code == http.StatusNotFound || code == http.StatusMethodNotAllowed) && strings.HasPrefix(ct, "text/plain") {
+		e.held, e.plain = true, true
 		return
 	}
 	if code >= 400 && strings.HasPrefix(ct, "application/json") {
@@ -173,8 +174,13 @@ func (e *errorWriter) finish(log *slog.Logger, r *http.Request) {
 	if !e.held {
 		return
 	}
-	if e.miss {
-		writeError(e.ResponseWriter, http.StatusNotFound, ErrorCodeNotFound, "no registry API endpoint "+r.URL.Path)
+	switch {
+	case e.plain && e.status == http.StatusNotFound:
+		writeError(e.ResponseWriter, e.status, ErrorCodeNotFound, "no registry API endpoint "+r.URL.Path)
+		return
+	case e.plain:
+		WriteError(e.ResponseWriter, e.status, errcode.ErrorCodeUnsupported.
+			WithMessage(r.Method+" is not supported on "+r.URL.Path+" (allowed: "+e.Header().Get("Allow")+")"))
 		return
 	}
 	body := e.body.String()
