@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -100,21 +99,8 @@ func startDistribution(t testing.TB, bin, path, addr string) (*DistributionProce
 	t.Helper()
 	d := &DistributionProcess{Addr: addr, cmd: exec.Command(bin, "serve", path)}
 	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
-	d.cmd.SysProcAttr = childOfTestBinary()
-	// The parent-death signal fires when the thread that started the child
-	// ends, so start it from a thread kept for the life of the child.
-	started, exited := make(chan error, 1), make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		if err := d.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		d.cmd.Wait()
-		close(exited)
-	}()
-	if err := <-started; err != nil {
+	exited, err := startChild(d.cmd)
+	if err != nil {
 		t.Fatalf("starting %s: %v", bin, err)
 	}
 	stop := func() {

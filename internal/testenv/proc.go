@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,4 +59,28 @@ func procField(t testing.TB, file, name string, unit int64) int64 {
 	}
 	t.Fatalf("%s has no %s", file, name)
 	return 0
+}
+
+// startChild starts cmd as a helper process that dies with the test
+// binary, and returns a channel closed once it has exited (cmd.Wait
+// returned; cmd.ProcessState says how). The parent-death signal fires
+// when the thread that started the child ends, so it is started from a
+// thread kept for the life of the child.
+func startChild(cmd *exec.Cmd) (exited <-chan struct{}, err error) {
+	cmd.SysProcAttr = childOfTestBinary()
+	started, done := make(chan error, 1), make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+		close(done)
+	}()
+	if err := <-started; err != nil {
+		return nil, err
+	}
+	return done, nil
 }

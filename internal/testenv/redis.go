@@ -24,12 +24,10 @@ func Redis(t testing.TB) string {
 	cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", fmt.Sprint(addr.Port),
 		"--save", "", "--appendonly", "no", "--dir", t.TempDir())
 	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = childOfTestBinary()
-	if err := cmd.Start(); err != nil {
+	exited, err := startChild(cmd)
+	if err != nil {
 		t.Fatalf("starting redis-server: %v", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-exited
@@ -42,9 +40,8 @@ func Redis(t testing.TB) string {
 			return addr.String()
 		}
 		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("redis-server exited (%v): %s", err, log.String())
+		case <-exited:
+			t.Fatalf("redis-server exited (%v): %s", cmd.ProcessState, log.String())
 		default:
 		}
 		if time.Now().After(deadline) {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -164,20 +163,8 @@ func startVersitygw(bin, host, name string) (*S3Store, error) {
 		return nil, err
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = childOfTestBinary()
-	// The parent-death signal fires when the thread that started the child
-	// ends, so start it from a thread kept for the life of the child.
-	started, exited := make(chan error, 1), make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		exited <- cmd.Wait()
-	}()
-	if err := <-started; err != nil {
+	exited, err := startChild(cmd)
+	if err != nil {
 		return nil, err
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -188,9 +175,9 @@ func startVersitygw(bin, host, name string) (*S3Store, error) {
 			break
 		}
 		select {
-		case err := <-exited:
+		case <-exited:
 			log, _ := os.ReadFile(logf.Name())
-			return nil, fmt.Errorf("versitygw exited (%v): %s", err, strings.TrimSpace(string(log)))
+			return nil, fmt.Errorf("versitygw exited (%v): %s", cmd.ProcessState, strings.TrimSpace(string(log)))
 		default:
 		}
 		if time.Now().After(deadline) {
