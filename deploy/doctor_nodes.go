@@ -96,10 +96,10 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 	// and says where the name leads there (doctor_resolve.go).
 	var pre []Check
 	resolve := namedRegistry(advertise)
+	host, _, _ := strings.Cut(advertise, ":") // the name, when resolve
 	img, err := probeImage()
 	tag := "probe"
 	if resolve {
-		host, _, _ := strings.Cut(advertise, ":")
 		self, serr := staticSelf()
 		if serr != nil {
 			resolve = false
@@ -178,7 +178,6 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 		ch := Check{Name: "node " + h, Node: h,
 			Detail: fmt.Sprintf("cannot pull %s/%s:%s (its docker log says why: not trusted, not reachable, or no credentials)", advertise, ProbeRepo, tag)}
 		if resolve {
-			host, _, _ := strings.Cut(advertise, ":")
 			ch.Detail = fmt.Sprintf("cannot pull %s/%s:%s, so where %s leads there is not known (its docker log says why: the registry it leads to is down or lacks it, not trusted, or no credentials)", advertise, ProbeRepo, tag, host)
 		}
 		if opts.TLS {
@@ -188,7 +187,6 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 		}
 		ch.Fix += fmt.Sprintf("; and check that %s reaches it: curl %s://%s/v2/", h, scheme, advertise)
 		if resolve {
-			host, _, _ := strings.Cut(advertise, ":")
 			ch.Fix += fmt.Sprintf(" (getent hosts %s there says where the name leads: its zone's mirror or the origin)", host)
 		}
 		if authOn && !cr.has() {
@@ -214,7 +212,7 @@ func (c *Client) probeNodes(ctx context.Context, advertise string, opts DoctorOp
 			case probePullFailed(t.Status.Err) || st == swarm.TaskStateRejected:
 				results[t.NodeID] = cannotPull(h)
 			case resolve && probeEnded(st):
-				results[t.NodeID] = c.nodeProbeCheck(ctx, h, advertise, t)
+				results[t.NodeID] = c.nodeProbeCheck(ctx, h, advertise, host, t)
 			case resolve:
 				// pulled; its result comes when it has run
 			case probePastPull(st):
@@ -301,10 +299,9 @@ func nodeProbeArgs(advertise, image string, tlsOn bool) []string {
 }
 
 // nodeProbeCheck is node h's check from its ended node-probe task t: the
-// line it printed, ok when it exited 0.
-func (c *Client) nodeProbeCheck(ctx context.Context, h, advertise string, t swarm.Task) Check {
+// line it printed, ok when it exited 0. host is advertise's name.
+func (c *Client) nodeProbeCheck(ctx context.Context, h, advertise, host string, t swarm.Task) Check {
 	ch := Check{Name: "node " + h, Node: h}
-	host, _, _ := strings.Cut(advertise, ":")
 	line, err := c.probeOutput(ctx, t.ID)
 	switch {
 	case err != nil && t.Status.State == swarm.TaskStateComplete:
