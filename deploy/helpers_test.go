@@ -259,3 +259,21 @@ func runningOn(lab *testenv.Lab, svc string) []string {
 	slices.Sort(nodes)
 	return nodes
 }
+
+// labEnv is the environment of labreg runs against lab's swarm with
+// advertise as the registry: the manager's engine, a docker config of
+// its own, a runtime dir of its own.
+func labEnv(t *testing.T, lab *testenv.Lab, advertise string) []string {
+	return append(slices.Clone(lab.Env), "LABREG_ADVERTISE="+advertise, "DOCKER_CONFIG="+dockerConfig(t, advertise, "", ""),
+		"XDG_RUNTIME_DIR="+t.TempDir())
+}
+
+// labDocker runs the docker CLI against lab's manager; a failure ends t.
+func labDocker(t *testing.T, lab *testenv.Lab, args ...string) string {
+	t.Helper()
+	out, err := lab.Docker(args...)
+	if err != nil {
+		t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return out
+}

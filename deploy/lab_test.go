@@ -38,22 +38,14 @@ import (
 // own node's address.
 func TestLab(t *testing.T) {
 	lab := testenv.NewLab(t, registry.Options{})
-	env := append(slices.Clone(lab.Env), "LABREG_ADVERTISE="+lab.Registry, "DOCKER_CONFIG="+dockerConfig(t, lab.Registry, "", ""),
-		"XDG_RUNTIME_DIR="+t.TempDir())
+	env := labEnv(t, lab, lab.Registry)
 	root := testenv.RepoRoot(t)
 	if r := labreg(t, env, "build", "--registry", lab.Local, filepath.Join(root, "images")); r.code != 0 {
 		t.Fatalf("labreg build images/: exit %d", r.code)
 	}
 	example := func(name string) string { return filepath.Join(root, "deploy", "examples", name) }
 	w1, w2, w3 := lab.Worker("worker1"), lab.Worker("worker2"), lab.Worker("worker3")
-	docker := func(args ...string) string {
-		t.Helper()
-		out, err := lab.Docker(args...)
-		if err != nil {
-			t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	docker := func(args ...string) string { t.Helper(); return labDocker(t, lab, args...) }
 	waitRunning := func(svc string, want ...string) {
 		t.Helper()
 		deadline := time.Now().Add(90 * time.Second)

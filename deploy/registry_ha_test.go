@@ -37,16 +37,8 @@ func TestRegistryHA(t *testing.T) {
 	lab := testenv.NewLab(t, registry.Options{})
 	root := testenv.RepoRoot(t)
 	w1, w2, w3 := lab.Worker("worker1"), lab.Worker("worker2"), lab.Worker("worker3")
-	env := append(slices.Clone(lab.Env), "LABREG_ADVERTISE="+lab.Registry, "DOCKER_CONFIG="+dockerConfig(t, lab.Registry, "", ""),
-		"XDG_RUNTIME_DIR="+t.TempDir())
-	docker := func(args ...string) string {
-		t.Helper()
-		out, err := lab.Docker(args...)
-		if err != nil {
-			t.Fatalf("docker %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	env := labEnv(t, lab, lab.Registry)
+	docker := func(args ...string) string { t.Helper(); return labDocker(t, lab, args...) }
 	// 1. labreg's own image, into the lab's (single, in-process) registry.
 	if r := labreg(t, env, "build", "--registry", lab.Local, filepath.Join(root, "images", "labreg")); r.code != 0 {
 		t.Fatalf("labreg build images/labreg: exit %d", r.code)
@@ -102,8 +94,7 @@ func TestRegistryHA(t *testing.T) {
 	port := freePort(t)
 	myhttpd := func(tag, replica string) {
 		t.Helper()
-		mEnv := append(slices.Clone(env), "LABREG_ADVERTISE="+replica, "DOCKER_CONFIG="+dockerConfig(t, replica, "", ""),
-			"MYHTTPD_TAG="+tag, "MYHTTPD_PORT="+itoa(port), "MYHTTPD_PUBLISH=host")
+		mEnv := append(labEnv(t, lab, replica), "MYHTTPD_TAG="+tag, "MYHTTPD_PORT="+itoa(port), "MYHTTPD_PUBLISH=host")
 		if r := labreg(t, mEnv, "deploy", "-f", filepath.Join(root, "deploy", "examples", "myhttpd.yaml"),
 			"--progress", "plain", "--timeout", "3m"); r.code != 0 {
 			t.Fatalf("deploy myhttpd:%s from %s: exit %d", tag, replica, r.code)
