@@ -20,9 +20,12 @@ import (
 
 // descriptorCache is the Redis blob descriptor cache distribution uses.
 func descriptorCache(r *config.Redis) cache.BlobDescriptorCacheProvider {
-	return rediscache.NewRedisBlobDescriptorCacheProvider(goredis.NewClient(&goredis.Options{
-		Addr: r.Addr, Username: r.Username, Password: r.Password, DB: r.DB,
-	}))
+	return rediscache.NewRedisBlobDescriptorCacheProvider(redisClient(r))
+}
+
+// redisClient is a client of the Redis r names.
+func redisClient(r *config.Redis) *goredis.Client {
+	return goredis.NewClient(&goredis.Options{Addr: r.Addr, Username: r.Username, Password: r.Password, DB: r.DB})
 }
 
 // dropCachedBlobs clears the cached descriptors of blobs (digests).

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"syscall"
+
+	"github.com/labreg/labreg/registry/cluster"
 )
 
 // A server's catalog, history, change bookkeeping and data-dir locks,
@@ -17,6 +19,7 @@ type extras struct {
 	events  *EventLog
 	changes *changes // what follows a manifest change (changes.go)
 	journal *journal // the shared store's change journal; nil on a store of one's own
+	member  *member  // this replica's part in the cluster (gclease.go); nil likewise
 	gate    *gate
 	dataDir string
 	lock    *os.File // <data>/.lock, locked shared while writes run (see gate)
@@ -45,7 +48,15 @@ func newExtras(s *Server) (*extras, error) {
 		if err != nil {
 			return nil, err
 		}
-		e.journal = newJournal(s.store.driver, id, s.log)
+		s3, err := s.store.cas()
+		if err != nil {
+			return nil, err
+		}
+		e.member = &member{s3: s3, kick: make(chan struct{}, 1)}
+		if s.redis != nil {
+			e.member.redis = cluster.NewRedis(redisClient(s.redis), s.redis.Addr)
+		}
+		e.journal = newJournal(s.store.driver, s3, id, s.log)
 		e.changes.journal = e.journal
 	}
 	cat.onChange = e.changes

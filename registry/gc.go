@@ -13,6 +13,7 @@ import (
 
 	"github.com/distribution/distribution/v3"
 	"github.com/distribution/distribution/v3/registry/storage"
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -33,6 +34,9 @@ type GCOptions struct {
 	// reference stay, in every repository. The caller computes them (the
 	// registry does not know the swarm). Default: none.
 	Keep map[digest.Digest]string `json:"-"`
+	// fence, when set, is asked before every removal: an error stops the
+	// GC (a replica that may have lost the cluster's GC lease).
+	fence func() error
 }
 
 // GCKept is an untagged manifest kept because GCOptions.Keep names it.
@@ -79,12 +83,14 @@ type GCResult struct {
 func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	if !opts.DryRun && s.extras.journal != nil {
 		// A shared store: one GC at a time in the cluster, every replica
-		// read-only (gclease.go). Released after the GC's journal entry.
-		release, err := s.acquireGC(ctx)
+		// read-only (gclease.go), each delete fenced by the lease.
+		// Released after the GC's journal entry.
+		turn, err := s.acquireGC(ctx)
 		if err != nil {
 			return nil, err
 		}
-		defer release()
+		defer turn.release()
+		ctx, opts.fence = turn.ctx, turn.fence
 	}
 	if !opts.DryRun {
 		resume, err := s.ReadOnly(ctx, "garbage collection")
@@ -141,6 +147,26 @@ func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Lo
 			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))})
 	}
 	return res, nil
+}
+
+// fencedDriver refuses to delete once fence fails.
+type fencedDriver struct {
+	storagedriver.StorageDriver
+	fence func() error
+}
+
+func (d fencedDriver) Delete(ctx context.Context, p string) error {
+	if err := d.fence(); err != nil {
+		return err
+	}
+	return d.StorageDriver.Delete(ctx, p)
+}
+
+func fenceOK(fence func() error) error {
+	if fence == nil {
+		return nil
+	}
+	return fence()
 }
 
 // repoPlan is what the mark phase learned about one repository.
@@ -216,11 +242,21 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		return res, nil
 	}
 
-	vacuum := storage.NewVacuum(ctx, c.driver)
+	drv := c.driver
+	if opts.fence != nil {
+		drv = fencedDriver{drv, opts.fence}
+		if err := opts.fence(); err != nil {
+			return nil, err
+		}
+	}
+	vacuum := storage.NewVacuum(ctx, drv)
 	for _, p := range plans {
 		for _, d := range p.drop {
 			if err := vacuum.RemoveManifest(p.name, d, p.tags); err != nil {
 				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
+			}
+			if err := fenceOK(opts.fence); err != nil {
+				return nil, err
 			}
 			if err := c.changes().OnDeleteManifest(WithActor(ctx, Actor{Via: "gc"}), p.name, d, d, nil); err != nil {
 				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
@@ -242,7 +278,7 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 				return nil, fmt.Errorf("removing blob %s: %w", b.Digest, err)
 			}
 		}
-	} else if err := storage.MarkAndSweep(ctx, c.driver, withAliases(c.ns, c.driver), storage.GCOpts{Quiet: true}); err != nil {
+	} else if err := storage.MarkAndSweep(ctx, drv, withAliases(c.ns, c.driver), storage.GCOpts{Quiet: true}); err != nil {
 		return nil, fmt.Errorf("garbage collection: %w", err)
 	}
 	// Count what actually went.

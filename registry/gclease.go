@@ -5,33 +5,54 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+
+	"github.com/labreg/labreg/registry/cluster"
 )
 
 // Garbage collection across replicas on a shared store. One GC at a time
-// cluster-wide: the replica that runs it holds a lease in the store
-// (gcLeasePath), renewed while it runs. Every replica notices the lease
-// at its next journal poll (journal.go), turns read-only (writes in
-// flight drained for at most its GC drain timeout, then aborted with 503)
-// and acknowledges under gcAckPath with the lease's token. The GC starts
-// once every live replica (a heartbeat under replicasPath younger than
-// replicaStale) has acknowledged, and fails, changing nothing, when one
-// has not within the drain timeout plus a few polls. When the sweep is
-// done the GC's journal entry makes every replica drop the descriptors of
-// the removed blobs; then the lease goes and the replicas accept writes
-// again. A replica that dies holding the lease frees it after gcLeaseTTL.
+// cluster-wide: the replica that runs it holds a lease (cluster.Lease at
+// gcLeasePath), taken and renewed by the store's compare-and-swap (or
+// Redis's, for a store that does not honour conditional writes: each
+// replica probes at start; with neither, cluster GC is refused). Every
+// replica watches the lease (after a change signal, then every
+// leaseWatchEvery while one is held), turns read-only (writes in flight
+// drained for at most its GC drain timeout, then aborted with 503) and
+// acknowledges under gcAckPath with the lease's token. The GC starts once
+// every live replica (a heartbeat under replicasPath younger than
+// replicaStale, by the store's clock) has acknowledged, and fails,
+// changing nothing, when one has not within the drain timeout plus a few
+// polls. The sweep is fenced: each delete first checks that the lease is
+// still this replica's. When the sweep is done the GC's journal entry
+// makes every replica drop the descriptors of the removed blobs; then the
+// lease is released and the replicas accept writes again (each applies the
+// journal before it reopens). A replica that dies holding the lease loses
+// it gcLeaseTTL after the last renewal the others saw. A replica stays
+// read-only while any lease but one its own process holds is valid (one
+// naming its own id, left by an earlier run, included).
 
 const (
 	// gcLeaseTTL is how long a lease lasts unless renewed (every third).
 	gcLeaseTTL = 30 * time.Second
-	// heartbeatEvery is how often a replica says it is alive.
-	heartbeatEvery = time.Second
+	// leaseWatchEvery is how often a replica reads the lease while one
+	// is held (and while it has not decided where the lease lives).
+	leaseWatchEvery = time.Second
+	// heartbeatEvery is how often a replica says it is alive: a PUT, the
+	// dearest request an idle replica makes.
+	heartbeatEvery = 30 * time.Second
 	// replicaStale: a replica not heard of for this long is not waited for.
-	replicaStale = 5 * time.Second
+	replicaStale = 5 * heartbeatEvery / 2
+	// joinTimeout bounds a replica's first look at the cluster at start.
+	joinTimeout = 20 * time.Second
 )
 
 func gcLeasePath() string             { return path.Join(labregRoot, "gc", "lease") }
@@ -40,142 +61,205 @@ func replicasPath() string            { return path.Join(labregRoot, "replicas")
 func heartbeatPath(replica string) string {
 	return path.Join(replicasPath(), replica)
 }
+func clusterProbeDir() string { return path.Join(labregRoot, "cluster") }
 
-// gcLease is the lease object.
-type gcLease struct {
-	Holder string    `json:"holder"`
-	Token  string    `json:"token"`
-	Until  time.Time `json:"until"`
+// member is a replica's part in the cluster: the change signal it polls,
+// where the GC lease lives, and what it follows.
+type member struct {
+	s3    *cluster.S3    // the shared store, for the signal and its CAS
+	redis *cluster.Redis // nil unless registry.redis is set
+
+	mu      sync.Mutex
+	lease   *cluster.Lease // nil until decided, or when refused
+	refused error          // why cluster GC cannot be coordinated
+
+	kick chan struct{} // wakes the lease follower (cap 1)
+	// watch: another's lease is held; the follower reads it every
+	// leaseWatchEvery.
+	watch atomic.Bool
+
+	// The lease follower's state (its goroutine, or join before it).
+	following string // the token this replica acknowledged
+	closed    bool   // this replica's gate is closed for another's lease
 }
 
-func (l gcLease) valid(now time.Time) bool { return l.Holder != "" && now.Before(l.Until) }
-
-func (j *journal) readLease(ctx context.Context) (gcLease, error) {
-	var l gcLease
-	b, err := j.drv.GetContent(ctx, gcLeasePath())
-	if isPathNotFound(err) {
-		return l, nil
+func (m *member) wake() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
 	}
-	if err != nil {
-		return l, err
-	}
-	if json.Unmarshal(b, &l) != nil {
-		return gcLease{}, nil // torn or foreign: treat as free
-	}
-	return l, nil
 }
 
-func (j *journal) writeLease(ctx context.Context, l gcLease) error {
-	b, _ := json.Marshal(l)
-	return j.drv.PutContent(ctx, gcLeasePath(), b)
+func (m *member) gcLease() (*cluster.Lease, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lease, m.refused
 }
 
-// heartbeat records that this replica is alive.
+// decide finds where the GC lease lives: in the store when it honours
+// conditional writes, else in Redis when configured, else nowhere (cluster
+// GC refused, saying why). An error (the store did not answer) leaves it
+// undecided.
+func (m *member) decide(ctx context.Context, id string) error {
+	if l, refused := m.gcLease(); l != nil || refused != nil {
+		return nil
+	}
+	var l *cluster.Lease
+	var refused error
+	err := cluster.Probe(ctx, m.s3, clusterProbeDir())
+	switch {
+	case err == nil:
+		l = cluster.NewLease(m.s3, gcLeasePath(), id, gcLeaseTTL)
+	case !errors.Is(err, cluster.ErrNoConditionalWrites):
+		return err
+	case m.redis == nil:
+		refused = fmt.Errorf("garbage collection across replicas needs a compare-and-swap: %w, and registry.redis is not set; set registry.redis (the same for every replica), or use a store that honours If-None-Match and If-Match", err)
+	default:
+		if rerr := cluster.Probe(ctx, m.redis, clusterProbeDir()); rerr != nil {
+			return rerr
+		}
+		l = cluster.NewLease(m.redis, gcLeasePath(), id, gcLeaseTTL)
+	}
+	m.mu.Lock()
+	m.lease, m.refused = l, refused
+	m.mu.Unlock()
+	return nil
+}
+
+// heartbeat records that this replica is alive (the object's time is the
+// store's).
 func (j *journal) heartbeat(ctx context.Context) error {
 	return j.drv.PutContent(ctx, heartbeatPath(j.id), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
 }
 
-// liveReplicas are the other replicas heard of within replicaStale.
+// liveReplicas are the other replicas heard of within replicaStale of
+// this replica's own heartbeat, which the caller has just written: both
+// times are the store's, so replicas' clocks need not agree.
 func (j *journal) liveReplicas(ctx context.Context) ([]string, error) {
-	paths, err := j.drv.List(ctx, replicasPath())
+	mods := map[string]time.Time{}
+	err := j.drv.Walk(ctx, replicasPath(), func(fi storagedriver.FileInfo) error {
+		if !fi.IsDir() {
+			mods[path.Base(fi.Path())] = fi.ModTime()
+		}
+		return nil
+	})
 	if isPathNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
+	ref, ok := mods[j.id]
+	if !ok {
+		for _, t := range mods {
+			if t.After(ref) {
+				ref = t
+			}
+		}
+	}
 	var live []string
-	for _, p := range paths {
-		id := path.Base(p)
-		if id == j.id {
-			continue
-		}
-		b, err := j.drv.GetContent(ctx, p)
-		if err != nil {
-			continue
-		}
-		t, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(b)))
-		switch {
-		case err == nil && time.Since(t) < replicaStale:
+	for id, t := range mods {
+		switch age := ref.Sub(t); {
+		case id == j.id:
+		case age < replicaStale:
 			live = append(live, id)
-		case err == nil && time.Since(t) > journalKeep:
-			_ = j.drv.Delete(ctx, p) // a replica long gone
+		case age > journalKeep:
+			_ = j.drv.Delete(ctx, heartbeatPath(id)) // a replica long gone
 		}
 	}
 	sort.Strings(live)
 	return live, nil
 }
 
-// acquireGC takes the cluster's GC lease and waits until every live
-// replica is read-only. release ends it (after the GC's journal entry).
-func (s *Server) acquireGC(ctx context.Context) (release func(), err error) {
-	j := s.extras.journal
-	l, err := j.readLease(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("garbage collection: reading the lease: %w", err)
-	}
-	if l.valid(time.Now()) && l.Holder != j.id {
-		return nil, &BusyError{Reason: "garbage collection on replica " + l.Holder}
-	}
-	var tok [8]byte
-	rand.Read(tok[:])
-	mine := gcLease{Holder: j.id, Token: hex.EncodeToString(tok[:]), Until: time.Now().Add(gcLeaseTTL)}
-	if err := j.writeLease(ctx, mine); err != nil {
-		return nil, fmt.Errorf("garbage collection: writing the lease: %w", err)
-	}
-	// Two replicas that wrote at once: the store keeps the last write, and
-	// both see which after a pause longer than one write.
-	select {
-	case <-time.After(2 * journalPoll):
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if l, err := j.readLease(ctx); err != nil || l.Token != mine.Token {
-		return nil, &BusyError{Reason: "garbage collection on replica " + l.Holder}
-	}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() { // renew
-		defer close(done)
-		t := time.NewTicker(gcLeaseTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				mine.Until = time.Now().Add(gcLeaseTTL)
-				if err := j.writeLease(context.WithoutCancel(ctx), mine); err != nil {
-					s.log.Warn("renewing the GC lease", "err", err)
-				}
-			}
-		}
-	}()
-	release = func() {
-		close(stop)
-		<-done
-		if err := j.drv.Delete(context.WithoutCancel(ctx), gcLeasePath()); err != nil && !isPathNotFound(err) {
-			s.log.Warn("releasing the GC lease", "err", err)
-		}
-	}
-	if err := s.waitAcks(ctx, mine.Token); err != nil {
-		release()
-		return nil, err
-	}
-	return release, nil
+// gcTurn is this replica's hold on the cluster's GC.
+type gcTurn struct {
+	held *cluster.Held
+	// ctx ends when the lease is lost (the GC must stop).
+	ctx     context.Context
+	release func()
 }
 
-// waitAcks waits until every live replica has acknowledged token.
+// fence fails once this replica can no longer be sure it holds the lease.
+func (t *gcTurn) fence() error {
+	if err := t.held.Check(); err != nil {
+		return fmt.Errorf("garbage collection stopped: %w", err)
+	}
+	return nil
+}
+
+// acquireGC takes the cluster's GC lease and waits until every live
+// replica is read-only.
+func (s *Server) acquireGC(ctx context.Context) (*gcTurn, error) {
+	m, j := s.extras.member, s.extras.journal
+	if err := m.decide(ctx, j.id); err != nil {
+		return nil, fmt.Errorf("garbage collection: the store did not answer: %w", err)
+	}
+	lease, refused := m.gcLease()
+	if refused != nil {
+		return nil, refused
+	}
+	held, err := lease.Acquire(ctx)
+	var busy *cluster.HeldError
+	if errors.As(err, &busy) {
+		return nil, &BusyError{Reason: "garbage collection on replica " + busy.Holder}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("garbage collection: taking the lease: %w", err)
+	}
+	s.extras.journal.signal(ctx)
+	gctx, cancel := context.WithCancelCause(ctx)
+	keep, stopKeep := context.WithCancel(context.WithoutCancel(ctx))
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		held.Keep(keep, func(err error) {
+			s.log.Error("garbage collection lost its lease: stopping", "err", err)
+			cancel(err)
+		})
+	}()
+	t := &gcTurn{held: held, ctx: gctx}
+	t.release = func() {
+		stopKeep()
+		<-kept
+		cancel(nil)
+		rctx, done := context.WithTimeout(context.WithoutCancel(ctx), gcLeaseTTL)
+		defer done()
+		if err := held.Release(rctx); err != nil {
+			s.log.Warn("releasing the GC lease (it expires by itself)", "err", err)
+		}
+		s.extras.journal.signal(rctx)
+	}
+	if err := s.waitAcks(gctx, held.Token()); err != nil {
+		t.release()
+		return nil, err
+	}
+	return t, nil
+}
+
+// waitAcks waits until every live replica has acknowledged token, for a
+// bound that holds however slow the store is.
 func (s *Server) waitAcks(ctx context.Context, token string) error {
 	j := s.extras.journal
-	bound := s.opts.GCDrainTimeout + abortGrace + 4*journalPoll + 2*time.Second
-	deadline := time.Now().Add(bound)
+	bound := s.opts.GCDrainTimeout + abortGrace + 2*leaseWatchEvery + 5*time.Second
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	var missing []string
+	gaveUp := func(err error) error {
+		if len(missing) == 0 {
+			return fmt.Errorf("garbage collection gave up after %s: %w; nothing was changed, try again", bound.Round(time.Second), err)
+		}
+		return fmt.Errorf("garbage collection gave up: replicas %s did not turn read-only within %s; nothing was changed, try again",
+			strings.Join(missing, ", "), bound.Round(time.Second))
+	}
+	if err := j.heartbeat(ctx); err != nil {
+		return gaveUp(err)
+	}
 	for {
 		live, err := j.liveReplicas(ctx)
 		if err != nil {
-			return fmt.Errorf("garbage collection: listing replicas: %w", err)
+			return gaveUp(fmt.Errorf("listing replicas: %w", err))
 		}
-		var missing []string
+		missing = missing[:0]
 		for _, id := range live {
 			b, err := j.drv.GetContent(ctx, gcAckPath(id))
 			if err != nil || strings.TrimSpace(string(b)) != token {
@@ -185,47 +269,117 @@ func (s *Server) waitAcks(ctx context.Context, token string) error {
 		if len(missing) == 0 {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("garbage collection gave up: replicas %s did not turn read-only within %s; nothing was changed, try again",
-				strings.Join(missing, ", "), bound.Round(time.Second))
-		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(journalPoll / 2):
+			return gaveUp(context.Cause(ctx))
+		case <-time.After(journalPoll):
 		}
 	}
 }
 
-// remoteGC is a replica's side of another replica's GC: the token of
-// the lease it turned read-only for ("" when none).
-type remoteGC struct{ token string }
-
-// followLease turns this replica read-only while another holds the GC
-// lease (waiting for its writes in flight, as a local GC would), then
-// acknowledges; it reopens when the lease is gone or has expired.
-func (s *Server) followLease(ctx context.Context, st *remoteGC) {
-	j := s.extras.journal
-	l, err := j.readLease(ctx)
-	if err != nil {
-		return // the store did not answer: try again next poll
+// joinCluster is a replica's first look at the cluster, before it serves:
+// its heartbeat, where the lease lives, and whether another replica's GC
+// holds it (then it starts read-only). A store that does not answer in
+// time leaves it read-only until the lease follower gets an answer.
+func (s *Server) joinCluster(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	m, j := s.extras.member, s.extras.journal
+	err := j.heartbeat(ctx)
+	if err == nil {
+		err = m.decide(ctx, j.id)
 	}
-	held := l.valid(time.Now()) && l.Holder != j.id
-	switch {
-	case held && st.token != l.Token:
-		if st.token == "" {
-			if err := s.extras.gate.close(ctx, "garbage collection on replica "+l.Holder, s.opts.GCDrainTimeout); err != nil {
-				s.log.Warn("turning read-only for garbage collection", "holder", l.Holder, "err", err)
-				return // not acknowledged: the GC gives up
+	if err == nil {
+		if err = s.followLease(ctx); err == nil {
+			return
+		}
+	}
+	s.log.Warn("joining the cluster: the store did not answer; read-only until it does", "err", err)
+	if !m.closed && s.extras.gate.close(ctx, "joining the cluster (the store did not answer)", 0) == nil {
+		m.closed = true
+	}
+}
+
+// leaseLoop follows other replicas' GC leases until ctx ends: at each
+// change signal, and every leaseWatchEvery while a lease is held or this
+// replica is read-only for one.
+func (s *Server) leaseLoop(ctx context.Context) {
+	m := s.extras.member
+	tick := time.NewTicker(leaseWatchEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.kick:
+		case <-tick.C:
+			if l, refused := m.gcLease(); !m.closed && (l != nil || refused != nil) && !m.watch.Load() {
+				continue
 			}
 		}
-		st.token = l.Token
-		if err := j.drv.PutContent(ctx, gcAckPath(j.id), []byte(l.Token)); err != nil {
-			s.log.Warn("acknowledging garbage collection", "err", err)
+		if err := m.decide(ctx, s.extras.journal.id); err != nil {
+			continue
 		}
-	case !held && st.token != "":
-		st.token = ""
-		s.extras.gate.open()
-		_ = j.drv.Delete(ctx, gcAckPath(j.id))
+		if err := s.followLease(ctx); err != nil && ctx.Err() == nil {
+			s.log.Debug("reading the GC lease", "err", err)
+		}
 	}
+}
+
+// followLease reads the lease once and turns this replica read-only for
+// another's (then acknowledges), or reopens it once none is held (after
+// applying the journal, so that a GC's entry is applied first).
+func (s *Server) followLease(ctx context.Context) error {
+	m, j := s.extras.member, s.extras.journal
+	lease, _ := m.gcLease()
+	if lease == nil {
+		m.watch.Store(false)
+		if m.closed {
+			return s.reopen(ctx)
+		}
+		return nil
+	}
+	v, err := lease.Observe(ctx)
+	if err != nil {
+		return err
+	}
+	foreign := v.Held && !v.Mine
+	m.watch.Store(foreign)
+	switch {
+	case foreign && v.State.Token != m.following:
+		if !m.closed {
+			reason := "garbage collection on replica " + v.State.Holder
+			if err := s.extras.gate.close(ctx, reason, s.opts.GCDrainTimeout); err != nil {
+				return fmt.Errorf("turning read-only for %s: %w", reason, err) // not acknowledged: the GC waits, then gives up
+			}
+			m.closed = true
+		}
+		if err := j.drv.PutContent(ctx, gcAckPath(j.id), []byte(v.State.Token)); err != nil {
+			return fmt.Errorf("acknowledging garbage collection: %w", err)
+		}
+		m.following = v.State.Token
+	case !foreign && m.closed:
+		return s.reopen(ctx)
+	}
+	return nil
+}
+
+// reopen accepts writes again, once the journal is applied up to now.
+func (s *Server) reopen(ctx context.Context) error {
+	m, j := s.extras.member, s.extras.journal
+	if err := s.syncJournal(ctx); err != nil {
+		return err
+	}
+	s.extras.gate.open()
+	m.closed, m.following = false, ""
+	_ = j.drv.Delete(ctx, gcAckPath(j.id))
+	return nil
+}
+
+// signalContent is what a change signal writes: anything new will do.
+func signalContent(replica string) []byte {
+	var n [8]byte
+	rand.Read(n[:])
+	b, _ := json.Marshal(map[string]string{"replica": replica, "time": time.Now().UTC().Format(time.RFC3339Nano), "nonce": hex.EncodeToString(n[:])})
+	return b
 }

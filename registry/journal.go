@@ -17,6 +17,8 @@ import (
 	"time"
 
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
+
+	"github.com/labreg/labreg/registry/cluster"
 )
 
 // Replicas on one shared store keep their in-memory state (the catalog
@@ -24,26 +26,38 @@ import (
 // through a change journal in the store itself: every change made through
 // a replica (changes.go, GC) is written as one small object under
 // journalPath, in a directory per minute of its writer's clock, named so
-// that names sort by time. Every replica lists the current and the
-// previous minute's directory every journalPoll (two small LISTs however
-// long the journal is) and applies the entries of the other replicas: it
-// refreshes the repository in its catalog index, adds the event to its
-// history, and after a GC elsewhere drops what it cached. A replica that
-// starts reads every directory once. Directories older than journalKeep
-// are deleted by whichever replica sees them (pruneEvery). Nothing but
-// the store is needed (no Redis, no peer list). Clocks may differ by up to
-// a minute: a late writer's entry is still in the previous minute's
-// directory.
+// that names sort by time, and then the change signal (signalPath) is
+// rewritten. Every replica reads the signal with If-None-Match: while
+// nothing changes that is one GET answered 304 (no LIST), every
+// journalPoll after a change, backing off to journalIdlePoll when idle.
+// When it has changed, the replica lists the current and the previous
+// minute's directory (two small LISTs however long the journal is) and
+// applies the entries of the other replicas: it refreshes the repository
+// in its catalog index, adds the event to its history, and after a GC
+// elsewhere drops what it cached. A replica that starts reads every
+// directory once. Directories older than journalKeep are deleted by
+// whichever replica sees them (pruneEvery). Nothing but the store is
+// needed (no Redis, no peer list). Clocks may differ by up to a minute: a
+// late writer's entry is still in the previous minute's directory.
+//
+// What an idle replica asks of the store: one GET a journalIdlePoll, one
+// PUT a heartbeatEvery (gclease.go), one LIST a pruneEvery: at S3
+// standard prices ($0.0004 per 1,000 GETs, $0.005 per 1,000 PUTs and
+// LISTs) about $1.50 a month.
 //
 // The referrer index and the sha512 aliases need no journal: they are
 // read from the store on every request. Pull events are batched: a
 // replica writes the pulls it served in one entry a second at most (one
 // object per pull would cost the store more than the history is worth).
 
-// journalPoll is how often a replica reads the journal: a change made
-// through another replica is seen within about this long (plus one
-// store round trip).
-const journalPoll = 250 * time.Millisecond
+// journalPoll is how often a replica reads the change signal after a
+// change; it doubles up to journalIdlePoll while nothing changes. A change
+// made through another replica is seen within about journalIdlePoll plus
+// two store round trips.
+const (
+	journalPoll     = 250 * time.Millisecond
+	journalIdlePoll = time.Second
+)
 
 // journalKeep is how long entries stay in the journal. A replica that
 // starts imports the events of the entries still there.
@@ -69,10 +83,18 @@ type journalEntry struct {
 // journal writes and tails the change journal of one replica.
 type journal struct {
 	drv storagedriver.StorageDriver
-	id  string // this replica (see replicaID)
+	sig cluster.Signal // the store, for the change signal
+	id  string         // this replica (see replicaID)
 	log *slog.Logger
 	seq atomic.Uint64
 	now func() time.Time // time.Now; tests set their own clock
+
+	bumps chan struct{} // asks the signaller for a signal (cap 1)
+	// pollMu serialises polls (the poll loop, a reopening follower);
+	// synced: a poll has read the whole journal once.
+	pollMu sync.Mutex
+	synced bool
+	sigVer string // the signal's version last read (poll loop only)
 
 	mu      sync.Mutex
 	seen    map[string]bool // entry names applied or skipped
@@ -136,8 +158,31 @@ func replicaID(dataDir string) (string, error) {
 	return id, nil
 }
 
-func newJournal(drv storagedriver.StorageDriver, id string, log *slog.Logger) *journal {
-	return &journal{drv: drv, id: id, log: log, now: time.Now, seen: map[string]bool{}}
+func newJournal(drv storagedriver.StorageDriver, sig cluster.Signal, id string, log *slog.Logger) *journal {
+	return &journal{drv: drv, sig: sig, id: id, log: log, now: time.Now, seen: map[string]bool{}, bumps: make(chan struct{}, 1)}
+}
+
+// signalPath is the change signal: rewritten after every journal entry.
+func signalPath() string { return path.Join(labregRoot, "signal") }
+
+// signal rewrites the change signal now.
+func (j *journal) signal(ctx context.Context) {
+	if err := j.sig.Put(context.WithoutCancel(ctx), signalPath(), signalContent(j.id)); err != nil {
+		j.log.Warn("writing the change signal", "err", err)
+	}
+}
+
+// signaller rewrites the change signal after entries are written, once
+// for as many entries as were written while it wrote, until ctx ends.
+func (j *journal) signaller(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-j.bumps:
+			j.signal(ctx)
+		}
+	}
 }
 
 // publish writes e to the journal. A failure is logged: the change itself
@@ -155,6 +200,11 @@ func (j *journal) publish(ctx context.Context, e journalEntry) {
 	j.mu.Unlock()
 	if err := j.drv.PutContent(context.WithoutCancel(ctx), path.Join(minuteDir(now), name), b); err != nil {
 		j.log.Warn("writing the change journal", "err", err)
+		return
+	}
+	select { // after the entry: a reader that sees the signal finds it
+	case j.bumps <- struct{}{}:
+	default:
 	}
 }
 
@@ -258,38 +308,84 @@ func (j *journal) poll(ctx context.Context, all bool, since time.Time, apply fun
 
 // followJournal applies the other replicas' changes to this server until
 // ctx ends, keeps its heartbeat, and follows other replicas' GC leases
-// (gclease.go). At start it imports the events of the entries newer than the
-// newest event already in the history.
+// (gclease.go), each in its own goroutine: a slow store or a drain never
+// holds up the heartbeat.
 func (s *Server) followJournal(ctx context.Context) {
-	e := s.extras
-	all, since := true, time.Time{}
-	if last, n := e.events.Page(0, 1, nil); n > 0 {
-		since = last[0].Time
-	}
-	apply := func(je journalEntry) { s.applyJournal(ctx, je) }
-	tick := time.NewTicker(journalPoll)
-	defer tick.Stop()
-	var gc remoteGC
-	var beat time.Time
+	j := s.extras.journal
+	go j.signaller(ctx)
+	go s.heartbeatLoop(ctx)
+	go s.leaseLoop(ctx)
+	wait := journalPoll
+	var flushed time.Time
 	for {
-		if time.Since(beat) >= heartbeatEvery {
-			if err := e.journal.heartbeat(ctx); err == nil {
-				beat = time.Now()
+		ver, changed, err := j.sig.Changed(ctx, signalPath(), j.sigVer)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("reading the change signal", "err", err)
+		}
+		j.sigVer = ver
+		if changed || !j.isSynced() {
+			if err := s.syncJournal(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("reading the change journal", "err", err)
 			}
-			e.journal.flush(ctx)
+			s.extras.member.wake()
+			wait = journalPoll
+		} else {
+			wait = min(2*wait, journalIdlePoll)
 		}
-		if err := e.journal.poll(ctx, all, since, apply); err != nil && ctx.Err() == nil {
-			s.log.Warn("reading the change journal", "err", err)
-		} else if err == nil {
-			all, since = false, time.Time{}
+		if time.Since(flushed) >= time.Second {
+			j.flush(ctx)
+			flushed = time.Now()
 		}
-		// After the journal: a GC's entry (drop cached blobs) is applied
-		// before its lease's end reopens this replica.
-		s.followLease(ctx, &gc)
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (j *journal) isSynced() bool {
+	j.pollMu.Lock()
+	defer j.pollMu.Unlock()
+	return j.synced
+}
+
+// syncJournal applies the journal's entries this replica has not applied:
+// the first time, of the whole journal (the events newer than the newest
+// in the history), then of the last two minutes.
+func (s *Server) syncJournal(ctx context.Context) error {
+	e := s.extras
+	j := e.journal
+	j.pollMu.Lock()
+	defer j.pollMu.Unlock()
+	all, since := !j.synced, time.Time{}
+	if last, n := e.events.Page(0, 1, nil); all && n > 0 {
+		since = last[0].Time
+	}
+	if err := j.poll(ctx, all, since, func(je journalEntry) { s.applyJournal(ctx, je) }); err != nil {
+		return err
+	}
+	j.synced = true
+	return nil
+}
+
+// heartbeatLoop writes this replica's heartbeat every heartbeatEvery until
+// ctx ends, then removes it (a GC need not wait for a replica that left).
+func (s *Server) heartbeatLoop(ctx context.Context) {
+	j := s.extras.journal
+	t := time.NewTicker(heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			_ = j.drv.Delete(dctx, heartbeatPath(j.id))
+			cancel()
+			return
+		case <-t.C:
+			if err := j.heartbeat(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("writing the heartbeat", "err", err)
+			}
 		}
 	}
 }

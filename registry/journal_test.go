@@ -62,7 +62,7 @@ func TestJournalMinuteDirs(t *testing.T) {
 	}
 
 	// A starting replica reads every directory but the expired one, which goes.
-	start := newJournal(drv, "start", log)
+	start := newJournal(drv, nil, "start", log)
 	start.now = clock
 	got := applied(start, true)
 	if len(got) != 301 || !got["late"] || !got["old/299"] || got["expired"] {
@@ -74,7 +74,7 @@ func TestJournalMinuteDirs(t *testing.T) {
 	}
 
 	// A running replica: the last two minutes only, in two LISTs.
-	run := newJournal(drv, "run", log)
+	run := newJournal(drv, nil, "run", log)
 	run.now, run.pruned = clock, now
 	drv.lists.Store(0)
 	got = applied(run, false)
@@ -86,7 +86,7 @@ func TestJournalMinuteDirs(t *testing.T) {
 	}
 
 	// A change through another replica is seen at the next poll, once.
-	other := newJournal(drv, "other2", log)
+	other := newJournal(drv, nil, "other2", log)
 	other.now = clock
 	other.publish(ctx, journalEntry{Repo: "fresh"})
 	if got = applied(run, false); len(got) != 1 || !got["fresh"] {

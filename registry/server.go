@@ -118,6 +118,7 @@ type Server struct {
 	// descriptors is distribution's Redis blob descriptor cache, cleared
 	// of removed blobs after GC (descriptors.go); nil without Redis.
 	descriptors cache.BlobDescriptorCacheProvider
+	redis       *config.Redis // registry.redis; nil without
 	health      *health.Registry
 	extras      *extras // catalog, events, read-only gate (catalog.go)
 	// auth checks every /v2 request's credentials before anything else
@@ -225,7 +226,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, auth: authn}
+	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, auth: authn, redis: redis}
 	if redis != nil {
 		s.descriptors = descriptorCache(redis)
 	}
@@ -398,6 +399,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 	}
 	if s.extras.journal != nil {
+		s.joinCluster(ctx)
 		jctx, stop := context.WithCancel(ctx)
 		defer stop()
 		go s.followJournal(jctx)

@@ -19,6 +19,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/storage/driver/factory"
 
 	"github.com/labreg/labreg/config"
+	"github.com/labreg/labreg/registry/cluster"
 
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/s3-aws" // s3:// storage
 )
@@ -82,6 +83,14 @@ func (st *backend) fsRoot() (root string, ok bool) {
 	}
 	root, _ = st.params["rootdirectory"].(string)
 	return root, root != ""
+}
+
+// cas is the shared store as the cluster's compare-and-swap and change
+// signal, with the same bucket, prefix and credentials as the driver.
+func (st *backend) cas() (*cluster.S3, error) {
+	str := func(k string) string { v, _ := st.params[k].(string); return v }
+	return cluster.NewS3(cluster.S3Config{Bucket: str("bucket"), Region: str("region"), Endpoint: str("regionendpoint"),
+		Prefix: str("rootdirectory"), AccessKey: str("accesskey"), Secret: str("secretkey")})
 }
 
 // section is distribution's storage configuration for the same driver.
