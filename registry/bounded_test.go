@@ -204,3 +204,123 @@ func TestBoundedUnderSlowAndIdleClients(t *testing.T) {
 		t.Errorf("an idle keep-alive connection after the test: %v %v", resp, err)
 	}
 }
+
+// TestBoundedMetrics is #18's acceptance 5, against a `labreg serve`
+// process: 80,000 requests with made-up methods (each a new name) leave
+// /metrics at or under 1 MB and the server's peak RSS (VmHWM) at or under
+// 200 MiB. A made-up method is counted as method="other", every one of
+// them; a known method keeps its name.
+func TestBoundedMetrics(t *testing.T) {
+	const (
+		requests   = 80000
+		conns      = 4
+		maxMetrics = 1 << 20
+		maxRSS     = 200 << 20
+	)
+	srv := testenv.Serve(t, "")
+	addr, pid := srv.Addr, srv.Pid()
+	t.Logf("server RSS at start: %d MiB", procStatus(t, pid, "VmRSS")>>20)
+	madeUp := func(i int) string { return fmt.Sprintf("MADEUP%06d", i) }
+
+	// Each connection gets its share of the requests pipelined: a writer
+	// sends them all while a reader takes the answers.
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*conns)
+	for c := range conns {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(2 * time.Minute))
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			w := bufio.NewWriter(conn)
+			for i := c; i < requests; i += conns {
+				fmt.Fprintf(w, "%s /v2/ HTTP/1.1\r\nHost: %s\r\n\r\n", madeUp(i), addr)
+			}
+			if err := w.Flush(); err != nil {
+				errs <- fmt.Errorf("connection %d: sending: %w", c, err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			r := bufio.NewReader(conn)
+			for i := c; i < requests; i += conns {
+				resp, err := http.ReadResponse(r, nil)
+				if err != nil {
+					errs <- fmt.Errorf("connection %d: answer to %s: %w", c, madeUp(i), err)
+					conn.Close() // unblocks the writer
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode >= 500 {
+					errs <- fmt.Errorf("connection %d: %s /v2/ answered %d", c, madeUp(i), resp.StatusCode)
+					conn.Close()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	t.Logf("%d requests with made-up methods over %d connections in %s", requests, conns, time.Since(start).Round(time.Millisecond))
+	// One request with a known method, whose name the metrics keep.
+	if resp, err := http.Get("http://" + addr + "/v2/"); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+
+	start = time.Now()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
+	}
+	t.Logf("/metrics: %d bytes in %s", len(body), time.Since(start).Round(time.Millisecond))
+	if len(body) > maxMetrics {
+		t.Errorf("/metrics is %d bytes, want <= %d", len(body), maxMetrics)
+	}
+	peak := procStatus(t, pid, "VmHWM")
+	t.Logf("server peak RSS (VmHWM) %d MiB", peak>>20)
+	if peak > maxRSS {
+		t.Errorf("server peak RSS %d MiB, want <= %d MiB", peak>>20, maxRSS>>20)
+	}
+
+	// Every made-up request is counted, as "other"; none by its name.
+	var other float64
+	sawGet := false
+	sc := bufio.NewScanner(strings.NewReader(string(body)))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "labreg_http_requests_total{") {
+			continue
+		}
+		if strings.Contains(line, "MADEUP") {
+			t.Fatalf("a made-up method is a label value by name: %s", line)
+		}
+		sawGet = sawGet || strings.Contains(line, `method="GET"`)
+		if strings.Contains(line, `method="other"`) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			other += v
+		}
+	}
+	if other != requests {
+		t.Errorf(`labreg_http_requests_total{method="other"} sums to %v, want %d (every made-up request)`, other, requests)
+	}
+	if !sawGet {
+		t.Errorf(`no labreg_http_requests_total{method="GET"}: a known method lost its name`)
+	}
+}

@@ -131,10 +131,10 @@ func newMetrics(reg *prometheus.Registry, dataDir string) (*metrics, error) {
 			Name: "labreg_storage_size_bytes", Help: "Size in bytes of the data directory's file system (-1: unreadable).",
 		}, space(func(f FreeSpace) int64 { return f.Size })),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "labreg_http_requests_total", Help: "HTTP requests by method and status code.",
+			Name: "labreg_http_requests_total", Help: "HTTP requests by method (other: not GET, HEAD, PUT, POST, PATCH, DELETE or OPTIONS) and status code.",
 		}, []string{"method", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "labreg_http_request_duration_seconds", Help: "HTTP request latency by method.",
+			Name: "labreg_http_request_duration_seconds", Help: "HTTP request latency by method (as in labreg_http_requests_total).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
 		}, []string{"method"}),
 		bytesOut: prometheus.NewCounter(prometheus.CounterOpts{
@@ -176,6 +176,20 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 	return c, fmt.Errorf("registering metrics: %w", err)
 }
 
+// methodLabel is the method label of a request's metrics: the method
+// when it is one the registry could serve, "other" for any other token a
+// client sends (each would be a new series otherwise, kept for the life
+// of the process: #18). The status code label is bounded already: the
+// handlers choose it, and net/http refuses codes outside 100-999.
+func methodLabel(method string) string {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodPost,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return method
+	}
+	return "other"
+}
+
 // instrument writes one access-log line per request and counts it.
 func (s *Server) instrument(m *metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -186,8 +200,9 @@ func (s *Server) instrument(m *metrics, next http.Handler) http.Handler {
 			sw.status = http.StatusOK
 		}
 		d := time.Since(start)
-		m.requests.WithLabelValues(r.Method, strconv.Itoa(sw.status)).Inc()
-		m.duration.WithLabelValues(r.Method).Observe(d.Seconds())
+		method := methodLabel(r.Method)
+		m.requests.WithLabelValues(method, strconv.Itoa(sw.status)).Inc()
+		m.duration.WithLabelValues(method).Observe(d.Seconds())
 		m.bytesOut.Add(float64(sw.bytes))
 		s.log.LogAttrs(r.Context(), levelFor(sw.status), "request",
 			slogAttrs(r, sw.status, sw.bytes, d)...)
