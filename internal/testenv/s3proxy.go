@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -46,7 +47,7 @@ func NewS3Proxy(t testing.TB, store *S3Store, opts S3ProxyOptions) *S3Proxy {
 	target, _ := url.Parse(store.Endpoint)
 	p := &S3Proxy{store: store, counts: map[string]int{}, delay: opts.Delay, strip: opts.IgnoreConditions}
 	rp := httputil.NewSingleHostReverseProxy(target)
-	rp.ErrorLog = nil
+	rp.ErrorLog = log.New(io.Discard, "", 0) // a client that gave up is no news
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.count(r)
 		p.mu.Lock()

@@ -1,0 +1,279 @@
+package registry_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/labreg/labreg/internal/testenv"
+	"github.com/labreg/labreg/registry"
+)
+
+// slowStore is a delay of 300–1000 ms per request: a store across a WAN.
+func slowStore() time.Duration { return 300*time.Millisecond + rand.N(700*time.Millisecond) }
+
+// proxiedReplica is a replica whose store traffic goes through its own proxy.
+type proxiedReplica struct {
+	addr  string
+	srv   *registry.Server
+	proxy *testenv.S3Proxy
+}
+
+func startProxied(t *testing.T, store *testenv.S3Store, bucket, secret, redis string, n int, opts testenv.S3ProxyOptions) []proxiedReplica {
+	t.Helper()
+	var rs []proxiedReplica
+	for range n {
+		p := testenv.NewS3Proxy(t, store, opts)
+		o := s3Replica(t, store, bucket, secret)
+		o.Storage = p.URL(bucket)
+		o.Redis = redis
+		o.GCDrainTimeout = 20 * time.Second
+		addr, srv := testenv.Registry(t, o)
+		rs = append(rs, proxiedReplica{addr: addr, srv: srv, proxy: p})
+	}
+	return rs
+}
+
+// pullWhole pulls ref and reads every layer (which checks its digest).
+func pullWhole(ref string) error {
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(r)
+	if err != nil {
+		return err
+	}
+	if _, err := img.RawConfigFile(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// gcRaceRounds is how many rounds TestGCRaceSlowStore runs:
+// $LABREG_GC_SOAK (the soak: 20), else 1.
+func gcRaceRounds(t *testing.T) int {
+	if s := os.Getenv("LABREG_GC_SOAK"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("LABREG_GC_SOAK=%q: want a count", s)
+		}
+		return n
+	}
+	return 1
+}
+
+// TestGCRaceSlowStore is issue 18's reproduction: three replicas on one
+// bucket, each reaching the store through its own proxy that delays every
+// request by 300–1000 ms; pushes go on through every replica while two
+// GCs start through different replicas a second or so apart. At most one
+// GC runs, and every image whose push was acknowledged pulls whole through
+// every replica afterwards. LABREG_GC_SOAK=20 repeats it with 20
+// staggers.
+func TestGCRaceSlowStore(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	secret := writeSecret(t, strings.Repeat("gc-race!", 8))
+	rs := startProxied(t, store, bucket, secret, "", 3, testenv.S3ProxyOptions{})
+	// Something for the GC to remove: an image pushed and deleted.
+	gone, _ := random.Image(512, 1)
+	gd := testenv.Push(t, rs[0].addr+"/lab/gone:v1", gone)
+	if st, _, body := biDo(t, "DELETE", "http://"+rs[0].addr+"/v2/lab/gone/manifests/"+gd.String(), nil, false); st != http.StatusAccepted {
+		t.Fatalf("deleting lab/gone: %d %s", st, body)
+	}
+	for _, r := range rs {
+		r.proxy.SetDelay(slowStore)
+	}
+
+	var mu sync.Mutex
+	var acked []string // refs whose push was acknowledged
+	rounds := gcRaceRounds(t)
+	for round := range rounds {
+		stagger := 950*time.Millisecond + time.Duration(round)*173*time.Millisecond%(1500*time.Millisecond)
+		q, p := round%3, (round+1)%3
+		ctx, stop := context.WithCancel(t.Context())
+		var pushers sync.WaitGroup
+		perPusher := make([]int, len(rs)) // acknowledged pushes, under mu
+		for i, r := range rs {
+			pushers.Add(1)
+			go func() {
+				defer pushers.Done()
+				for n := 0; ctx.Err() == nil; n++ {
+					img, _ := random.Image(256, 1)
+					ref := fmt.Sprintf("%s/lab/r%d:p%d-%d", r.addr, i, round, n)
+					pr, _ := name.ParseReference(ref, name.Insecure)
+					if remote.Write(pr, img, remote.WithContext(ctx)) == nil {
+						mu.Lock()
+						acked = append(acked, fmt.Sprintf("lab/r%d:p%d-%d", i, round, n))
+						perPusher[i]++
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+		type outcome struct {
+			via int
+			err error
+		}
+		gcs := make(chan outcome, 2)
+		go func() {
+			_, err := rs[q].srv.GC(t.Context(), registry.GCOptions{})
+			gcs <- outcome{q, err}
+		}()
+		time.Sleep(stagger)
+		go func() {
+			_, err := rs[p].srv.GC(t.Context(), registry.GCOptions{})
+			gcs <- outcome{p, err}
+		}()
+		ran := 0
+		for range 2 {
+			o := <-gcs
+			var busy *registry.BusyError
+			switch {
+			case o.err == nil:
+				ran++
+			case errors.As(o.err, &busy), strings.Contains(o.err.Error(), "gave up"):
+				t.Logf("round %d: GC through replica %d: %v", round, o.via, o.err)
+			default:
+				t.Errorf("round %d: GC through replica %d: %v", round, o.via, o.err)
+			}
+		}
+		if ran > 1 {
+			t.Errorf("round %d (GCs %s apart): %d GCs ran, want at most 1", round, stagger, ran)
+		}
+		// Pushes go on until each replica has acknowledged one more
+		// after the GCs (writes reopened).
+		mu.Lock()
+		after := append([]int(nil), perPusher...)
+		mu.Unlock()
+		if why := eventually(time.Now().Add(3*time.Minute), func() string {
+			mu.Lock()
+			defer mu.Unlock()
+			for i := range rs {
+				if perPusher[i] <= after[i] {
+					return fmt.Sprintf("no push acknowledged through replica %d since the GCs", i)
+				}
+			}
+			return ""
+		}); why != "" {
+			t.Errorf("round %d: %s", round, why)
+		}
+		stop()
+		pushers.Wait()
+		t.Logf("round %d: GCs through %d and %d, %s apart: %d ran; %d pushes acknowledged so far", round, q, p, stagger, ran, len(acked))
+	}
+	for _, r := range rs {
+		r.proxy.SetDelay(nil)
+	}
+	if len(acked) == 0 {
+		t.Fatal("no push was acknowledged: the test saw nothing")
+	}
+	for _, ref := range acked {
+		for i, r := range rs {
+			if err := pullWhole(r.addr + "/" + ref); err != nil {
+				t.Errorf("%s, acknowledged, through replica %d: %v", ref, i, err)
+			}
+		}
+	}
+	var _ v1.Image = gone
+}
+
+// TestClusterGCNeedsCompareAndSwap: replicas on a store that ignores
+// conditional writes refuse cluster GC, saying why, and remove nothing;
+// with registry.redis the lease lives in Redis and GC runs, the other
+// replica read-only meanwhile.
+func TestClusterGCNeedsCompareAndSwap(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	secret := writeSecret(t, strings.Repeat("no-cas!!", 8))
+	blind := testenv.S3ProxyOptions{IgnoreConditions: true}
+	rs := startProxied(t, store, bucket, secret, "", 2, blind)
+	gone, _ := random.Image(512, 1)
+	gd := testenv.Push(t, rs[0].addr+"/lab/gone:v1", gone)
+	if st, _, body := biDo(t, "DELETE", "http://"+rs[0].addr+"/v2/lab/gone/manifests/"+gd.String(), nil, false); st != http.StatusAccepted {
+		t.Fatalf("deleting lab/gone: %d %s", st, body)
+	}
+	layers, _ := gone.Layers()
+	ld, _ := layers[0].Digest()
+	_, err := rs[1].srv.GC(t.Context(), registry.GCOptions{})
+	if err == nil || !strings.Contains(err.Error(), "conditional writes") || !strings.Contains(err.Error(), "registry.redis") {
+		t.Fatalf("GC on a store without conditional writes: %v; want a refusal naming conditional writes and registry.redis", err)
+	}
+	if st, _, _ := biDo(t, "HEAD", "http://"+rs[0].addr+"/v2/lab/gone/blobs/"+ld.String(), nil, false); st != http.StatusOK {
+		t.Errorf("after the refused GC the deleted image's layer answers %d, want 200 (nothing removed)", st)
+	}
+
+	// The same store with Redis: the lease lives there.
+	_, bucket2 := testenv.S3(t)
+	redis := "redis://" + testenv.Redis(t) + "/6"
+	rs = startProxied(t, store, bucket2, secret, redis, 2, blind)
+	gd = testenv.Push(t, rs[0].addr+"/lab/gone:v1", gone)
+	if st, _, body := biDo(t, "DELETE", "http://"+rs[0].addr+"/v2/lab/gone/manifests/"+gd.String(), nil, false); st != http.StatusAccepted {
+		t.Fatalf("deleting lab/gone: %d %s", st, body)
+	}
+	// A push in flight through replica 0 holds the GC until it drains:
+	// meanwhile replica 0 must be read-only for replica 1's GC.
+	st, hdr, body := biDo(t, "POST", "http://"+rs[0].addr+"/v2/lab/pushing/blobs/uploads/", nil, false)
+	if st != http.StatusAccepted {
+		t.Fatalf("starting an upload: %d %s", st, body)
+	}
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequestWithContext(t.Context(), "PATCH", s3Absolute(rs[0].addr, hdr.Get("Location")), pr)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	patched := make(chan struct{})
+	go func() {
+		defer close(patched)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	pw.Write([]byte("in flight"))
+	gcErr := make(chan error, 1)
+	go func() {
+		_, err := rs[1].srv.GC(context.Background(), registry.GCOptions{})
+		gcErr <- err
+	}()
+	if why := eventually(time.Now().Add(20*time.Second), func() string {
+		if ro, reason := rs[0].srv.ReadOnlyState(); !ro || !strings.Contains(reason, "garbage collection on replica") {
+			return fmt.Sprintf("read-only %v (%q)", ro, reason)
+		}
+		return ""
+	}); why != "" {
+		t.Errorf("replica 0 while replica 1 runs GC with the lease in Redis: %s", why)
+	}
+	pw.Close()
+	<-patched
+	if err := <-gcErr; err != nil {
+		t.Fatalf("GC with the lease in Redis: %v", err)
+	}
+	if st, _, _ := biDo(t, "HEAD", "http://"+rs[0].addr+"/v2/lab/gone/blobs/"+ld.String(), nil, false); st != http.StatusNotFound {
+		t.Errorf("after GC the deleted image's layer answers %d, want 404", st)
+	}
+}
