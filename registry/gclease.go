@@ -47,8 +47,11 @@ const (
 	// is held (and while it has not decided where the lease lives).
 	leaseWatchEvery = time.Second
 	// heartbeatEvery is how often a replica says it is alive: a PUT, the
-	// dearest request an idle replica makes.
+	// dearest request an idle replica makes. While another replica's
+	// lease is held it beats every busyHeartbeat, so that the holder can
+	// tell a live replica that drains from a dead one.
 	heartbeatEvery = 30 * time.Second
+	busyHeartbeat  = 2 * time.Second
 	// replicaStale: a replica not heard of for this long is not waited for.
 	replicaStale = 5 * heartbeatEvery / 2
 	// joinTimeout bounds a replica's first look at the cluster at start.
@@ -132,10 +135,9 @@ func (j *journal) heartbeat(ctx context.Context) error {
 	return j.drv.PutContent(ctx, heartbeatPath(j.id), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
 }
 
-// liveReplicas are the other replicas heard of within replicaStale of
-// this replica's own heartbeat, which the caller has just written: both
-// times are the store's, so replicas' clocks need not agree.
-func (j *journal) liveReplicas(ctx context.Context) ([]string, error) {
+// beats are the times (the store's) of every replica's heartbeat;
+// heartbeats older than journalKeep (replicas long gone) are removed.
+func (j *journal) beats(ctx context.Context) (map[string]time.Time, error) {
 	mods := map[string]time.Time{}
 	err := j.drv.Walk(ctx, replicasPath(), func(fi storagedriver.FileInfo) error {
 		if !fi.IsDir() {
@@ -144,31 +146,20 @@ func (j *journal) liveReplicas(ctx context.Context) ([]string, error) {
 		return nil
 	})
 	if isPathNotFound(err) {
-		return nil, nil
+		return mods, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	ref, ok := mods[j.id]
-	if !ok {
-		for _, t := range mods {
-			if t.After(ref) {
-				ref = t
+	if ref, ok := mods[j.id]; ok {
+		for id, t := range mods {
+			if ref.Sub(t) > journalKeep {
+				_ = j.drv.Delete(ctx, heartbeatPath(id))
+				delete(mods, id)
 			}
 		}
 	}
-	var live []string
-	for id, t := range mods {
-		switch age := ref.Sub(t); {
-		case id == j.id:
-		case age < replicaStale:
-			live = append(live, id)
-		case age > journalKeep:
-			_ = j.drv.Delete(ctx, heartbeatPath(id)) // a replica long gone
-		}
-	}
-	sort.Strings(live)
-	return live, nil
+	return mods, nil
 }
 
 // gcTurn is this replica's hold on the cluster's GC.
@@ -236,43 +227,70 @@ func (s *Server) acquireGC(ctx context.Context) (*gcTurn, error) {
 	return t, nil
 }
 
-// waitAcks waits until every live replica has acknowledged token, for a
-// bound that holds however slow the store is.
+// waitAcks waits until every other replica has acknowledged token or is
+// gone. Every time is the store's, read off heartbeats (this replica's own
+// rewritten at each look), so clocks need not agree. A replica is gone when
+// its heartbeat is older than replicaStale; one that has beaten since the
+// GC began is alive (a replica beats every few seconds while another's
+// lease is held) and is waited for up to the drain bound; one that has
+// not is waited for until it beats or goes stale. So a replica that died
+// holds the GC (and the cluster read-only) for at most replicaStale, and
+// the wait is bounded however slow the store is.
 func (s *Server) waitAcks(ctx context.Context, token string) error {
 	j := s.extras.journal
-	bound := s.opts.GCDrainTimeout + abortGrace + 2*leaseWatchEvery + 5*time.Second
+	drain := s.opts.GCDrainTimeout + abortGrace + 2*leaseWatchEvery + 5*time.Second
+	bound := max(drain, replicaStale+5*time.Second)
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
+	start := time.Now()
+	var began time.Time // the GC's start by the store's clock
 	var missing []string
 	gaveUp := func(err error) error {
 		if len(missing) == 0 {
-			return fmt.Errorf("garbage collection gave up after %s: %w; nothing was changed, try again", bound.Round(time.Second), err)
+			return fmt.Errorf("garbage collection gave up after %s: %w; nothing was changed, try again", time.Since(start).Round(time.Second), err)
 		}
 		return fmt.Errorf("garbage collection gave up: replicas %s did not turn read-only within %s; nothing was changed, try again",
-			strings.Join(missing, ", "), bound.Round(time.Second))
-	}
-	if err := j.heartbeat(ctx); err != nil {
-		return gaveUp(err)
+			strings.Join(missing, ", "), time.Since(start).Round(time.Second))
 	}
 	for {
-		live, err := j.liveReplicas(ctx)
+		if err := j.heartbeat(ctx); err != nil {
+			return gaveUp(err)
+		}
+		beats, err := j.beats(ctx)
 		if err != nil {
 			return gaveUp(fmt.Errorf("listing replicas: %w", err))
 		}
-		missing = missing[:0]
-		for _, id := range live {
-			b, err := j.drv.GetContent(ctx, gcAckPath(id))
-			if err != nil || strings.TrimSpace(string(b)) != token {
-				missing = append(missing, id)
-			}
+		now, ok := beats[j.id]
+		if !ok {
+			return gaveUp(errors.New("this replica's heartbeat is not in the store"))
 		}
+		if began.IsZero() {
+			began = now
+		}
+		missing = missing[:0]
+		alive := false
+		for id, t := range beats {
+			if id == j.id || now.Sub(t) >= replicaStale {
+				continue // this one, or gone
+			}
+			b, err := j.drv.GetContent(ctx, gcAckPath(id))
+			if err == nil && strings.TrimSpace(string(b)) == token {
+				continue
+			}
+			missing = append(missing, id)
+			alive = alive || t.After(began)
+		}
+		sort.Strings(missing)
 		if len(missing) == 0 {
 			return nil
+		}
+		if alive && time.Since(start) > drain {
+			return gaveUp(errors.New("drain bound"))
 		}
 		select {
 		case <-ctx.Done():
 			return gaveUp(context.Cause(ctx))
-		case <-time.After(journalPoll):
+		case <-time.After(leaseWatchEvery):
 		}
 	}
 }

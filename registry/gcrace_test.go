@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -80,7 +82,7 @@ func pullWhole(ref string) error {
 }
 
 // gcRaceRounds is how many rounds TestGCRaceSlowStore runs:
-// $LABREG_GC_SOAK (the soak: 20), else 1.
+// $LABREG_GC_SOAK (the soak: 20), else 2.
 func gcRaceRounds(t *testing.T) int {
 	if s := os.Getenv("LABREG_GC_SOAK"); s != "" {
 		n, err := strconv.Atoi(s)
@@ -89,7 +91,7 @@ func gcRaceRounds(t *testing.T) int {
 		}
 		return n
 	}
-	return 1
+	return 2
 }
 
 // TestGCRaceSlowStore is issue 18's reproduction: three replicas on one
@@ -117,7 +119,10 @@ func TestGCRaceSlowStore(t *testing.T) {
 	var acked []string // refs whose push was acknowledged
 	rounds := gcRaceRounds(t)
 	for round := range rounds {
-		stagger := 950*time.Millisecond + time.Duration(round)*173*time.Millisecond%(1500*time.Millisecond)
+		// 0.95 s (the report's), then 0.25 s (the second's lease read
+		// reaches the store before the first's write), each a little
+		// later every two rounds.
+		stagger := []time.Duration{950 * time.Millisecond, 250 * time.Millisecond}[round%2] + time.Duration(round/2)*97*time.Millisecond
 		q, p := round%3, (round+1)%3
 		ctx, stop := context.WithCancel(t.Context())
 		var pushers sync.WaitGroup
@@ -275,5 +280,76 @@ func TestClusterGCNeedsCompareAndSwap(t *testing.T) {
 	}
 	if st, _, _ := biDo(t, "HEAD", "http://"+rs[0].addr+"/v2/lab/gone/blobs/"+ld.String(), nil, false); st != http.StatusNotFound {
 		t.Errorf("after GC the deleted image's layer answers %d, want 404", st)
+	}
+}
+
+// TestGCHolderKilled: a `labreg serve` replica whose store requests take
+// 300–1000 ms is killed with SIGKILL in the middle of its GC. The other
+// replica, read-only for that GC, stays so while the dead holder's lease
+// could still be valid and reopens once it has expired (a TTL after the
+// last renewal it saw); then a GC through it runs, and what was kept pulls
+// whole.
+func TestGCHolderKilled(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	access, secretKey := store.KeyFiles(t)
+	secret := writeSecret(t, strings.Repeat("killgc!!", 8))
+	proxyA := testenv.NewS3Proxy(t, store, testenv.S3ProxyOptions{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uiAddr := ln.Addr().String()
+	ln.Close()
+	a := testenv.Serve(t, "", "--storage", proxyA.URL(bucket), "--s3-access-key-file", access,
+		"--s3-secret-key-file", secretKey, "--http-secret-file", secret, "--ui-listen", uiAddr)
+	addrB, srvB := testenv.Registry(t, s3Replica(t, store, bucket, secret))
+
+	keep, _ := random.Image(1<<10, 2)
+	testenv.Push(t, addrB+"/lab/keep:v1", keep)
+	gone, _ := random.Image(1<<10, 1)
+	gd := testenv.Push(t, addrB+"/lab/gone:v1", gone)
+	if st, _, body := biDo(t, "DELETE", "http://"+addrB+"/v2/lab/gone/manifests/"+gd.String(), nil, false); st != http.StatusAccepted {
+		t.Fatalf("deleting lab/gone: %d %s", st, body)
+	}
+	proxyA.SetDelay(slowStore)
+	go func() { // answered or cut by the kill: either way not waited for
+		req, _ := http.NewRequest("POST", "http://"+uiAddr+"/api/gc", strings.NewReader(`{}`))
+		req.Header.Set("Content-Type", "application/json")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	if why := eventually(time.Now().Add(30*time.Second), func() string {
+		if ro, reason := srvB.ReadOnlyState(); !ro || !strings.Contains(reason, "garbage collection on replica") {
+			return fmt.Sprintf("read-only %v (%q)", ro, reason)
+		}
+		return ""
+	}); why != "" {
+		t.Fatalf("B while A runs GC: %s", why)
+	}
+	if err := a.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	// A dead holder's lease lasts at most a TTL (30 s) after the last
+	// renewal B saw; B polls it every second.
+	if why := eventually(killed.Add(40*time.Second), func() string {
+		if ro, reason := srvB.ReadOnlyState(); ro {
+			return "still read-only: " + reason
+		}
+		return ""
+	}); why != "" {
+		t.Fatalf("B %s after A died holding the lease: %s", time.Since(killed).Round(time.Second), why)
+	}
+	t.Logf("B reopened %s after A was killed", time.Since(killed).Round(100*time.Millisecond))
+	res, err := srvB.GC(t.Context(), registry.GCOptions{})
+	if err != nil {
+		t.Fatalf("GC through B after A died: %v", err)
+	}
+	if len(res.Blobs) == 0 {
+		t.Errorf("GC through B removed nothing; want the deleted image's blobs")
+	}
+	if err := pullWhole(addrB + "/lab/keep:v1"); err != nil {
+		t.Errorf("lab/keep:v1 after both GCs: %v", err)
 	}
 }

@@ -369,12 +369,14 @@ func (s *Server) syncJournal(ctx context.Context) error {
 	return nil
 }
 
-// heartbeatLoop writes this replica's heartbeat every heartbeatEvery until
-// ctx ends, then removes it (a GC need not wait for a replica that left).
+// heartbeatLoop writes this replica's heartbeat every heartbeatEvery
+// (busyHeartbeat while another's GC lease is held) until ctx ends, then
+// removes it (a GC need not wait for a replica that left).
 func (s *Server) heartbeatLoop(ctx context.Context) {
-	j := s.extras.journal
-	t := time.NewTicker(heartbeatEvery)
+	j, m := s.extras.journal, s.extras.member
+	t := time.NewTicker(busyHeartbeat / 2)
 	defer t.Stop()
+	beat := time.Now() // joinCluster's
 	for {
 		select {
 		case <-ctx.Done():
@@ -383,10 +385,19 @@ func (s *Server) heartbeatLoop(ctx context.Context) {
 			cancel()
 			return
 		case <-t.C:
-			if err := j.heartbeat(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("writing the heartbeat", "err", err)
-			}
 		}
+		every := heartbeatEvery
+		if m.watch.Load() {
+			every = busyHeartbeat
+		}
+		if time.Since(beat) < every {
+			continue
+		}
+		if err := j.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("writing the heartbeat", "err", err)
+			continue
+		}
+		beat = time.Now()
 	}
 }
 
