@@ -52,7 +52,8 @@ func newExtras(s *Server) (*extras, error) {
 		if err != nil {
 			return nil, err
 		}
-		e.member = &member{s3: s3, kick: make(chan struct{}, 1)}
+		e.member = &member{s3: s3, kick: make(chan struct{}, 1), instance: newInstance()}
+		e.gate.admit = e.member.writable
 		if s.redis != nil {
 			e.member.redis = cluster.NewRedis(redisClient(s.redis), s.redis.Addr)
 		}

@@ -36,7 +36,8 @@ type GCOptions struct {
 	Keep map[digest.Digest]string `json:"-"`
 	// fence, when set, is asked before every removal: an error stops the
 	// GC (a replica that may have lost the cluster's GC lease).
-	fence func() error
+	fence      func() error
+	fenceUntil func() time.Time
 }
 
 // GCKept is an untagged manifest kept because GCOptions.Keep names it.
@@ -90,7 +91,7 @@ func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 			return nil, err
 		}
 		defer turn.release()
-		ctx, opts.fence = turn.ctx, turn.fence
+		ctx, opts.fence, opts.fenceUntil = turn.ctx, turn.fence, turn.held.Until
 	}
 	if !opts.DryRun {
 		resume, err := s.ReadOnly(ctx, "garbage collection")
@@ -101,6 +102,11 @@ func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	}
 	res, err := s.Catalog().GC(ctx, opts)
 	if err != nil {
+		if res != nil && !opts.DryRun {
+			// The sweep began: some of res.Blobs may be gone. Every
+			// cache forgets them all, as after a whole GC.
+			s.afterGC(ctx, res, Event{Time: time.Now().UTC(), Action: "gc", Detail: "stopped part-way: " + err.Error()})
+		}
 		return nil, err
 	}
 	if !opts.DryRun {
@@ -153,11 +159,17 @@ func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Lo
 type fencedDriver struct {
 	storagedriver.StorageDriver
 	fence func() error
+	until func() time.Time // nil: no deadline
 }
 
 func (d fencedDriver) Delete(ctx context.Context, p string) error {
 	if err := d.fence(); err != nil {
 		return err
+	}
+	if d.until != nil { // a delete still under way then is cut
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, d.until())
+		defer cancel()
 	}
 	return d.StorageDriver.Delete(ctx, p)
 }
@@ -179,7 +191,8 @@ type repoPlan struct {
 }
 
 // GC plans garbage collection over the storage and, unless DryRun, carries
-// it out: untagged manifests and empty repositories first (when asked),
+// it out (an error once removal began comes with the result: its Blobs may
+// be partly gone): untagged manifests and empty repositories first (when asked),
 // then distribution's storage.MarkAndSweep, which keeps every blob any
 // remaining manifest references. The caller must keep writers out (Server.GC
 // does; offline, stop the server).
@@ -244,28 +257,28 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 
 	drv := c.driver
 	if opts.fence != nil {
-		drv = fencedDriver{drv, opts.fence}
+		drv = fencedDriver{drv, opts.fence, opts.fenceUntil}
 		if err := opts.fence(); err != nil {
-			return nil, err
+			return nil, err // nothing removed yet
 		}
 	}
 	vacuum := storage.NewVacuum(ctx, drv)
 	for _, p := range plans {
 		for _, d := range p.drop {
 			if err := vacuum.RemoveManifest(p.name, d, p.tags); err != nil {
-				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
+				return res, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
 			}
 			if err := fenceOK(opts.fence); err != nil {
-				return nil, err
+				return res, err
 			}
 			if err := c.changes().OnDeleteManifest(WithActor(ctx, Actor{Via: "gc"}), p.name, d, d, nil); err != nil {
-				return nil, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
+				return res, fmt.Errorf("removing untagged manifest %s@%s: %w", p.name, d, err)
 			}
 		}
 	}
 	for _, p := range emptyRepos {
 		if err := vacuum.RemoveRepository(p.name); err != nil {
-			return nil, fmt.Errorf("removing empty repository %s: %w", p.name, err)
+			return res, fmt.Errorf("removing empty repository %s: %w", p.name, err)
 		}
 	}
 	if _, err := c.driver.Stat(ctx, reposPath()); isPathNotFound(err) {
@@ -275,11 +288,11 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		// manifest references any blob.
 		for _, b := range res.Blobs {
 			if err := vacuum.RemoveBlob(string(b.Digest)); err != nil {
-				return nil, fmt.Errorf("removing blob %s: %w", b.Digest, err)
+				return res, fmt.Errorf("removing blob %s: %w", b.Digest, err)
 			}
 		}
 	} else if err := storage.MarkAndSweep(ctx, drv, withAliases(c.ns, c.driver), storage.GCOpts{Quiet: true}); err != nil {
-		return nil, fmt.Errorf("garbage collection: %w", err)
+		return res, fmt.Errorf("garbage collection: %w", err)
 	}
 	// Count what actually went.
 	for _, b := range res.Blobs {

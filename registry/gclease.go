@@ -52,8 +52,13 @@ const (
 	// tell a live replica that drains from a dead one.
 	heartbeatEvery = 30 * time.Second
 	busyHeartbeat  = 2 * time.Second
+	// beatTimeout bounds one heartbeat's request.
+	beatTimeout = 10 * time.Second
 	// replicaStale: a replica not heard of for this long is not waited for.
 	replicaStale = 5 * heartbeatEvery / 2
+	// beatFresh: a replica whose last heartbeat the store took was sent
+	// longer ago than this admits no writes (heartbeat).
+	beatFresh = replicaStale - heartbeatEvery
 	// joinTimeout bounds a replica's first look at the cluster at start.
 	joinTimeout = 20 * time.Second
 )
@@ -80,6 +85,12 @@ type member struct {
 	// watch: another's lease is held; the follower reads it every
 	// leaseWatchEvery.
 	watch atomic.Bool
+
+	// instance names this process in its heartbeat (a restarted replica
+	// keeps its replica id).
+	instance string
+	// beatSent is when the last heartbeat the store took was sent (unix ns).
+	beatSent atomic.Int64
 
 	// The lease follower's state (its goroutine, or join before it).
 	following string // the token this replica acknowledged
@@ -130,9 +141,44 @@ func (m *member) decide(ctx context.Context, id string) error {
 }
 
 // heartbeat records that this replica is alive (the object's time is the
-// store's).
-func (j *journal) heartbeat(ctx context.Context) error {
-	return j.drv.PutContent(ctx, heartbeatPath(j.id), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
+// store's) and, when the store took it, when it was sent: a replica
+// accepts writes only while its last heartbeat the store took was sent
+// less than beatFresh ago (member.writable), so that a replica another's
+// GC counts as gone (a heartbeat older than replicaStale, by the store's
+// clock, which is later than the send) stopped admitting writes
+// replicaStale-beatFresh before.
+func (s *Server) heartbeat(ctx context.Context) error {
+	j, m := s.extras.journal, s.extras.member
+	ctx, cancel := context.WithTimeout(ctx, beatTimeout)
+	defer cancel()
+	sent := time.Now()
+	if err := j.drv.PutContent(ctx, heartbeatPath(j.id), []byte(m.instance+" "+sent.UTC().Format(time.RFC3339Nano))); err != nil {
+		return err
+	}
+	m.beatSent.Store(sent.UnixNano())
+	return nil
+}
+
+// writable is "" while this replica may admit writes, else why not.
+func (m *member) writable() string {
+	sent := m.beatSent.Load()
+	if sent == 0 || time.Since(time.Unix(0, sent)) >= beatFresh {
+		return "this replica's heartbeat has not reached the store lately"
+	}
+	return ""
+}
+
+// leave removes this process's heartbeat (a GC need not wait for a
+// replica that left), unless another process with the same replica id
+// has written it since.
+func (s *Server) leave(ctx context.Context) {
+	j, m := s.extras.journal, s.extras.member
+	ctx, cancel := context.WithTimeout(ctx, beatTimeout)
+	defer cancel()
+	b, ver, err := m.s3.Get(ctx, heartbeatPath(j.id))
+	if err == nil && strings.HasPrefix(string(b), m.instance+" ") {
+		_ = m.s3.Delete(ctx, heartbeatPath(j.id), ver)
+	}
 }
 
 // beats are the times (the store's) of every replica's heartbeat;
@@ -253,7 +299,7 @@ func (s *Server) waitAcks(ctx context.Context, token string) error {
 			strings.Join(missing, ", "), time.Since(start).Round(time.Second))
 	}
 	for {
-		if err := j.heartbeat(ctx); err != nil {
+		if err := s.heartbeat(ctx); err != nil {
 			return gaveUp(err)
 		}
 		beats, err := j.beats(ctx)
@@ -303,7 +349,7 @@ func (s *Server) joinCluster(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
 	m, j := s.extras.member, s.extras.journal
-	err := j.heartbeat(ctx)
+	err := s.heartbeat(ctx)
 	if err == nil {
 		err = m.decide(ctx, j.id)
 	}
@@ -400,4 +446,11 @@ func signalContent(replica string) []byte {
 	rand.Read(n[:])
 	b, _ := json.Marshal(map[string]string{"replica": replica, "time": time.Now().UTC().Format(time.RFC3339Nano), "nonce": hex.EncodeToString(n[:])})
 	return b
+}
+
+// newInstance names a process in its heartbeat.
+func newInstance() string {
+	var n [8]byte
+	rand.Read(n[:])
+	return hex.EncodeToString(n[:])
 }

@@ -353,3 +353,43 @@ func TestGCHolderKilled(t *testing.T) {
 		t.Errorf("lab/keep:v1 after both GCs: %v", err)
 	}
 }
+
+// TestGCStoppedPartwayForgetsBlobs: a GC whose sweep fails part-way (the
+// store refuses the third delete, as a lost lease's fence would stop it)
+// has removed some blobs: they leave the Redis descriptor cache all the
+// same, so the same image pushed again uploads them and pulls whole.
+func TestGCStoppedPartwayForgetsBlobs(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	secret := writeSecret(t, strings.Repeat("partway!", 8))
+	rs := startProxied(t, store, bucket, secret, "redis://"+testenv.Redis(t)+"/7", 1, testenv.S3ProxyOptions{})
+	img, _ := random.Image(256, 4)
+	ref := rs[0].addr + "/lab/x:v1"
+	d := testenv.Push(t, ref, img)
+	if err := pullWhole(ref); err != nil { // every descriptor cached
+		t.Fatal(err)
+	}
+	if st, _, body := biDo(t, "DELETE", "http://"+rs[0].addr+"/v2/lab/x/manifests/"+d.String(), nil, false); st != http.StatusAccepted {
+		t.Fatalf("delete: %d %s", st, body)
+	}
+	var deletes sync.Mutex
+	n := 0
+	rs[0].proxy.SetAnswer(func(r *http.Request) int {
+		deletes.Lock()
+		defer deletes.Unlock()
+		if r.Method == http.MethodPost && r.URL.Query().Has("delete") {
+			if n++; n > 2 {
+				return http.StatusForbidden
+			}
+		}
+		return 0
+	})
+	_, err := rs[0].srv.GC(t.Context(), registry.GCOptions{})
+	rs[0].proxy.SetAnswer(nil)
+	if err == nil || n <= 2 {
+		t.Fatalf("GC with the store refusing deletes after two: %v after %d deletes; want a failure part-way", err, n)
+	}
+	testenv.Push(t, ref, img)
+	if err := pullWhole(ref); err != nil {
+		t.Errorf("the image pushed again (acknowledged) after a GC stopped part-way: %v", err)
+	}
+}

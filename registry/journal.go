@@ -287,7 +287,12 @@ func (j *journal) poll(ctx context.Context, all bool, since time.Time, apply fun
 		}
 		b, err := j.drv.GetContent(ctx, p)
 		if err != nil {
-			continue // pruned meanwhile
+			if !isPathNotFound(err) { // not pruned meanwhile: read it next poll
+				j.mu.Lock()
+				delete(j.seen, name)
+				j.mu.Unlock()
+			}
+			continue
 		}
 		var e journalEntry
 		if json.Unmarshal(b, &e) != nil || e.Replica == j.id {
@@ -315,6 +320,7 @@ func (s *Server) followJournal(ctx context.Context) {
 	go j.signaller(ctx)
 	go s.heartbeatLoop(ctx)
 	go s.leaseLoop(ctx)
+	defer s.leave(context.WithoutCancel(ctx))
 	wait := journalPoll
 	var flushed time.Time
 	for {
@@ -324,10 +330,10 @@ func (s *Server) followJournal(ctx context.Context) {
 		}
 		j.sigVer = ver
 		if changed || !j.isSynced() {
+			s.extras.member.wake() // a lease is followed before the journal is read
 			if err := s.syncJournal(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("reading the change journal", "err", err)
 			}
-			s.extras.member.wake()
 			wait = journalPoll
 		} else {
 			wait = min(2*wait, journalIdlePoll)
@@ -370,34 +376,27 @@ func (s *Server) syncJournal(ctx context.Context) error {
 }
 
 // heartbeatLoop writes this replica's heartbeat every heartbeatEvery
-// (busyHeartbeat while another's GC lease is held) until ctx ends, then
-// removes it (a GC need not wait for a replica that left).
+// (busyHeartbeat while another's GC lease is held; at once and then every
+// second after a failure) until ctx ends.
 func (s *Server) heartbeatLoop(ctx context.Context) {
-	j, m := s.extras.journal, s.extras.member
-	t := time.NewTicker(busyHeartbeat / 2)
+	m := s.extras.member
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	beat := time.Now() // joinCluster's
 	for {
-		select {
-		case <-ctx.Done():
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			_ = j.drv.Delete(dctx, heartbeatPath(j.id))
-			cancel()
-			return
-		case <-t.C:
-		}
 		every := heartbeatEvery
 		if m.watch.Load() {
 			every = busyHeartbeat
 		}
-		if time.Since(beat) < every {
-			continue
+		if sent := m.beatSent.Load(); sent == 0 || time.Since(time.Unix(0, sent)) >= every {
+			if err := s.heartbeat(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("writing the heartbeat", "err", err)
+			}
 		}
-		if err := j.heartbeat(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("writing the heartbeat", "err", err)
-			continue
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
-		beat = time.Now()
 	}
 }
 
@@ -423,6 +422,7 @@ func (s *Server) applyJournal(ctx context.Context, je journalEntry) {
 // afterGC drops the cached descriptors of the blobs a GC removed and
 // tells the other replicas, which drop theirs and reload their index.
 func (s *Server) afterGC(ctx context.Context, res *GCResult, ev Event) {
+	ctx = context.WithoutCancel(ctx) // a GC stopped by its lease's loss included
 	blobs := make([]string, len(res.Blobs))
 	for i, b := range res.Blobs {
 		blobs[i] = b.Digest.String()

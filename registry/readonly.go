@@ -28,6 +28,9 @@ type gate struct {
 	// aborts stops each write in flight that gave a way to (see enter).
 	aborts map[uint64]func()
 	nextID uint64
+	// admit, when set, is asked before each write: a reason refuses it
+	// (a replica out of touch with its cluster).
+	admit func() string
 	// lock, when set, is <data>/.lock: held shared while writes are in
 	// flight, so that an offline GC (exclusive) and writes exclude each other.
 	lock *os.File
@@ -49,6 +52,11 @@ func (g *gate) enter(abort func()) (id uint64, ok bool, reason string) {
 	defer g.mu.Unlock()
 	if g.closed {
 		return 0, false, g.reason
+	}
+	if g.admit != nil {
+		if r := g.admit(); r != "" {
+			return 0, false, r
+		}
 	}
 	if g.inflight == 0 && g.lock != nil {
 		if err := syscall.Flock(int(g.lock.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {

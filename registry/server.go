@@ -400,9 +400,22 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	if s.extras.journal != nil {
 		s.joinCluster(ctx)
-		jctx, stop := context.WithCancel(ctx)
-		defer stop()
-		go s.followJournal(jctx)
+		// The cluster's loops outlive ctx until the requests in flight
+		// are drained (Shutdown below): a replica stays visible to a GC
+		// elsewhere while it may still write.
+		jctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+		followed := make(chan struct{})
+		go func() {
+			defer close(followed)
+			s.followJournal(jctx)
+		}()
+		defer func() {
+			stop()
+			select {
+			case <-followed:
+			case <-time.After(beatTimeout):
+			}
+		}()
 	}
 	srv := &http.Server{
 		Handler:           s.handler,

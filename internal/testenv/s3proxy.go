@@ -31,6 +31,7 @@ type S3Proxy struct {
 	counts map[string]int
 	delay  func() time.Duration
 	strip  bool
+	answer func(*http.Request) int
 }
 
 // S3ProxyOptions configures an S3Proxy.
@@ -53,6 +54,16 @@ func NewS3Proxy(t testing.TB, store *S3Store, opts S3ProxyOptions) *S3Proxy {
 		p.mu.Lock()
 		delay := p.delay
 		p.mu.Unlock()
+		p.mu.Lock()
+		answer := p.answer
+		p.mu.Unlock()
+		if answer != nil {
+			if st := answer(r); st != 0 {
+				io.Copy(io.Discard, r.Body)
+				w.WriteHeader(st)
+				return
+			}
+		}
 		if delay != nil {
 			select {
 			case <-time.After(delay()):
@@ -101,6 +112,14 @@ func (p *S3Proxy) resign(r *http.Request) error {
 func (p *S3Proxy) SetDelay(d func() time.Duration) {
 	p.mu.Lock()
 	p.delay = d
+	p.mu.Unlock()
+}
+
+// SetAnswer makes the proxy answer the requests for which answer returns a
+// status itself, with that status and no body (nil: none).
+func (p *S3Proxy) SetAnswer(answer func(*http.Request) int) {
+	p.mu.Lock()
+	p.answer = answer
 	p.mu.Unlock()
 }
 

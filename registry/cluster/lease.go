@@ -49,9 +49,9 @@ var ErrLost = errors.New("the lease was lost")
 // observes it. A holder that stops renewing loses it TTL after the last
 // renewal anyone saw: an observer counts TTL by its own clock from the
 // moment it first saw the version, so clocks need not agree, only run at
-// about the same rate. The holder acts only until a third of a TTL before
+// about the same rate. The holder acts only until half a TTL before
 // that (counted from the start of its last successful write), which
-// leaves room for one slow request to land.
+// leaves room for a slow request to land, and renews every sixth of a TTL.
 type Lease struct {
 	cas CAS
 	key string
@@ -88,6 +88,7 @@ type View struct {
 // Observe reads the lease. A lease object that cannot be parsed counts as
 // held by "unknown" until it expires like any other.
 func (l *Lease) Observe(ctx context.Context) (View, error) {
+	sent := l.now()
 	data, ver, err := l.cas.Get(ctx, l.key)
 	if errors.Is(err, ErrNotExist) {
 		return View{}, nil
@@ -110,7 +111,10 @@ func (l *Lease) Observe(ctx context.Context) (View, error) {
 		l.seenVer, l.seenAt = ver, now
 	}
 	v := View{State: st, Version: ver}
-	v.Held = st.Holder != "" && now.Sub(l.seenAt) < ttl
+	// A slow answer may show a version the holder has renewed since it
+	// was read: it never declares a lease expired.
+	slow := now.Sub(sent) > ttl/6
+	v.Held = st.Holder != "" && (now.Sub(l.seenAt) < ttl || slow)
 	v.Mine = v.Held && st.Token != "" && st.Token == l.mine
 	return v, nil
 }
@@ -163,7 +167,7 @@ func (l *Lease) Acquire(ctx context.Context) (*Held, error) {
 		}
 		return nil, err
 	}
-	return &Held{l: l, state: st, ver: ver, validUntil: start.Add(l.ttl - l.ttl/3)}, nil
+	return &Held{l: l, state: st, ver: ver, validUntil: start.Add(l.ttl / 2)}, nil
 }
 
 // landed reads the lease after a write whose answer was lost: its version
@@ -205,8 +209,8 @@ func (h *Held) Token() string { return h.state.Token }
 func (h *Held) Epoch() uint64 { return h.state.Epoch }
 
 // Check says whether this process may still act as the holder, by its own
-// clock: nil until a third of a TTL before the earliest moment another
-// could take the lease over. It asks nothing of the store.
+// clock: nil until half a TTL before the earliest moment another could
+// take the lease over. It asks nothing of the store.
 func (h *Held) Check() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -266,16 +270,24 @@ func (h *Held) Renew(ctx context.Context) error {
 		return err
 	}
 	h.state, h.ver = st, nv
-	if v := start.Add(h.l.ttl - h.l.ttl/3); v.After(h.validUntil) {
+	if v := start.Add(h.l.ttl / 2); v.After(h.validUntil) {
 		h.validUntil = v
 	}
 	return nil
 }
 
-// Keep renews the lease every third of a TTL until ctx ends, and calls
+// Until is when Check starts failing unless the lease is renewed first:
+// a deadline for what the holder sends meanwhile.
+func (h *Held) Until() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.validUntil
+}
+
+// Keep renews the lease every sixth of a TTL until ctx ends, and calls
 // lost (once) when it can no longer act as the holder.
 func (h *Held) Keep(ctx context.Context, lost func(error)) {
-	t := time.NewTicker(h.l.ttl / 3)
+	t := time.NewTicker(h.l.ttl / 6)
 	defer t.Stop()
 	for {
 		h.mu.Lock()
@@ -287,7 +299,7 @@ func (h *Held) Keep(ctx context.Context, lost func(error)) {
 			expire.Stop()
 			return
 		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, h.l.ttl/3)
+			rctx, cancel := context.WithTimeout(ctx, h.l.ttl/6)
 			err := h.Renew(rctx)
 			cancel()
 			if errors.Is(err, ErrLost) {
