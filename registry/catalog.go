@@ -49,9 +49,12 @@ type Catalog struct {
 	// (changes.go); nil offline.
 	onChange *changes
 
-	mu       sync.Mutex // guards the fields below
-	loaded   bool
-	loading  chan struct{}
+	mu      sync.Mutex // guards the fields below
+	loaded  bool
+	loading chan struct{}
+	// gen counts Reloads: a load that a Reload overtook reads again
+	// rather than installing what it read before.
+	gen      uint64
 	repos    map[string]*repoEntry
 	names    []string // sorted keys of repos
 	sorted   bool
@@ -138,6 +141,7 @@ func (c *Catalog) Warm(ctx context.Context) error { return c.load(ctx) }
 // rebuilds it from storage.
 func (c *Catalog) Reload() {
 	c.mu.Lock()
+	c.gen++
 	c.loaded = false
 	c.repos = map[string]*repoEntry{}
 	c.names = nil
@@ -175,14 +179,42 @@ func (c *Catalog) load(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	for {
+		c.mu.Lock()
+		gen := c.gen
+		c.mu.Unlock()
+		entries, err := c.readAll(ctx)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		if c.gen != gen {
+			// Reloaded meanwhile (a GC, a scrub, an offline change): what
+			// was read may predate the change. Read again.
+			c.mu.Unlock()
+			continue
+		}
+		for _, e := range entries {
+			if _, ok := c.repos[e.name]; !ok { // a Touch that came in meanwhile wins
+				c.repos[e.name] = e
+			}
+		}
+		c.sorted = false
+		c.loaded = true
+		c.mu.Unlock()
+		return nil
+	}
+}
 
+// readAll reads every repository from storage.
+func (c *Catalog) readAll(ctx context.Context) ([]*repoEntry, error) {
 	var names []string
 	err := c.ns.(distribution.RepositoryEnumerator).Enumerate(ctx, func(name string) error {
 		names = append(names, name)
 		return nil
 	})
 	if err != nil && !isPathNotFound(err) {
-		return fmt.Errorf("listing repositories: %w", err)
+		return nil, fmt.Errorf("listing repositories: %w", err)
 	}
 	entries := make([]*repoEntry, len(names))
 	err = parallel(ctx, len(names), func(i int) error {
@@ -191,18 +223,9 @@ func (c *Catalog) load(ctx context.Context) error {
 		return c.refresh(ctx, e)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	c.mu.Lock()
-	for _, e := range entries {
-		if _, ok := c.repos[e.name]; !ok { // a Touch that came in meanwhile wins
-			c.repos[e.name] = e
-		}
-	}
-	c.sorted = false
-	c.loaded = true
-	c.mu.Unlock()
-	return nil
+	return entries, nil
 }
 
 // parallel runs f(0..n-1) on a few goroutines and returns the first error.
