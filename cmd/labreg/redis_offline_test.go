@@ -68,9 +68,14 @@ func TestOfflineToolsClearRedis(t *testing.T) {
 	}
 
 	// scrub finds the blob corrupt once a byte flips.
-	b, _ := os.ReadFile(blob)
+	b, err := os.ReadFile(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b[0] ^= 1
-	os.WriteFile(blob, b, 0o644)
+	if err := os.WriteFile(blob, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	code, stdout, stderr = runCLI(t, "scrub", "--repair", "--offline", "--data", dir, "--redis", dead)
 	if code == 0 || !strings.Contains(stderr, "Redis") {
 		t.Errorf("scrub --repair with Redis down: exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
