@@ -75,8 +75,10 @@ type manifestUpdate struct {
 
 // OnUpdateManifest records a stored manifest: the alias link of a
 // manifest pushed by another digest than sha256, its referrer index
-// entry, the catalog index, the event, the journal. It runs before the
-// client hears of success; an error makes the push fail (retryable).
+// entry (and those of earlier referrers whose indexing failed: see
+// referrerIndex.heal), the catalog index, the event, the journal. It runs
+// before the client hears of success; an error makes the push fail
+// (retryable).
 func (c *changes) OnUpdateManifest(ctx context.Context, u manifestUpdate) error {
 	if u.named != u.canonical {
 		if err := c.drv.PutContent(ctx, linkPath(u.repo, "manifests", u.named), []byte(u.canonical)); err != nil {
@@ -86,6 +88,11 @@ func (c *changes) OnUpdateManifest(ctx context.Context, u manifestUpdate) error 
 	if u.referrer != nil {
 		if err := c.idx.add(ctx, u.repo, u.subject, *u.referrer); err != nil {
 			return err
+		}
+		c.idx.settle(ctx, u.repo, u.referrer.Digest)
+		// And the referrers of the repository whose indexing failed.
+		if err := c.idx.heal(ctx, u.repo); err != nil && c.log != nil {
+			c.log.Warn("referrer index", "err", err)
 		}
 	}
 	c.touch(u.repo, u.tag)
