@@ -2,6 +2,8 @@ package registry
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -48,15 +50,27 @@ type Catalog struct {
 	// onChange is the server's bookkeeping of manifest changes
 	// (changes.go); nil offline.
 	onChange *changes
+	// descriptors is the Redis blob descriptor cache to clear of what GC
+	// and deletes remove (descriptors.go); nil: none.
+	descriptors *descriptorCache
 
-	mu       sync.Mutex // guards the fields below
-	loaded   bool
-	loading  chan struct{}
-	repos    map[string]*repoEntry
-	names    []string // sorted keys of repos
-	sorted   bool
-	sums     map[digest.Digest]*Summary
-	sumsLock sync.Mutex
+	// offlineMark is offlineChangePath of a server's data dir ("" for an
+	// offline catalog): when its content differs from offlineSeen, an
+	// offline tool changed the storage and the index is reloaded.
+	offlineMark string
+
+	mu      sync.Mutex // guards the fields below
+	loaded  bool
+	loading chan struct{}
+	// gen counts Reloads: a load that a Reload overtook reads again
+	// rather than installing what it read before.
+	gen         uint64
+	offlineSeen string
+	repos       map[string]*repoEntry
+	names       []string // sorted keys of repos
+	sorted      bool
+	sums        map[digest.Digest]*Summary
+	sumsLock    sync.Mutex
 	// cache is <data>/catalog-cache.jsonl: summaries by digest, kept across
 	// restarts (content is immutable, so an entry never goes stale).
 	cache      string
@@ -138,6 +152,7 @@ func (c *Catalog) Warm(ctx context.Context) error { return c.load(ctx) }
 // rebuilds it from storage.
 func (c *Catalog) Reload() {
 	c.mu.Lock()
+	c.gen++
 	c.loaded = false
 	c.repos = map[string]*repoEntry{}
 	c.names = nil
@@ -175,14 +190,42 @@ func (c *Catalog) load(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	for {
+		c.mu.Lock()
+		gen := c.gen
+		c.mu.Unlock()
+		entries, err := c.readAll(ctx)
+		if err != nil {
+			return err
+		}
+		c.mu.Lock()
+		if c.gen != gen {
+			// Reloaded meanwhile (a GC, a scrub, an offline change): what
+			// was read may predate the change. Read again.
+			c.mu.Unlock()
+			continue
+		}
+		for _, e := range entries {
+			if _, ok := c.repos[e.name]; !ok { // a Touch that came in meanwhile wins
+				c.repos[e.name] = e
+			}
+		}
+		c.sorted = false
+		c.loaded = true
+		c.mu.Unlock()
+		return nil
+	}
+}
 
+// readAll reads every repository from storage.
+func (c *Catalog) readAll(ctx context.Context) ([]*repoEntry, error) {
 	var names []string
 	err := c.ns.(distribution.RepositoryEnumerator).Enumerate(ctx, func(name string) error {
 		names = append(names, name)
 		return nil
 	})
 	if err != nil && !isPathNotFound(err) {
-		return fmt.Errorf("listing repositories: %w", err)
+		return nil, fmt.Errorf("listing repositories: %w", err)
 	}
 	entries := make([]*repoEntry, len(names))
 	err = parallel(ctx, len(names), func(i int) error {
@@ -191,18 +234,51 @@ func (c *Catalog) load(ctx context.Context) error {
 		return c.refresh(ctx, e)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	c.mu.Lock()
-	for _, e := range entries {
-		if _, ok := c.repos[e.name]; !ok { // a Touch that came in meanwhile wins
-			c.repos[e.name] = e
-		}
+	return entries, nil
+}
+
+// offlineChangePath is the file an offline tool (OfflineGC) rewrites
+// after it changed the data dir's storage; a server running on the data
+// dir reloads its catalog index when it sees a new content.
+func offlineChangePath(dataDir string) string { return filepath.Join(dataDir, "offline-change") }
+
+// markOfflineChange tells a server running on dataDir that its storage
+// was changed behind its back.
+func markOfflineChange(dataDir string) error {
+	var b [8]byte
+	rand.Read(b[:])
+	if err := writeFileAtomic(offlineChangePath(dataDir), []byte(hex.EncodeToString(b[:])+"\n")); err != nil {
+		return fmt.Errorf("telling a server on %s of the change: %w", dataDir, err)
 	}
-	c.sorted = false
-	c.loaded = true
-	c.mu.Unlock()
 	return nil
+}
+
+// followOffline reloads the index when an offline tool changed the
+// storage since the last look.
+func (c *Catalog) followOffline() {
+	if c.offlineMark == "" {
+		return
+	}
+	b, _ := os.ReadFile(c.offlineMark) // none yet: ""
+	c.mu.Lock()
+	changed := string(b) != c.offlineSeen
+	c.offlineSeen = string(b)
+	c.mu.Unlock()
+	if changed {
+		c.Reload()
+	}
+}
+
+// watchOffline makes the catalog follow offline changes to dataDir from
+// now on.
+func (c *Catalog) watchOffline(dataDir string) {
+	c.offlineMark = offlineChangePath(dataDir)
+	b, _ := os.ReadFile(c.offlineMark)
+	c.mu.Lock()
+	c.offlineSeen = string(b)
+	c.mu.Unlock()
 }
 
 // parallel runs f(0..n-1) on a few goroutines and returns the first error.
@@ -253,6 +329,7 @@ feed:
 // fresh returns the entries of the index, refreshing those touched since
 // the last read. Call without c.mu held.
 func (c *Catalog) fresh(ctx context.Context, only string) ([]*repoEntry, error) {
+	c.followOffline()
 	c.startCache()
 	c.mu.Lock()
 	loaded := c.loaded

@@ -332,7 +332,7 @@ func TestOfflineGCExcludesWrites(t *testing.T) {
 	}
 	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 	testenv.Push(t, addr+"/off/x:2", catImage(t, 100))
-	res, err := registry.OfflineGC(context.Background(), dir, registry.GCOptions{}, nil)
+	res, err := registry.OfflineGC(context.Background(), registry.Options{DataDir: dir}, registry.GCOptions{})
 	if err != nil || len(res.Blobs) != 0 {
 		t.Errorf("offline GC beside an idle server: %+v %v", res, err)
 	}

@@ -36,6 +36,9 @@ type changes struct {
 	events  *EventLog
 	journal *journal // nil unless the store is shared (journal.go)
 	log     *slog.Logger
+	// descriptors is the Redis blob descriptor cache (descriptors.go);
+	// nil: none.
+	descriptors *descriptorCache
 }
 
 // Actor is who asked for a change, as the history records it.
@@ -72,8 +75,10 @@ type manifestUpdate struct {
 
 // OnUpdateManifest records a stored manifest: the alias link of a
 // manifest pushed by another digest than sha256, its referrer index
-// entry, the catalog index, the event, the journal. It runs before the
-// client hears of success; an error makes the push fail (retryable).
+// entry (and those of earlier referrers whose indexing failed: see
+// referrerIndex.heal), the catalog index, the event, the journal. It runs
+// before the client hears of success; an error makes the push fail
+// (retryable).
 func (c *changes) OnUpdateManifest(ctx context.Context, u manifestUpdate) error {
 	if u.named != u.canonical {
 		if err := c.drv.PutContent(ctx, linkPath(u.repo, "manifests", u.named), []byte(u.canonical)); err != nil {
@@ -83,6 +88,11 @@ func (c *changes) OnUpdateManifest(ctx context.Context, u manifestUpdate) error 
 	if u.referrer != nil {
 		if err := c.idx.add(ctx, u.repo, u.subject, *u.referrer); err != nil {
 			return err
+		}
+		c.idx.settle(ctx, u.repo, u.referrer.Digest)
+		// And the referrers of the repository whose indexing failed.
+		if err := c.idx.heal(ctx, u.repo); err != nil && c.log != nil {
+			c.log.Warn("referrer index", "err", err)
 		}
 	}
 	c.touch(u.repo, u.tag)
@@ -98,12 +108,15 @@ func (c *changes) OnUpdateManifest(ctx context.Context, u manifestUpdate) error 
 // OnDeleteManifest records that distribution deleted the manifest
 // canonical (named by the client as named) from repo, with tags (the tags
 // that pointed to it, for the history): its referrer entries and its
-// sha512 aliases go.
+// sha512 aliases go, and the Redis cache forgets it in repo (again: the
+// deleting path cleared it before the delete; a request may have cached
+// it meanwhile).
 func (c *changes) OnDeleteManifest(ctx context.Context, repo string, named, canonical digest.Digest, tags []string) error {
 	errs := []error{c.idx.remove(ctx, repo, canonical), dropAliases(ctx, c.drv, repo, "manifests", canonical)}
 	if named != canonical {
 		errs = append(errs, c.idx.remove(ctx, repo, named))
 	}
+	errs = append(errs, c.descriptors.dropAgain(ctx, unlinked(repo, named, canonical)))
 	c.touch(repo, "")
 	ev := Event{Action: "delete", Repo: repo, Digest: named}
 	if len(tags) > 0 {
@@ -186,6 +199,12 @@ func (c *Catalog) DeleteManifest(ctx context.Context, repo string, dgst digest.D
 			return nil, err
 		}
 	}
+	// distribution's own DELETE clears its cache; this one goes around
+	// it (the catalog has no cache), so it clears it first
+	// (OnDeleteManifest does again after).
+	if err := c.changes().descriptors.drop(ctx, unlinked(repo, dgst, canonical)); err != nil {
+		return nil, fmt.Errorf("deleting manifest %s@%s: %w", repo, dgst, err)
+	}
 	tags, err := r.Tags(ctx).Lookup(ctx, ocispec.Descriptor{Digest: canonical})
 	if err != nil && !isPathNotFound(err) {
 		return nil, fmt.Errorf("finding tags of %s@%s: %w", repo, dgst, err)
@@ -219,5 +238,15 @@ func (c *Catalog) changes() *changes {
 	if c.onChange != nil {
 		return c.onChange
 	}
-	return &changes{drv: c.driver, idx: referrerIndex{drv: c.driver}, catalog: c}
+	return &changes{drv: c.driver, idx: referrerIndex{drv: c.driver}, catalog: c, descriptors: c.descriptors}
+}
+
+// unlinked is the content that left repo when it no longer links the
+// digest named (the client's) and its canonical sha256.
+func unlinked(repo string, named, canonical digest.Digest) removed {
+	ds := []digest.Digest{canonical}
+	if named != canonical {
+		ds = append(ds, named)
+	}
+	return removed{links: map[string][]digest.Digest{repo: ds}}
 }

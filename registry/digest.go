@@ -187,7 +187,10 @@ func (a *ociAPI) digests(w http.ResponseWriter, r *http.Request, p apiPath) {
 			return status, nil
 		}
 		if isDelete {
-			return status, dropAliases(r.Context(), a.drv, p.repo, "blobs", canonical)
+			// distribution cleared its cache before the delete; a request
+			// may have cached the blob in repo again meanwhile.
+			return status, errors.Join(dropAliases(r.Context(), a.drv, p.repo, "blobs", canonical),
+				a.s.descriptors.dropAgain(r.Context(), unlinked(p.repo, d, canonical)))
 		}
 		renameDigest(w.Header(), canonical, d)
 		return status, nil

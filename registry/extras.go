@@ -41,8 +41,10 @@ func newExtras(s *Server) (*extras, error) {
 	}
 	e := &extras{catalog: cat, gate: newGate(), dataDir: s.opts.DataDir}
 	cat.gate = e.gate
+	cat.descriptors = s.descriptors
+	cat.watchOffline(s.opts.DataDir)
 	e.events = openEventLog(s.opts.DataDir, s.log)
-	e.changes = &changes{drv: s.store.driver, idx: s.referrerIndex(), catalog: cat, events: e.events, log: s.log}
+	e.changes = &changes{drv: s.store.driver, idx: s.referrerIndex(), catalog: cat, events: e.events, log: s.log, descriptors: s.descriptors}
 	if s.store.spec.Shared() {
 		id, err := replicaID(s.opts.DataDir)
 		if err != nil {

@@ -101,34 +101,40 @@ func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		defer resume()
 	}
 	res, err := s.Catalog().GC(ctx, opts)
-	if err != nil {
-		if res != nil && !opts.DryRun {
-			// The sweep began: some of res.Blobs may be gone. Every
-			// cache forgets them all, as after a whole GC.
-			s.afterGC(ctx, res, Event{Time: time.Now().UTC(), Action: "gc", Detail: "stopped part-way: " + err.Error()})
-		}
+	if res == nil {
 		return nil, err
 	}
+	// A result with an error: the removal began (and stopped part-way,
+	// or the cache could not be cleared after it): every cache forgets
+	// all of res.Blobs all the same, and it is recorded and told to the
+	// replicas.
 	if !opts.DryRun {
 		ev := Event{Time: time.Now().UTC(), Action: "gc", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
 			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))}
+		if err != nil {
+			ev.Detail = "stopped part-way (" + err.Error() + "); planned to remove " + ev.Detail[len("removed "):]
+		}
 		s.Events().Add(ev)
 		s.afterGC(ctx, res, ev)
 	}
-	return res, nil
+	return res, err
 }
 
 // ErrInUse is returned by OfflineGC when a server is writing to the data dir.
 var ErrInUse = errors.New("a labreg server is writing to this data directory")
 
-// OfflineGC runs garbage collection directly on a data dir, holding the
-// data dir's lock exclusively: a server on the same data dir holds it
-// shared while it writes, so OfflineGC fails while a write is in flight,
-// and a running server refuses writes (503, retryable) until OfflineGC
-// ends. A running server's UI index does not see what OfflineGC removed
-// until it restarts: prefer Server.GC (the UI's /api/gc). It records a
-// "gc" event in the data dir's history.
-func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Logger) (*GCResult, error) {
+// OfflineGC runs garbage collection directly on the data dir of srv (the
+// server's Options, from the same config: DataDir, Redis and Logger are
+// used), holding the data dir's lock exclusively: a server on the same
+// data dir holds it shared while it writes, so OfflineGC fails while a
+// write is in flight, and a running server refuses writes (503, retryable)
+// until OfflineGC ends. It records a "gc" event in the data dir's history,
+// and a running server's catalog reloads at its next read. With Redis,
+// what goes is dropped from the cache first (Redis not answering: an
+// error, nothing removed) and again after (failing then: the result and
+// an error).
+func OfflineGC(ctx context.Context, srv Options, opts GCOptions) (*GCResult, error) {
+	dataDir, log := srv.DataDir, srv.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -144,15 +150,22 @@ func OfflineGC(ctx context.Context, dataDir string, opts GCOptions, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	if c.descriptors, err = descriptorCacheOf(srv); err != nil {
+		return nil, err
+	}
+	defer c.descriptors.close()
 	res, err := c.GC(ctx, opts)
-	if err != nil {
+	if res == nil {
 		return nil, err
 	}
 	if !opts.DryRun {
 		openEventLog(dataDir, log).Add(Event{Action: "gc", Via: "offline", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
 			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))})
+		if merr := markOfflineChange(dataDir); merr != nil {
+			err = errors.Join(err, merr)
+		}
 	}
-	return res, nil
+	return res, err
 }
 
 // fencedDriver refuses to delete once fence fails.
@@ -195,7 +208,9 @@ type repoPlan struct {
 // be partly gone): untagged manifests and empty repositories first (when asked),
 // then distribution's storage.MarkAndSweep, which keeps every blob any
 // remaining manifest references. The caller must keep writers out (Server.GC
-// does; offline, stop the server).
+// does; offline, stop the server). What goes is dropped from the Redis
+// descriptor cache before and after: when that fails before, nothing is
+// removed; when it fails after, GC returns the result with the error.
 func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	start := time.Now()
 	plans, err := c.plan(ctx, opts)
@@ -255,6 +270,25 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 		return res, nil
 	}
 
+	// The cache forgets what goes before it goes (a Redis that does not
+	// answer stops the GC here, nothing removed) and again after (a pull
+	// may have cached it meanwhile).
+	gone := removed{links: map[string][]digest.Digest{}}
+	for _, b := range res.Blobs {
+		gone.blobs = append(gone.blobs, b.Digest)
+	}
+	for _, p := range plans {
+		if len(p.drop) > 0 {
+			gone.links[p.name] = p.drop
+		}
+	}
+	for _, p := range emptyRepos {
+		gone.repos = append(gone.repos, p.name)
+	}
+	if err := c.descriptors.drop(ctx, gone); err != nil {
+		return nil, fmt.Errorf("garbage collection: %w", err)
+	}
+
 	drv := c.driver
 	if opts.fence != nil {
 		drv = fencedDriver{drv, opts.fence, opts.fenceUntil}
@@ -302,6 +336,10 @@ func (c *Catalog) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	}
 	c.Reload()
 	res.Duration = time.Since(start)
+	if err := c.descriptors.dropAgain(ctx, gone); err != nil {
+		return res, fmt.Errorf("garbage collection: %d blobs, %d manifests, %d repositories %w",
+			len(res.Blobs), len(res.Manifests), len(res.Repositories), err)
+	}
 	return res, nil
 }
 

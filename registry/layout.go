@@ -27,6 +27,7 @@ import (
 //	referrers/<name>/_subjects/<alg>/<hex>/<alg>-<hex>.json   a referrer's descriptor
 //	referrers/<name>/_referrers/<alg>-<hex>                    the subject it was filed under
 //	referrers/<name>/_scanned                                 the repository was scanned once
+//	referrers/<name>/_pending/<alg>-<hex>                      a referrer being pushed, not indexed yet
 //	http-secret.hmac                                          the HTTP secret's HMAC (storage.go)
 //
 // sha512 aliases are links in distribution's layout (revisions/sha512/…
@@ -111,6 +112,15 @@ func referrerEntryPath(repo string, subject, referrer digest.Digest) string {
 func referrerSubjectPath(repo string, referrer digest.Digest) string {
 	return path.Join(referrersRepoPath(repo), "_referrers", referrer.Algorithm().String()+"-"+referrer.Encoded())
 }
+
+// referrerPendingPath records a referrer before distribution stores it,
+// until it is indexed (referrers.go).
+func referrerPendingPath(repo string, referrer digest.Digest) string {
+	return path.Join(referrersRepoPath(repo), "_pending", referrer.Algorithm().String()+"-"+referrer.Encoded())
+}
+
+// referrersPendingPath holds the pending referrers of repo.
+func referrersPendingPath(repo string) string { return path.Join(referrersRepoPath(repo), "_pending") }
 
 // referrersScannedPath marks a repository whose manifests were scanned.
 func referrersScannedPath(repo string) string { return path.Join(referrersRepoPath(repo), "_scanned") }

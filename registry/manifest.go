@@ -136,9 +136,23 @@ func (a *ociAPI) putManifest(w http.ResponseWriter, r *http.Request, p apiPath) 
 	}
 	if isReferrer {
 		u.referrer, u.subject = &desc, subject
+		// Recorded before distribution stores it: should indexing fail
+		// after that, the record makes the index heal (referrers.go).
+		err := a.idx.intend(r.Context(), p.repo, pendingReferrer{Subject: subject, Canonical: u.canonical, Descriptor: desc})
+		if err != nil {
+			a.s.log.Error("manifest PUT", "repo", p.repo, "ref", p.ref, "err", err)
+			writeError(w, http.StatusInternalServerError, errcode.ErrorCodeUnknown, err.Error())
+			return
+		}
 	}
 	hw := &hookWriter{ResponseWriter: w, onStatus: func(status int) (int, error) {
 		if status != http.StatusCreated {
+			if isReferrer {
+				// Refused: nothing to index, unless it was stored before.
+				if ok, err := a.idx.stored(r.Context(), p.repo, u.canonical); err == nil && !ok {
+					a.idx.settle(r.Context(), p.repo, desc.Digest)
+				}
+			}
 			return status, nil
 		}
 		if err := a.s.extras.changes.OnUpdateManifest(r.Context(), u); err != nil {

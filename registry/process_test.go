@@ -42,7 +42,7 @@ func TestNewLeavesLogrusAlone(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := OfflineGC(t.Context(), t.TempDir(), GCOptions{DryRun: true}, nil); err != nil && !strings.Contains(err.Error(), "storage") {
+	if _, err := OfflineGC(t.Context(), Options{DataDir: t.TempDir()}, GCOptions{DryRun: true}); err != nil && !strings.Contains(err.Error(), "storage") {
 		t.Fatal(err)
 	}
 	if hooks() != before || std.Out != out || std.GetLevel() != lvl {

@@ -10,6 +10,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/distribution/distribution/v3/registry/api/errcode"
 	storagedriver "github.com/distribution/distribution/v3/registry/storage/driver"
@@ -27,9 +28,98 @@ import (
 // manifest is deleted by digest. The index lives in the storage driver,
 // so every replica on a shared store reads the same one.
 
+//
+// A referrer is recorded as pending (referrerPendingPath) before
+// distribution stores it, and the record goes once it is indexed: when
+// indexing fails after distribution stored the manifest (the push answers
+// 500), the next referrers query of the repository or the next referrer
+// pushed there indexes it (heal). The scan marker alone would hide it
+// for good.
+
 // referrerIndex is the subject -> referrer descriptors index in a
 // storage driver.
 type referrerIndex struct{ drv storagedriver.StorageDriver }
+
+// pendingReferrer is a referrer pushed but maybe not indexed yet.
+type pendingReferrer struct {
+	Subject digest.Digest `json:"subject"`
+	// Canonical is the sha256 distribution stores the manifest under.
+	Canonical  digest.Digest      `json:"canonical"`
+	Descriptor ocispec.Descriptor `json:"descriptor"`
+}
+
+// pendingStale is the age past which a pending record whose manifest was
+// never stored is dropped (a push that died with its server); younger
+// ones may be pushes in flight.
+const pendingStale = 10 * time.Minute
+
+// intend records p before distribution stores its manifest.
+func (x referrerIndex) intend(ctx context.Context, repo string, p pendingReferrer) error {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return fmt.Errorf("recording referrer %s of %s: %w", p.Descriptor.Digest, p.Subject, err)
+	}
+	if err := x.drv.PutContent(ctx, referrerPendingPath(repo, p.Descriptor.Digest), b); err != nil {
+		return fmt.Errorf("recording referrer %s of %s: %w", p.Descriptor.Digest, p.Subject, err)
+	}
+	return nil
+}
+
+// settle drops the pending record of referrer: it is indexed, deleted, or
+// was never stored. A record left behind is healed again (add is
+// idempotent).
+func (x referrerIndex) settle(ctx context.Context, repo string, referrer digest.Digest) {
+	_ = x.drv.Delete(ctx, referrerPendingPath(repo, referrer))
+}
+
+// stored reports whether repo has the manifest canonical.
+func (x referrerIndex) stored(ctx context.Context, repo string, canonical digest.Digest) (bool, error) {
+	_, err := x.drv.Stat(ctx, linkPath(repo, "manifests", canonical))
+	if isPathNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// heal indexes the pending referrers of repo that are stored.
+func (x referrerIndex) heal(ctx context.Context, repo string) error {
+	paths, err := x.drv.List(ctx, referrersPendingPath(repo))
+	if isPathNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("healing the referrer index of %s: %w", repo, err)
+	}
+	for _, p := range paths {
+		b, err := x.drv.GetContent(ctx, p)
+		if isPathNotFound(err) {
+			continue // settled meanwhile
+		}
+		if err != nil {
+			return fmt.Errorf("healing the referrer index of %s: %w", repo, err)
+		}
+		var pr pendingReferrer
+		if json.Unmarshal(b, &pr) != nil || pr.Descriptor.Digest.Validate() != nil || pr.Canonical.Validate() != nil {
+			_ = x.drv.Delete(ctx, p) // torn: its push failed before storing
+			continue
+		}
+		ok, err := x.stored(ctx, repo, pr.Canonical)
+		if err != nil {
+			return fmt.Errorf("healing the referrer index of %s: %w", repo, err)
+		}
+		if !ok {
+			if fi, err := x.drv.Stat(ctx, p); err == nil && time.Since(fi.ModTime()) > pendingStale {
+				_ = x.drv.Delete(ctx, p)
+			}
+			continue // not stored (yet)
+		}
+		if err := x.add(ctx, repo, pr.Subject, pr.Descriptor); err != nil {
+			return err
+		}
+		_ = x.drv.Delete(ctx, p)
+	}
+	return nil
+}
 
 // add records desc as a referrer of subject in repo.
 func (x referrerIndex) add(ctx context.Context, repo string, subject digest.Digest, desc ocispec.Descriptor) error {
@@ -58,6 +148,9 @@ func (x referrerIndex) remove(ctx context.Context, repo string, referrer digest.
 		return fmt.Errorf("unindexing referrer %s: %w", referrer, err)
 	}
 	var errs []error
+	if err := x.drv.Delete(ctx, referrerPendingPath(repo, referrer)); err != nil && !isPathNotFound(err) {
+		errs = append(errs, err)
+	}
 	if subject, err := digest.Parse(strings.TrimSpace(string(b))); err == nil {
 		if err := x.drv.Delete(ctx, referrerEntryPath(repo, subject, referrer)); err != nil && !isPathNotFound(err) {
 			errs = append(errs, err)
@@ -145,12 +238,13 @@ func (s *Server) Referrers(ctx context.Context, repo string, subject digest.Dige
 // scanReferrers indexes the manifests of repo that have a subject, once
 // per repository (then referrersScannedPath exists): for data written by
 // distribution without labreg, or an index that was removed. Manifests
-// pushed through labreg are indexed as they are pushed.
+// pushed through labreg are indexed as they are pushed, or, when that
+// failed, here by heal.
 func (s *Server) scanReferrers(ctx context.Context, idx referrerIndex, repo string) error {
 	drv := idx.drv
 	marker := referrersScannedPath(repo)
 	if _, err := drv.Stat(ctx, marker); err == nil {
-		return nil
+		return idx.heal(ctx, repo)
 	}
 	algs, err := drv.List(ctx, linkDir(repo, "manifests"))
 	if isPathNotFound(err) {
@@ -204,7 +298,7 @@ func (s *Server) scanReferrers(ctx context.Context, idx referrerIndex, repo stri
 	if err := drv.PutContent(ctx, marker, nil); err != nil {
 		return fmt.Errorf("scanning %s for referrers: %w", repo, err)
 	}
-	return nil
+	return idx.heal(ctx, repo)
 }
 
 // manifestContent reads the manifest d of repo through its revision link.

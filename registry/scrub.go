@@ -10,9 +10,11 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -29,7 +31,9 @@ import (
 //
 //   - a blob whose content does not match its digest is moved to
 //     <data>/quarantine/ (its bytes are kept, but no longer served or
-//     taken for present, so that pushing the image again stores it anew);
+//     taken for present, so that pushing the image again stores it anew),
+//     and the Redis descriptor cache (registry.redis) forgets it, as it
+//     forgets every blob a manifest references that is not stored;
 //   - a tag whose manifest is missing (or was quarantined) is removed: it
 //     answers 404 anyway, and a push can set it again;
 //   - stray temporary files (older than a minute) and uploads abandoned
@@ -106,8 +110,8 @@ func (s *Server) Scrub(ctx context.Context, opts ScrubOptions) (*ScrubReport, er
 		}
 		defer resume()
 	}
-	rep, err := scrub(ctx, s.opts.DataDir, opts)
-	if err != nil {
+	rep, err := scrub(ctx, s.opts.DataDir, opts, s.descriptors)
+	if rep == nil {
 		return nil, err
 	}
 	if opts.Repair {
@@ -116,7 +120,7 @@ func (s *Server) Scrub(ctx context.Context, opts ScrubOptions) (*ScrubReport, er
 		}
 		s.Events().Add(Event{Action: "scrub", Detail: scrubDetail(rep)})
 	}
-	return rep, nil
+	return rep, err
 }
 
 // CanScrub reports whether Scrub can check this server's storage (a
@@ -130,10 +134,12 @@ func (s *Server) CanScrub() bool {
 // object store verifies its objects itself.
 var ErrScrubStorage = errors.New("scrub works on filesystem storage only")
 
-// OfflineScrub checks a data dir directly. With Repair it holds the data
-// dir's lock exclusively and refuses while a server has the data dir open
-// (repair through that server instead).
-func OfflineScrub(ctx context.Context, dataDir string, opts ScrubOptions, log *slog.Logger) (*ScrubReport, error) {
+// OfflineScrub checks the data dir of srv (the server's Options, from the
+// same config: DataDir, Redis and Logger are used) directly. With Repair
+// it holds the data dir's lock exclusively and refuses while a server has
+// the data dir open (repair through that server instead).
+func OfflineScrub(ctx context.Context, srv Options, opts ScrubOptions) (*ScrubReport, error) {
+	dataDir, log := srv.DataDir, srv.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -153,14 +159,19 @@ func OfflineScrub(ctx context.Context, dataDir string, opts ScrubOptions, log *s
 			return nil, fmt.Errorf("%s: %w", dataDir, ErrInUse)
 		}
 	}
-	rep, err := scrub(ctx, dataDir, opts)
+	cache, err := descriptorCacheOf(srv)
 	if err != nil {
+		return nil, err
+	}
+	defer cache.close()
+	rep, err := scrub(ctx, dataDir, opts, cache)
+	if rep == nil {
 		return nil, err
 	}
 	if opts.Repair {
 		openEventLog(dataDir, log).Add(Event{Action: "scrub", Via: "offline", Detail: scrubDetail(rep)})
 	}
-	return rep, nil
+	return rep, err
 }
 
 func scrubDetail(r *ScrubReport) string {
@@ -173,9 +184,19 @@ type scrubber struct {
 	opts       ScrubOptions
 	rep        *ScrubReport
 	bad        map[string]bool // hex of blobs corrupt or missing
+	// cache is the Redis blob descriptor cache (nil: none). With Repair
+	// it forgets the blobs quarantined (before and after) and every blob
+	// a manifest references that is not stored: a cache that still
+	// described one would make a push skip it.
+	cache   *descriptorCache
+	missing map[digest.Digest]bool // referenced, not stored (or quarantined)
 }
 
-func scrub(ctx context.Context, dataDir string, opts ScrubOptions) (*ScrubReport, error) {
+// scrub checks dataDir. With Repair, when the cache cannot be cleared
+// before a blob is quarantined it stops with an error, nothing
+// quarantined; when it cannot be cleared after, it returns the report and
+// an error.
+func scrub(ctx context.Context, dataDir string, opts ScrubOptions, cache *descriptorCache) (*ScrubReport, error) {
 	if opts.UploadAge == 0 {
 		opts.UploadAge = 24 * time.Hour
 	}
@@ -183,6 +204,7 @@ func scrub(ctx context.Context, dataDir string, opts ScrubOptions) (*ScrubReport
 	s := &scrubber{
 		data: dataDir, root: filepath.Join(dataDir, "storage"),
 		opts: opts, rep: &ScrubReport{Repair: opts.Repair, Problems: []ScrubProblem{}}, bad: map[string]bool{},
+		cache: cache, missing: map[digest.Digest]bool{},
 	}
 	if err := s.blobs(ctx); err != nil {
 		return nil, err
@@ -199,6 +221,12 @@ func scrub(ctx context.Context, dataDir string, opts ScrubOptions) (*ScrubReport
 			"remove it", func() error { return os.Remove(p) })
 	}
 	s.rep.Duration = time.Since(start)
+	if opts.Repair && len(s.missing) > 0 {
+		gone := removed{blobs: slices.Sorted(maps.Keys(s.missing))}
+		if err := s.cache.dropAgain(ctx, gone); err != nil {
+			return s.rep, fmt.Errorf("scrub: blobs quarantined or missing were %w", err)
+		}
+	}
 	return s.rep, nil
 }
 
@@ -240,6 +268,11 @@ func (s *scrubber) blobs(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listing blobs: %w", err)
 	}
+	type corrupt struct {
+		dgst   digest.Digest
+		p, got string
+	}
+	var found []corrupt
 	for _, pd := range prefixes {
 		dirs, err := os.ReadDir(filepath.Join(base, pd.Name()))
 		if err != nil {
@@ -263,23 +296,35 @@ func (s *scrubber) blobs(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("reading blob %s: %s", dgst, errnoText(err))
 			}
-			if got == hx {
-				continue
+			if got != hx {
+				s.bad[hx] = true
+				found = append(found, corrupt{dgst, p, got})
 			}
-			s.bad[hx] = true
-			q := filepath.Join(s.data, "quarantine", hx+"."+time.Now().UTC().Format("20060102T150405"))
-			s.problem(ScrubProblem{Kind: ScrubCorruptBlob, Digest: dgst, Path: s.rel(p), Detail: "content hashes to sha256:" + got},
-				"move it to "+s.rel(q)+" (kept, no longer served): push the images that use it again",
-				func() error {
-					if err := os.MkdirAll(filepath.Dir(q), 0o755); err != nil {
-						return err
-					}
-					if err := os.Rename(p, q); err != nil {
-						return err
-					}
-					return os.RemoveAll(filepath.Dir(p))
-				})
 		}
+	}
+	if s.opts.Repair && len(found) > 0 {
+		var gone removed
+		for _, c := range found {
+			gone.blobs = append(gone.blobs, c.dgst)
+			s.missing[c.dgst] = true // dropped again at the end
+		}
+		if err := s.cache.drop(ctx, gone); err != nil {
+			return fmt.Errorf("scrub: %w", err)
+		}
+	}
+	for _, c := range found {
+		q := filepath.Join(s.data, "quarantine", c.dgst.Encoded()+"."+time.Now().UTC().Format("20060102T150405"))
+		s.problem(ScrubProblem{Kind: ScrubCorruptBlob, Digest: c.dgst, Path: s.rel(c.p), Detail: "content hashes to sha256:" + c.got},
+			"move it to "+s.rel(q)+" (kept, no longer served): push the images that use it again",
+			func() error {
+				if err := os.MkdirAll(filepath.Dir(q), 0o755); err != nil {
+					return err
+				}
+				if err := os.Rename(c.p, q); err != nil {
+					return err
+				}
+				return os.RemoveAll(filepath.Dir(c.p))
+			})
 	}
 	return nil
 }
@@ -371,6 +416,7 @@ func (s *scrubber) manifests(name string) {
 		dgst := digest.Digest("sha256:" + hx)
 		s.rep.Manifests++
 		if !s.present(hx) {
+			s.missing[dgst] = true
 			s.problem(ScrubProblem{Kind: ScrubMissingReference, Repo: name, Digest: dgst, Detail: "the manifest's own blob is missing or corrupt"},
 				"push the missing blobs again (docker push checks each one)", nil)
 			continue
@@ -398,6 +444,7 @@ func (s *scrubber) manifests(name string) {
 				continue // other algorithms are stored under a sha256 alias; foreign layers are not stored
 			}
 			if !s.present(r.d.Encoded()) {
+				s.missing[r.d] = true
 				s.problem(ScrubProblem{Kind: ScrubMissingReference, Repo: name, Digest: dgst,
 					Detail: "references " + r.d.String() + ", which is missing or corrupt"},
 					"push the missing blobs again (docker push checks each one)", nil)

@@ -69,7 +69,7 @@ func TestScrub(t *testing.T) {
 		return strings.Join(k, ",")
 	}
 	const found = "corrupt_blob,dangling_tag,missing_reference,orphan_upload,stray_temp,stray_temp"
-	rep, err := registry.OfflineScrub(ctx, dir, registry.ScrubOptions{}, nil) // a check beside the server is fine
+	rep, err := registry.OfflineScrub(ctx, registry.Options{DataDir: dir}, registry.ScrubOptions{}) // a check beside the server is fine
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestScrub(t *testing.T) {
 	if _, err := os.Stat(blob); err != nil {
 		t.Errorf("a check (no --repair) changed the storage: %v", err)
 	}
-	if _, err := registry.OfflineScrub(ctx, dir, registry.ScrubOptions{Repair: true}, nil); err == nil {
+	if _, err := registry.OfflineScrub(ctx, registry.Options{DataDir: dir}, registry.ScrubOptions{Repair: true}); err == nil {
 		t.Errorf("an offline repair beside a running server did not refuse")
 	}
 

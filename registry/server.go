@@ -30,7 +30,6 @@ import (
 	"github.com/distribution/distribution/v3/configuration"
 	"github.com/distribution/distribution/v3/health"
 	"github.com/distribution/distribution/v3/registry/handlers"
-	"github.com/distribution/distribution/v3/registry/storage/cache"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
@@ -116,8 +115,8 @@ type Server struct {
 	app   *handlers.App
 	store *backend // the one storage driver (storage.go)
 	// descriptors is distribution's Redis blob descriptor cache, cleared
-	// of removed blobs after GC (descriptors.go); nil without Redis.
-	descriptors cache.BlobDescriptorCacheProvider
+	// of whatever is removed (descriptors.go); nil without Redis.
+	descriptors *descriptorCache
 	redis       *config.Redis // registry.redis; nil without
 	health      *health.Registry
 	extras      *extras // catalog, events, read-only gate (catalog.go)
@@ -228,7 +227,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	s := &Server{opts: opts, app: app, store: store, health: hr, log: opts.Logger, metrics: opts.Metrics, auth: authn, redis: redis}
 	if redis != nil {
-		s.descriptors = descriptorCache(redis)
+		s.descriptors = openDescriptorCache(redis)
 	}
 	s.mirrorCfg = mc
 	if s.extras, err = newExtras(s); err != nil {

@@ -80,7 +80,7 @@ roll back or reschedule a task. --ignore-swarm removes them unchecked.`,
 				}
 				log := newLogger(c, io.Err)
 				registry.RouteLogrus(log) // the vacuum logs every deletion through logrus
-				if res, err = registry.OfflineGC(ctx, c.Registry.Data, opts, log); err != nil {
+				if res, err = registry.OfflineGC(ctx, registryOptions(c, log), opts); err != nil {
 					return err
 				}
 				res.Unchecked = unchecked

@@ -56,7 +56,7 @@ server uses the data dir. Exit status 1 when problems are left unrepaired.`,
 				}
 			}
 			if offline {
-				if rep, err = registry.OfflineScrub(ctx, c.Registry.Data, opts, newLogger(c, io.Err)); err != nil {
+				if rep, err = registry.OfflineScrub(ctx, registryOptions(c, newLogger(c, io.Err)), opts); err != nil {
 					return err
 				}
 			}

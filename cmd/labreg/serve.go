@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 
@@ -26,33 +27,7 @@ func newServeCmd(io streams) *cobra.Command {
 			log := newLogger(c, io.Err)
 			registry.RouteLogrus(log) // distribution's own log lines, once per process
 			ctx := cmd.Context()
-			srv, err := registry.New(ctx, registry.Options{
-				DataDir:              c.Registry.Data,
-				TLSCert:              c.Registry.TLSCert,
-				TLSKey:               c.Registry.TLSKey,
-				Htpasswd:             c.Registry.Htpasswd,
-				Realm:                c.Registry.Realm,
-				AuthLimit:            registry.AuthLimit{Burst: c.Registry.AuthFailBurst, Interval: c.Registry.AuthFailInterval},
-				ReadOnly:             c.Registry.ReadOnly,
-				ProxyRemoteURL:       c.Registry.ProxyRemoteURL,
-				ProxyCredentialsFile: c.Registry.ProxyCredentialsFile,
-				DrainTimeout:         c.Registry.DrainTimeout,
-				GCDrainTimeout:       c.Registry.GCDrainTimeout,
-				ReadHeaderTimeout:    c.Registry.ReadHeaderTimeout,
-				IdleTimeout:          c.Registry.IdleTimeout,
-				BodyTimeout:          c.Registry.BodyTimeout,
-				MaxUploads:           c.Registry.MaxUploads,
-				UploadMemory:         c.Registry.UploadMemory,
-				MinFreePercent:       c.Registry.MinFreePercent,
-				UploadPurgeAge:       c.Registry.UploadPurgeAge,
-				Logger:               log,
-
-				Storage:         c.Registry.Storage,
-				S3AccessKeyFile: c.Registry.S3AccessKeyFile,
-				S3SecretKeyFile: c.Registry.S3SecretKeyFile,
-				HTTPSecretFile:  c.Registry.HTTPSecretFile,
-				Redis:           c.Registry.Redis,
-			})
+			srv, err := registry.New(ctx, registryOptions(c, log))
 			if err != nil {
 				return err
 			}
@@ -132,4 +107,37 @@ func displayAddr(a net.Addr) string {
 		return fmt.Sprintf("0.0.0.0:%d", t.Port)
 	}
 	return a.String()
+}
+
+// registryOptions are the registry's Options from the config c, for the
+// server and for the offline tools (gc, scrub) alike: they find the same
+// data dir, storage and Redis cache.
+func registryOptions(c *config.Config, log *slog.Logger) registry.Options {
+	return registry.Options{
+		DataDir:              c.Registry.Data,
+		TLSCert:              c.Registry.TLSCert,
+		TLSKey:               c.Registry.TLSKey,
+		Htpasswd:             c.Registry.Htpasswd,
+		Realm:                c.Registry.Realm,
+		AuthLimit:            registry.AuthLimit{Burst: c.Registry.AuthFailBurst, Interval: c.Registry.AuthFailInterval},
+		ReadOnly:             c.Registry.ReadOnly,
+		ProxyRemoteURL:       c.Registry.ProxyRemoteURL,
+		ProxyCredentialsFile: c.Registry.ProxyCredentialsFile,
+		DrainTimeout:         c.Registry.DrainTimeout,
+		GCDrainTimeout:       c.Registry.GCDrainTimeout,
+		ReadHeaderTimeout:    c.Registry.ReadHeaderTimeout,
+		IdleTimeout:          c.Registry.IdleTimeout,
+		BodyTimeout:          c.Registry.BodyTimeout,
+		MaxUploads:           c.Registry.MaxUploads,
+		UploadMemory:         c.Registry.UploadMemory,
+		MinFreePercent:       c.Registry.MinFreePercent,
+		UploadPurgeAge:       c.Registry.UploadPurgeAge,
+		Logger:               log,
+
+		Storage:         c.Registry.Storage,
+		S3AccessKeyFile: c.Registry.S3AccessKeyFile,
+		S3SecretKeyFile: c.Registry.S3SecretKeyFile,
+		HTTPSecretFile:  c.Registry.HTTPSecretFile,
+		Redis:           c.Registry.Redis,
+	}
 }

@@ -40,13 +40,23 @@ func Require(t testing.TB, what string, ok bool, reason string) {
 // data dir and returns its HOST:PORT. It stops when the test ends.
 func Registry(t testing.TB, opts registry.Options) (string, *registry.Server) {
 	t.Helper()
-	addr, srv := startRegistry(t, opts, "127.0.0.1:0")
+	addr, srv, _ := startRegistry(t, opts, "127.0.0.1:0")
 	return addr.String(), srv
 }
 
+// StoppableRegistry is Registry with a stop function: it stops the
+// server (serving ends, its data dir is free for an offline tool) and
+// returns once Serve has returned. Calling it again does nothing; the
+// test's end calls it.
+func StoppableRegistry(t testing.TB, opts registry.Options) (string, *registry.Server, func()) {
+	t.Helper()
+	addr, srv, stop := startRegistry(t, opts, "127.0.0.1:0")
+	return addr.String(), srv, stop
+}
+
 // startRegistry starts an in-process labreg registry listening on listen,
-// with a fresh data dir unless opts names one, until the test ends.
-func startRegistry(t testing.TB, opts registry.Options, listen string) (net.Addr, *registry.Server) {
+// with a fresh data dir unless opts names one, until stop or the test's end.
+func startRegistry(t testing.TB, opts registry.Options, listen string) (net.Addr, *registry.Server, func()) {
 	t.Helper()
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
@@ -67,11 +77,15 @@ func startRegistry(t testing.TB, opts registry.Options, listen string) (net.Addr
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	return addr, srv
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	t.Cleanup(stop)
+	return addr, srv, stop
 }
 
 var quietLogrus sync.Once

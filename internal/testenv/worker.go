@@ -362,7 +362,7 @@ func tail(s string, n int) string {
 // the PORT; the registry stops when the test ends.
 func WorkerRegistry(t testing.TB, opts registry.Options) (string, *registry.Server) {
 	t.Helper()
-	addr, srv := startRegistry(t, opts, "0.0.0.0:0")
+	addr, srv, _ := startRegistry(t, opts, "0.0.0.0:0")
 	_, port, err := net.SplitHostPort(addr.String())
 	if err != nil {
 		t.Fatal(err)
