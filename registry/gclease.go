@@ -91,6 +91,10 @@ type member struct {
 	instance string
 	// beatSent is when the last heartbeat the store took was sent (unix ns).
 	beatSent atomic.Int64
+	// answered is when the store last answered the change signal's poll
+	// (unix ns); failed, the error of a poll since (health).
+	answered atomic.Int64
+	failed   atomic.Pointer[error]
 
 	// The lease follower's state (its goroutine, or join before it).
 	following string // the token this replica acknowledged
@@ -157,6 +161,32 @@ func (s *Server) heartbeat(ctx context.Context) error {
 	}
 	m.beatSent.Store(sent.UnixNano())
 	return nil
+}
+
+// storeSilence is how long the store may not answer before /healthz says so.
+const storeSilence = 30 * time.Second
+
+// polled records how the store answered a poll of the change signal.
+func (m *member) polled(err error) {
+	if err != nil {
+		m.failed.Store(&err)
+		return
+	}
+	m.answered.Store(time.Now().UnixNano())
+	m.failed.Store(nil)
+}
+
+// health is the store's health as this replica's polls saw it: an error
+// once it has not answered for storeSilence.
+func (m *member) health() error {
+	last := m.answered.Load()
+	if last == 0 || time.Since(time.Unix(0, last)) < storeSilence {
+		return nil // not polled yet (the server is starting), or answering
+	}
+	if e := m.failed.Load(); e != nil {
+		return fmt.Errorf("the store has not answered for %s: %w", time.Since(time.Unix(0, last)).Round(time.Second), *e)
+	}
+	return fmt.Errorf("the store has not answered for %s", time.Since(time.Unix(0, last)).Round(time.Second))
 }
 
 // writable is "" while this replica may admit writes, else why not.

@@ -325,6 +325,9 @@ func (s *Server) followJournal(ctx context.Context) {
 	var flushed time.Time
 	for {
 		ver, changed, err := j.sig.Changed(ctx, signalPath(), j.sigVer)
+		if ctx.Err() == nil {
+			s.extras.member.polled(err)
+		}
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("reading the change signal", "err", err)
 		}

@@ -233,6 +233,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if s.extras, err = newExtras(s); err != nil {
 		return nil, err
 	}
+	if m := s.extras.member; m != nil {
+		hr.RegisterFunc("storagedriver_"+store.name, func(context.Context) error { return m.health() })
+	}
 	if s.handler, err = s.routes(); err != nil {
 		return nil, err
 	}
@@ -271,9 +274,15 @@ func distributionConfig(opts Options, storage configuration.Storage, secret stri
 	if opts.ProxyRemoteURL != "" {
 		cfg.Proxy.RemoteURL = opts.ProxyRemoteURL
 	}
-	cfg.Health.StorageDriver.Enabled = true
-	cfg.Health.StorageDriver.Interval = 10 * time.Second
-	cfg.Health.StorageDriver.Threshold = 3
+	if _, shared := storage["s3"]; !shared {
+		// On S3 this check is a LIST every interval (a Stat of the root):
+		// more than the rest of an idle replica's requests together. A
+		// replica reads the store every second anyway (journal.go): its
+		// health comes from there (member.health).
+		cfg.Health.StorageDriver.Enabled = true
+		cfg.Health.StorageDriver.Interval = 10 * time.Second
+		cfg.Health.StorageDriver.Threshold = 3
+	}
 	return cfg
 }
 
