@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -207,5 +208,40 @@ func visibleThroughB(t *testing.T, a, b *idleReplica) {
 		default:
 			t.Logf("%s: the push through A showed %s after it returned", c.what, seen[i].Round(time.Millisecond))
 		}
+	}
+}
+
+// TestS3HealthWhenStoreSilent: with distribution's storage check off on
+// S3 (a LIST every 10 s), /healthz still says when the store stops
+// answering (the change signal's polls fail for 30 s), and recovers.
+func TestS3HealthWhenStoreSilent(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	secret := writeSecret(t, strings.Repeat("healthz!", 8))
+	rs := startProxied(t, store, bucket, secret, "", 1, testenv.S3ProxyOptions{})
+	health := func() (int, string) {
+		st, _, body := biDo(t, "GET", "http://"+rs[0].addr+"/healthz", nil, false)
+		return st, string(body)
+	}
+	if st, body := health(); st != http.StatusOK {
+		t.Fatalf("/healthz with the store answering: %d %s", st, body)
+	}
+	rs[0].proxy.SetAnswer(func(*http.Request) int { return http.StatusServiceUnavailable })
+	silent := time.Now()
+	if why := eventually(silent.Add(45*time.Second), func() string {
+		if st, body := health(); st != http.StatusServiceUnavailable || !strings.Contains(body, "storagedriver_s3") || !strings.Contains(body, "has not answered") {
+			return fmt.Sprintf("%d %s", st, body)
+		}
+		return ""
+	}); why != "" {
+		t.Fatalf("/healthz %s after the store stopped answering: %s; want 503 naming storagedriver_s3", time.Since(silent).Round(time.Second), why)
+	}
+	rs[0].proxy.SetAnswer(nil)
+	if why := eventually(time.Now().Add(10*time.Second), func() string {
+		if st, body := health(); st != http.StatusOK {
+			return fmt.Sprintf("%d %s", st, body)
+		}
+		return ""
+	}); why != "" {
+		t.Errorf("/healthz once the store answers again: %s", why)
 	}
 }
