@@ -102,6 +102,7 @@ func gcRaceRounds(t *testing.T) int {
 // every replica afterwards. LABREG_GC_SOAK=20 repeats it with 20
 // staggers.
 func TestGCRaceSlowStore(t *testing.T) {
+	t.Parallel() // waits on a slow store or the clock, not on the CPU
 	store, bucket := testenv.S3(t)
 	secret := writeSecret(t, strings.Repeat("gc-race!", 8))
 	rs := startProxied(t, store, bucket, secret, "", 3, testenv.S3ProxyOptions{})
@@ -290,6 +291,7 @@ func TestClusterGCNeedsCompareAndSwap(t *testing.T) {
 // last renewal it saw); then a GC through it runs, and what was kept pulls
 // whole.
 func TestGCHolderKilled(t *testing.T) {
+	t.Parallel() // waits on a slow store or the clock, not on the CPU
 	store, bucket := testenv.S3(t)
 	access, secretKey := store.KeyFiles(t)
 	secret := writeSecret(t, strings.Repeat("killgc!!", 8))

@@ -31,6 +31,7 @@ type idleReplica struct {
 // minute (the journal's prune, every 10 min); and among three idle
 // replicas an image pushed through A still shows through B within 2 s.
 func TestIdleReplicaCost(t *testing.T) {
+	t.Parallel() // waits on a slow store or the clock, not on the CPU
 	for _, n := range []int{1, 3} {
 		t.Run(fmt.Sprintf("%d replicas", n), func(t *testing.T) {
 			t.Parallel()
@@ -215,6 +216,7 @@ func visibleThroughB(t *testing.T, a, b *idleReplica) {
 // S3 (a LIST every 10 s), /healthz still says when the store stops
 // answering (the change signal's polls fail for 30 s), and recovers.
 func TestS3HealthWhenStoreSilent(t *testing.T) {
+	t.Parallel() // waits on a slow store or the clock, not on the CPU
 	store, bucket := testenv.S3(t)
 	secret := writeSecret(t, strings.Repeat("healthz!", 8))
 	rs := startProxied(t, store, bucket, secret, "", 1, testenv.S3ProxyOptions{})
