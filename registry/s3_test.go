@@ -359,3 +359,33 @@ func TestS3Redirect(t *testing.T) {
 		t.Errorf("presigned URL: %s, %d bytes; want 200 and the %d bytes pushed", got.Status, len(b), len(want))
 	}
 }
+
+// TestS3FirstReplicasRaceForTheSecret: two first replicas with different
+// HTTP secrets start at once on a fresh bucket, each store request taking
+// 300–1000 ms: the store's conditional create lets one record its secret,
+// and the other is refused (before, both read "none", both wrote, and one
+// ran with a secret no other replica shared).
+func TestS3FirstReplicasRaceForTheSecret(t *testing.T) {
+	store, bucket := testenv.S3(t)
+	errs := make(chan error, 2)
+	for _, c := range []string{"a", "b"} {
+		p := testenv.NewS3Proxy(t, store, testenv.S3ProxyOptions{Delay: slowStore})
+		opts := s3Replica(t, store, bucket, writeSecret(t, strings.Repeat(c, 64)))
+		opts.Storage = p.URL(bucket)
+		opts.DataDir = t.TempDir()
+		go func() {
+			_, err := registry.New(context.Background(), opts)
+			errs <- err
+		}()
+	}
+	var refused int
+	for range 2 {
+		if err := <-errs; err != nil {
+			s3OneLine(t, err.Error(), "another HTTP secret")
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Errorf("%d of two first replicas with different secrets were refused, want 1", refused)
+	}
+}

@@ -153,12 +153,23 @@ func (st *backend) checkShared(ctx context.Context, secret string) error {
 	want := hex.EncodeToString(mac.Sum(nil))
 	got, err := st.driver.GetContent(ctx, secretCheckPath)
 	var nf storagedriver.PathNotFoundError
-	switch {
-	case errors.As(err, &nf):
-		if err := st.driver.PutContent(ctx, secretCheckPath, []byte(want)); err != nil {
+	if errors.As(err, &nf) {
+		// The first replica records it; of two first replicas at once
+		// the store lets one create it (a conditional write), and the
+		// other compares with it.
+		cas, cerr := st.cas()
+		if cerr != nil {
+			return cerr
+		}
+		if _, err = cas.Create(ctx, secretCheckPath, []byte(want)); err == nil {
+			return nil
+		}
+		if !errors.Is(err, cluster.ErrConflict) {
 			return st.explain(err)
 		}
-		return nil
+		got, err = st.driver.GetContent(ctx, secretCheckPath)
+	}
+	switch {
 	case err != nil:
 		return st.explain(err)
 	case strings.TrimSpace(string(got)) != want:
