@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/labreg/labreg/registry/cluster"
 )
@@ -55,6 +56,7 @@ func newExtras(s *Server) (*extras, error) {
 			return nil, err
 		}
 		e.member = &member{s3: s3, kick: make(chan struct{}, 1), instance: newInstance()}
+		e.member.answered.Store(time.Now().UnixNano()) // silence counts from the start
 		e.gate.admit = e.member.writable
 		if s.redis != nil {
 			e.member.redis = cluster.NewRedis(redisClient(s.redis), s.redis.Addr)

@@ -177,11 +177,12 @@ func (m *member) polled(err error) {
 }
 
 // health is the store's health as this replica's polls saw it: an error
-// once it has not answered for storeSilence.
+// once it has not answered for storeSilence (counted from the replica's
+// start while it never has).
 func (m *member) health() error {
 	last := m.answered.Load()
-	if last == 0 || time.Since(time.Unix(0, last)) < storeSilence {
-		return nil // not polled yet (the server is starting), or answering
+	if time.Since(time.Unix(0, last)) < storeSilence {
+		return nil
 	}
 	if e := m.failed.Load(); e != nil {
 		return fmt.Errorf("the store has not answered for %s: %w", time.Since(time.Unix(0, last)).Round(time.Second), *e)

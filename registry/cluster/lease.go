@@ -284,8 +284,9 @@ func (h *Held) Until() time.Time {
 	return h.validUntil
 }
 
-// Keep renews the lease every sixth of a TTL until ctx ends, and calls
-// lost (once) when it can no longer act as the holder.
+// Keep renews the lease every sixth of a TTL until ctx ends (a renewal
+// under way then is finished first), and calls lost (once) when it can no
+// longer act as the holder.
 func (h *Held) Keep(ctx context.Context, lost func(error)) {
 	t := time.NewTicker(h.l.ttl / 6)
 	defer t.Stop()
@@ -299,7 +300,9 @@ func (h *Held) Keep(ctx context.Context, lost func(error)) {
 			expire.Stop()
 			return
 		case <-t.C:
-			rctx, cancel := context.WithTimeout(ctx, h.l.ttl/6)
+			// Not cut when ctx ends: a renewal cut in flight may land
+			// unseen, and the release after it would not match.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.l.ttl/6)
 			err := h.Renew(rctx)
 			cancel()
 			if errors.Is(err, ErrLost) {

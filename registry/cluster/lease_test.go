@@ -203,7 +203,11 @@ func TestKeepRenewsThroughSlowStore(t *testing.T) {
 	}
 	ctx, stop := context.WithCancel(t.Context())
 	lost := make(chan error, 1)
-	go h.Keep(ctx, func(err error) { lost <- err })
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		h.Keep(ctx, func(err error) { lost <- err })
+	}()
 	obs := cluster.NewLease(direct, "/k", "b", ttl)
 	for end := time.Now().Add(2 * ttl); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
 		if v, err := obs.Observe(t.Context()); err != nil || !v.Held {
@@ -216,6 +220,7 @@ func TestKeepRenewsThroughSlowStore(t *testing.T) {
 		}
 	}
 	stop()
+	<-kept
 	if err := h.Verify(t.Context()); err != nil {
 		t.Errorf("after 2 TTLs of Keep: %v", err)
 	}
