@@ -100,6 +100,15 @@ type Registry struct {
 	// UploadPurgeAge is the age at which abandoned uploads are removed.
 	// Default 24h.
 	UploadPurgeAge time.Duration `yaml:"upload_purge_age" flag:"upload-purge-age" usage:"remove uploads abandoned for this long"`
+	// EventsKeep bounds the history (<data>/events.jsonl) as "AGE,COUNT":
+	// events older than AGE, or beyond the COUNT newest, go, and so do
+	// pull counts older than AGE (pulls are counted per repository, tag
+	// and hour, not kept one by one). Default "90d,100000".
+	EventsKeep string `yaml:"events_keep" flag:"events-keep" usage:"history kept: AGE,COUNT (events older than AGE or beyond the COUNT newest go; pull counts older than AGE)"`
+	// EventsCompactSize is how many bytes the history file may grow by
+	// before it is compacted in place (or by its compacted size, when that
+	// is larger). Default 16777216 (16 MiB).
+	EventsCompactSize int64 `yaml:"events_compact_size" flag:"events-compact-size" usage:"bytes the history file may grow by before it is compacted (or by its compacted size, if larger)"`
 }
 
 // UI configures the catalog web UI served by `labreg serve`.
@@ -154,6 +163,9 @@ func Default() *Config {
 			UploadPurgeAge:    24 * time.Hour,
 			AuthFailBurst:     10,
 			AuthFailInterval:  6 * time.Second,
+			// #21: the history is bounded.
+			EventsKeep:        DefaultEventsKeep.String(),
+			EventsCompactSize: 16 << 20,
 		},
 		UI:  UI{Listen: ":8080"},
 		Log: Log{Level: "info", Format: "text"},
@@ -278,6 +290,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Registry.UploadPurgeAge < time.Minute {
 		errs = append(errs, errors.New("registry.upload_purge_age: must be at least 1m"))
+	}
+	if _, err := ParseEventsKeep(c.Registry.EventsKeep); err != nil {
+		errs = append(errs, fmt.Errorf("registry.events_keep: %w", err))
+	}
+	if c.Registry.EventsCompactSize < 64<<10 {
+		errs = append(errs, errors.New("registry.events_compact_size: must be at least 65536 (64 KiB)"))
 	}
 	if c.Registry.GCDrainTimeout <= 0 {
 		errs = append(errs, errors.New("registry.gc_drain_timeout: must be positive (the read-only window of GC is bounded)"))

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/labreg/labreg/config"
 	"github.com/labreg/labreg/registry/cluster"
 )
 
@@ -44,7 +45,8 @@ func newExtras(s *Server) (*extras, error) {
 	cat.gate = e.gate
 	cat.descriptors = s.descriptors
 	cat.watchOffline(s.opts.DataDir)
-	e.events = openEventLog(s.opts.DataDir, s.log)
+	keep, _ := config.ParseEventsKeep(s.opts.EventsKeep) // checked by New
+	e.events = openEventLog(s.opts.DataDir, keep, s.opts.EventsCompactSize, s.log)
 	e.changes = &changes{drv: s.store.driver, idx: s.referrerIndex(), catalog: cat, events: e.events, log: s.log, descriptors: s.descriptors}
 	if s.store.spec.Shared() {
 		id, err := replicaID(s.opts.DataDir)

@@ -159,8 +159,10 @@ func OfflineGC(ctx context.Context, srv Options, opts GCOptions) (*GCResult, err
 		return nil, err
 	}
 	if !opts.DryRun {
-		openEventLog(dataDir, log).Add(Event{Action: "gc", Via: "offline", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
-			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))})
+		if rerr := recordOffline(dataDir, Event{Action: "gc", Via: "offline", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
+			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))}); rerr != nil {
+			log.Warn("recording the gc in the history", "err", rerr)
+		}
 		if merr := markOfflineChange(dataDir); merr != nil {
 			err = errors.Join(err, merr)
 		}

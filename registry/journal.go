@@ -46,9 +46,12 @@ import (
 // LISTs) about $1.50 a month.
 //
 // The referrer index and the sha512 aliases need no journal: they are
-// read from the store on every request. Pull events are batched: a
-// replica writes the pulls it served in one entry a second at most (one
-// object per pull would cost the store more than the history is worth).
+// read from the store on every request. Pulls are batched and counted: a
+// replica writes the pulls it served in one entry a second at most, one
+// count per repository, reference and hour (one object per pull would
+// cost the store more than the history is worth), and the others add the
+// counts to their own (bounded) history, which records the entry's time
+// so that a restarted replica does not count it twice.
 
 // journalPoll is how often a replica reads the change signal after a
 // change; it doubles up to journalIdlePoll while nothing changes. A change
@@ -73,11 +76,16 @@ type journalEntry struct {
 	Repo    string `json:"repo,omitempty"`
 	// Event is the change as the history records it.
 	Event *Event `json:"event,omitempty"`
-	// Events are pulls, batched (one entry a second at most).
+	// Pulls are the pulls served, counted (one entry a second at most).
+	Pulls []journalPull `json:"pulls,omitempty"`
+	// Events are pull events, one per pull, from a replica of an earlier
+	// version: counted like Pulls.
 	Events []Event `json:"events,omitempty"`
 	// GC: a garbage collection removed Blobs (digests) from the store.
 	GC    bool     `json:"gc,omitempty"`
 	Blobs []string `json:"blobs,omitempty"`
+
+	at time.Time // when it was written (its name), set by poll
 }
 
 // journal writes and tails the change journal of one replica.
@@ -97,29 +105,51 @@ type journal struct {
 	sigVer string // the signal's version last read (poll loop only)
 
 	mu      sync.Mutex
-	seen    map[string]bool // entry names applied or skipped
-	pending []Event         // pulls not written yet (see queue)
-	pruned  time.Time       // last look for old minute directories (poll's goroutine only)
+	seen    map[string]bool       // entry names applied or skipped
+	pending map[journalPull]int64 // pulls not written yet (N 0), counted (see queuePull)
+	pruned  time.Time             // last look for old minute directories (poll's goroutine only)
 }
 
-// queue keeps a pull event for the next flush.
-func (j *journal) queue(ev Event) {
+// maxPendingPulls bounds the counts a replica keeps between two flushes
+// (a second): beyond it, pulls of further repositories and references
+// are counted in this replica's history only.
+const maxPendingPulls = 20_000
+
+// queuePull counts a pull of repo's ref in hour for the next flush.
+func (j *journal) queuePull(repo, ref string, hour int64) {
+	k := journalPull{Repo: repo, Ref: ref, Hour: hour}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if len(j.pending) < maxEvents {
-		j.pending = append(j.pending, ev)
+	if _, ok := j.pending[k]; ok || len(j.pending) < maxPendingPulls {
+		j.pending[k]++
 	}
 }
 
-// flush writes the queued pull events as one entry.
+// flush writes the queued pull counts as one entry.
 func (j *journal) flush(ctx context.Context) {
 	j.mu.Lock()
-	batch := j.pending
-	j.pending = nil
+	pending := j.pending
+	j.pending = map[journalPull]int64{}
 	j.mu.Unlock()
-	if len(batch) > 0 {
-		j.publish(ctx, journalEntry{Events: batch})
+	if len(pending) == 0 {
+		return
 	}
+	batch := make([]journalPull, 0, len(pending))
+	for k, n := range pending {
+		k.N = n
+		batch = append(batch, k)
+	}
+	sort.Slice(batch, func(a, b int) bool {
+		x, y := batch[a], batch[b]
+		if x.Repo != y.Repo {
+			return x.Repo < y.Repo
+		}
+		if x.Ref != y.Ref {
+			return x.Ref < y.Ref
+		}
+		return x.Hour < y.Hour
+	})
+	j.publish(ctx, journalEntry{Pulls: batch})
 }
 
 // journalPath is the directory of the journal.
@@ -159,7 +189,7 @@ func replicaID(dataDir string) (string, error) {
 }
 
 func newJournal(drv storagedriver.StorageDriver, sig cluster.Signal, id string, log *slog.Logger) *journal {
-	return &journal{drv: drv, sig: sig, id: id, log: log, now: time.Now, seen: map[string]bool{}, bumps: make(chan struct{}, 1)}
+	return &journal{drv: drv, sig: sig, id: id, log: log, now: time.Now, seen: map[string]bool{}, pending: map[journalPull]int64{}, bumps: make(chan struct{}, 1)}
 }
 
 // signalPath is the change signal: rewritten after every journal entry.
@@ -298,6 +328,7 @@ func (j *journal) poll(ctx context.Context, all bool, since time.Time, apply fun
 		if json.Unmarshal(b, &e) != nil || e.Replica == j.id {
 			continue
 		}
+		e.at = t
 		apply(e)
 	}
 	// Forget entries older than the directories a poll reads.
@@ -360,16 +391,16 @@ func (j *journal) isSynced() bool {
 }
 
 // syncJournal applies the journal's entries this replica has not applied:
-// the first time, of the whole journal (the events newer than the newest
-// in the history), then of the last two minutes.
+// the first time, of the whole journal (those newer than the newest event
+// or counted journal entry in the history), then of the last two minutes.
 func (s *Server) syncJournal(ctx context.Context) error {
 	e := s.extras
 	j := e.journal
 	j.pollMu.Lock()
 	defer j.pollMu.Unlock()
 	all, since := !j.synced, time.Time{}
-	if last, n := e.events.Page(0, 1, nil); all && n > 0 {
-		since = last[0].Time
+	if all {
+		since = e.events.syncedUntil()
 	}
 	if err := j.poll(ctx, all, since, func(je journalEntry) { s.applyJournal(ctx, je) }); err != nil {
 		return err
@@ -417,9 +448,19 @@ func (s *Server) applyJournal(ctx context.Context, je journalEntry) {
 	if je.Event != nil {
 		e.events.Add(*je.Event)
 	}
+	pulls := je.Pulls
 	for _, ev := range je.Events {
-		e.events.Add(ev)
+		if ev.Action != "pull" {
+			e.events.Add(ev)
+			continue
+		}
+		pulls = append(pulls, journalPull{Repo: ev.Repo, Ref: pullRef(ev.Tag, ev.Digest), Hour: hourOf(ev.Time), N: 1})
 	}
+	var at int64
+	if !je.at.IsZero() {
+		at = je.at.UnixNano()
+	}
+	e.events.addPulls(pulls, at)
 }
 
 // afterGC drops the cached descriptors of the blobs a GC removed and

@@ -169,7 +169,9 @@ func OfflineScrub(ctx context.Context, srv Options, opts ScrubOptions) (*ScrubRe
 		return nil, err
 	}
 	if opts.Repair {
-		openEventLog(dataDir, log).Add(Event{Action: "scrub", Via: "offline", Detail: scrubDetail(rep)})
+		if rerr := recordOffline(dataDir, Event{Action: "scrub", Via: "offline", Detail: scrubDetail(rep)}); rerr != nil {
+			log.Warn("recording the scrub in the history", "err", rerr)
+		}
 	}
 	return rep, err
 }

@@ -107,6 +107,14 @@ type Options struct {
 	// Redis is redis://[USER[:PASSWORD]@]HOST:PORT[/DB] for distribution's
 	// blob-descriptor cache. Default: no cache.
 	Redis string
+	// EventsKeep bounds the history (config.ParseEventsKeep: "AGE,COUNT"):
+	// events older than AGE or beyond the COUNT newest go, and so do pull
+	// counts older than AGE. Default "90d,100000".
+	EventsKeep string
+	// EventsCompactSize is how many bytes the history file may grow by
+	// before it is compacted (or by its compacted size, when that is
+	// larger). Default 16 MiB.
+	EventsCompactSize int64
 }
 
 // Server is an embedded OCI registry.
@@ -134,6 +142,7 @@ type Server struct {
 
 // New checks the data directory and builds the registry. It does not listen.
 func New(ctx context.Context, opts Options) (*Server, error) {
+	started := time.Now() // temporaries older than this are a crash's (removeStrayTemps)
 	if opts.DataDir == "" {
 		return nil, errors.New("registry: no data directory")
 	}
@@ -205,6 +214,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			return nil, err
 		}
 	}
+	if _, err := config.ParseEventsKeep(opts.EventsKeep); err != nil {
+		return nil, fmt.Errorf("events keep: %w", err)
+	}
 	var redis *config.Redis
 	if opts.Redis != "" {
 		r, err := config.ParseRedis(opts.Redis)
@@ -239,7 +251,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if s.handler, err = s.routes(); err != nil {
 		return nil, err
 	}
-	go s.removeStrayTemps(time.Now())
+	go s.removeStrayTemps(started)
 	return s, nil
 }
 

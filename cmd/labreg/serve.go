@@ -132,6 +132,8 @@ func registryOptions(c *config.Config, log *slog.Logger) registry.Options {
 		UploadMemory:         c.Registry.UploadMemory,
 		MinFreePercent:       c.Registry.MinFreePercent,
 		UploadPurgeAge:       c.Registry.UploadPurgeAge,
+		EventsKeep:           c.Registry.EventsKeep,
+		EventsCompactSize:    c.Registry.EventsCompactSize,
 		Logger:               log,
 
 		Storage:         c.Registry.Storage,

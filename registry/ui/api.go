@@ -19,6 +19,8 @@ import (
 //	GET    /api/repositories/<repo>/-/tags?q=&sort=name|created&page=&per=
 //	GET    /api/repositories/<repo>/-/tags/<tag>
 //	GET    /api/repositories/<repo>/-/manifests/<digest>
+//	GET    /api/repositories/<repo>/-/pulls                (pulls per hour and day: all of the repository)
+//	GET    /api/repositories/<repo>/-/pulls/<tag|digest>   (of one tag or digest)
 //	DELETE /api/repositories/<repo>/-/tags/<tag>          (that tag only)
 //	DELETE /api/repositories/<repo>/-/manifests/<digest>  (digest and its tags; ?in_use=confirm when a service uses it)
 //	GET    /api/events?repo=&action=&page=&per=
@@ -93,6 +95,8 @@ func (u *UI) apiRepoGET(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, p)
+	case verb == "pulls":
+		u.apiPulls(w, repo, arg)
 	case (verb == "tags" || verb == "manifests") && arg != "":
 		d, err := u.opts.Catalog.Resolve(ctx, repo, arg)
 		if err != nil {

@@ -194,7 +194,7 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			u.fail(w, r, err)
 			return
 		}
-		v := &tagsView{TagPage: p, Rows: make([]template.HTML, 0, len(p.Groups))}
+		v := &tagsView{TagPage: p, Rows: make([]template.HTML, 0, len(p.Groups)), Pulls: pullCharts(u.opts.History.Pulls(repo, ""))}
 		for _, g := range p.Groups {
 			row, err := u.tagRow(repo, g)
 			if err != nil {
@@ -216,6 +216,7 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		v.Services = u.servicesUsing(ctx, d)
+		v.Charts = pullCharts(*v.Pulls)
 		u.render(w, r, http.StatusOK, "image", v.Ref, v)
 	case "delete-manifest":
 		if u.opts.ReadOnly {
@@ -243,7 +244,8 @@ func (u *UI) repoGET(w http.ResponseWriter, r *http.Request) {
 // digest and set of tags (what a row shows) and kept.
 type tagsView struct {
 	*TagPage
-	Rows []template.HTML
+	Rows  []template.HTML
+	Pulls *PullCharts // of the whole repository
 }
 
 type rowData struct {
@@ -295,6 +297,11 @@ type ImageView struct {
 	Referrers []Referrer
 	// Services are the swarm services whose tasks run this digest.
 	Services []string
+	// Pulls is the pull history of the tag, or of the digest when the
+	// page is opened by digest.
+	Pulls *registry.PullStats `json:"pulls,omitempty"`
+	// Charts draw Pulls on the page.
+	Charts *PullCharts `json:"-"`
 }
 
 // Referrer is one manifest whose subject is the image.
@@ -321,6 +328,8 @@ func (u *UI) imageView(r *http.Request, repo string, d digest.Digest, verb, arg 
 		name += "@" + d.String()
 	}
 	v.Pull = "docker pull " + name
+	st := u.opts.History.Pulls(repo, arg)
+	v.Pulls = &st
 	v.Update = "docker service update --with-registry-auth --image " + name + " SERVICE"
 	if u.opts.Referrers != nil {
 		descs, err := u.opts.Referrers.Referrers(r.Context(), repo, d, "")

@@ -46,10 +46,13 @@ type Catalog interface {
 	DeleteManifest(ctx context.Context, repo string, dgst digest.Digest) ([]string, error)
 }
 
-// History is the push/pull/delete history (*registry.EventLog).
+// History is the registry's history (*registry.EventLog): events, and
+// pulls counted per repository, reference and hour.
 type History interface {
 	Page(offset, limit int, keep func(registry.Event) bool) ([]registry.Event, int)
 	Add(e registry.Event)
+	// Pulls is the pull history of repo's ref (tag or digest; "": all).
+	Pulls(repo, ref string) registry.PullStats
 }
 
 // Collector runs garbage collection (*registry.Server).

@@ -230,9 +230,23 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("filter q=multi shows:\n%s", filtered)
 	}
 
+	// Two pulls of 1.0 and one of 1.9: charted per hour and per day.
+	for _, ref := range []string{"1.0", "1.0", "1.9"} {
+		if _, err := remote.Get(mustRef(t, f.addr+"/lab/app:"+ref)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	// Tags: shared digest grouped, natural order, sizes, created, platforms.
 	b.do(t, "tags page", chromedp.Navigate(base+"/r/lab/app"))
 	b.shot(t, "2-tags")
+	if got := b.text(t, "", "#pulls-total"); got != "3" {
+		t.Errorf("the tags page counts %q pulls, want 3", got)
+	}
+	bars := run(t, b, "chart bars", chromedp.Evaluate[[]int](`["#pulls-hourly", "#pulls-daily"].map(s => document.querySelectorAll(s + " svg rect").length)`))
+	if len(bars) != 2 || bars[0] != 1 || bars[1] != 1 {
+		t.Errorf("the charts draw %v bars (per hour, per day), want one each", bars)
+	}
 	rows := run(t, b, "tag rows", chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll("#tags tbody tr")).map(r => r.innerText.replace(/\s+/g," "))`))
 	if len(rows) != 3 {
 		t.Fatalf("want 3 rows (1.0+latest grouped, 1.9, 1.10), got %d: %q", len(rows), rows)
@@ -257,6 +271,9 @@ func TestBrowser(t *testing.T) {
 	// Tag detail.
 	b.do(t, "detail", chromedp.Navigate(base+"/r/lab/app/-/tag/1.0"))
 	b.shot(t, "4-detail")
+	if got := b.text(t, "", "#pulls-total"); got != "2" {
+		t.Errorf("the page of 1.0 counts %q pulls, want 2", got)
+	}
 	detail := b.text(t, "", "main")
 	mustContain(t, "detail page", detail,
 		d10.String(), "1.0", "latest", "/bin/busybox", "httpd -f -p 80", "APP_MODE=lab", "/www", "nobody", "80/tcp", "/data", "lab app",
