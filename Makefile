@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin/labreg
 DATA    ?= $(CURDIR)/.labreg-data
 
-.PHONY: all build up webserver test fuzz bench vet fmt clean
+.PHONY: all build up webserver test fuzz bench bench-small vet fmt clean
 
 all: build
 
@@ -60,10 +60,19 @@ webserver:
 FUZZTIME ?= 20000x
 FUZZPKGS ?= ./registry
 
-# The tests, after the linters (make vet); then the fuzz targets.
+# The tests, after the linters (make vet); then every benchmark once at a
+# small size (bench-small); then the fuzz targets.
 test: vet
 	$(GO) test -count=1 -timeout 28m ./...
+	$(MAKE) bench-small
 	$(MAKE) fuzz
+
+# Every benchmark once (-benchtime 1x), small (LABREG_BENCH_SMALL=1: a few
+# MiB where they move 256, 30 nodes where 1,000, 300 repositories where
+# 10,000), so that a benchmark that no longer works fails the build
+# instead of waiting for the next `make bench` to find it broken.
+bench-small:
+	LABREG_BENCH_SMALL=1 $(GO) test -run '^$$' -bench . -benchtime 1x -timeout 10m ./...
 
 fuzz:
 	@for pkg in $(FUZZPKGS); do \
@@ -73,8 +82,9 @@ fuzz:
 	  done; \
 	done
 
+# Every benchmark at full size, 3 rounds each.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
+	LABREG_BENCH_SMALL= $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./...
 
 # go vet, gofmt and staticcheck at a pinned version, installed once into
 # bin/ (a few minutes to compile; later runs reuse it and the Go cache).

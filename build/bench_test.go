@@ -188,9 +188,11 @@ func BenchmarkBuild(b *testing.B) {
 	b.Run("a-myhttpd-blue/changed", func(b *testing.B) { benchCompare(b, bt, blue, "bench/blue", true) })
 	b.Run("a-myhttpd-blue/unchanged", func(b *testing.B) { benchCompare(b, bt, blue, "bench/blue", false) })
 
+	// 200 files and 2 MiB under LABREG_BENCH_SMALL=1 (make test).
+	files, size := testenv.BenchSize(2000, 200), testenv.BenchSize(200<<20, 2<<20)
 	big := b.TempDir()
-	generateContext(b, big, 2000, 200<<20/2000)
-	b.Run("b-2000-files-200MiB/changed", func(b *testing.B) { benchCompare(b, bt, big, "bench/big", true) })
+	generateContext(b, big, files, size/files)
+	b.Run(fmt.Sprintf("b-%d-files-%dMiB/changed", files, size>>20), func(b *testing.B) { benchCompare(b, bt, big, "bench/big", true) })
 }
 
 // BenchmarkNativeUnchanged is the 150 ms target alone: a whole `labreg

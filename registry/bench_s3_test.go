@@ -22,8 +22,9 @@ import (
 	"github.com/labreg/labreg/internal/testenv"
 )
 
-// s3BenchSize is the blob BenchmarkS3Blob moves: 256 MiB (#11 acceptance 8).
-const s3BenchSize = 256 << 20
+// s3BenchSize is the blob BenchmarkS3Blob moves: 256 MiB (#11 acceptance
+// 8); 4 MiB under LABREG_BENCH_SMALL=1.
+var s3BenchSize = testenv.BenchSize[int64](256<<20, 4<<20)
 
 // BenchmarkS3Blob (#11 acceptance 8) pushes and pulls a 256 MiB blob
 // through labreg and through distribution's own registry binary
@@ -150,7 +151,7 @@ cache:
 	}
 	b.StopTimer()
 	rate := func(ds []time.Duration) float64 { return float64(s3BenchSize) / 1e6 / medianOf(ds).Seconds() }
-	b.Logf("S3 blob, 256 MiB, %d round(s), medians; %s, then load %s", round, cond, loadAvg())
+	b.Logf("S3 blob, %d MiB, %d round(s), medians; %s, then load %s", s3BenchSize>>20, round, cond, loadAvg())
 	for i, c := range pushes {
 		b.ReportMetric(rate(pushTimes[i]), "push-"+c.name+"-MB/s")
 		b.Logf("  push %-16s %7.1f MB/s", c.name, rate(pushTimes[i]))

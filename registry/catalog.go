@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -42,7 +43,9 @@ type Tag struct {
 // Catalog reads the registry's storage in-process through distribution's
 // storage API. It caches manifest summaries by digest and keeps an index of
 // repositories and tags that the registry's own request stream keeps fresh
-// (see Touch); the first read after start builds it from storage.
+// (see Touch); the first read after start builds it from storage, or, for
+// a server's catalog, from the snapshot its last run left
+// (catalog_snapshot.go).
 type Catalog struct {
 	ns     distribution.Namespace
 	driver driver.StorageDriver
@@ -59,6 +62,14 @@ type Catalog struct {
 	// offline tool changed the storage and the index is reloaded.
 	offlineMark string
 
+	// snap keeps the index across restarts (catalog_snapshot.go); nil:
+	// not kept (an offline catalog).
+	snap   *snapshotFiles
+	saveMu sync.Mutex // one SaveIndex at a time
+	// log receives what the catalog does on its own (snapshots,
+	// verification); nil: nothing.
+	log *slog.Logger
+
 	mu      sync.Mutex // guards the fields below
 	loaded  bool
 	loading chan struct{}
@@ -71,11 +82,25 @@ type Catalog struct {
 	sorted      bool
 	sums        map[digest.Digest]*Summary
 	sumsLock    sync.Mutex
+	// Under mu too: version counts changes to the index, savedVersion
+	// is the one the snapshot holds, touchSeq counts Touches (see
+	// repoEntry.touched).
+	version, savedVersion, touchSeq uint64
+	logBytes                        int64 // size of the change log
+	// snapTried: the first load looked for a snapshot (later loads, after
+	// a Reload, read storage). fromSnapshot: the index came from one and
+	// is not verified yet; snapLoaded is told when that happens.
+	snapTried, fromSnapshot bool
+	snapLoaded              chan struct{}
 	// cache is <data>/catalog-cache.jsonl: summaries by digest, kept across
 	// restarts (content is immutable, so an entry never goes stale).
 	cache      string
 	cacheOnce  sync.Once
 	cacheReady chan struct{} // closed when the cache file is read
+	// cacheMu serialises appends to the cache file and its compaction;
+	// cacheLines counts its lines (under cacheMu).
+	cacheMu    sync.Mutex
+	cacheLines int
 }
 
 type repoEntry struct {
@@ -85,6 +110,12 @@ type repoEntry struct {
 	gone  bool            // the repository does not exist (any more)
 	stale map[string]bool // re-read these tags only
 	sum   Repository
+	// touched is the catalog's touchSeq at the last Touch of the
+	// repository: a verification leaves alone what changed after it began.
+	touched uint64
+	// refreshing counts refreshes reading it now: a snapshot taken
+	// meanwhile marks it dirty.
+	refreshing int
 }
 
 type tagEntry struct {
@@ -114,7 +145,7 @@ func newCatalog(ctx context.Context, drv driver.StorageDriver, cache string) (*C
 		return nil, fmt.Errorf("opening storage: %w", err)
 	}
 	return &Catalog{ns: ns, driver: drv, repos: map[string]*repoEntry{}, sums: map[digest.Digest]*Summary{},
-		cache: cache, cacheReady: make(chan struct{})}, nil
+		cache: cache, cacheReady: make(chan struct{}), snapLoaded: make(chan struct{}, 1)}, nil
 }
 
 // extras is the per-Server state of the catalog, events and read-only
@@ -127,13 +158,24 @@ var ErrNotFound = errors.New("not found")
 func (c *Catalog) Touch(repo, tag string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.touchLocked(repo, tag, true)
+}
+
+// touchLocked is Touch with c.mu held; log adds the change to the change
+// log (a replay of the log does not).
+func (c *Catalog) touchLocked(repo, tag string, log bool) {
+	c.touchSeq++
+	c.version++
+	if log {
+		c.logChange("R " + repo + " " + tag + "\n")
+	}
 	e, ok := c.repos[repo]
 	if !ok {
 		e = &repoEntry{name: repo, tags: map[string]tagEntry{}, dirty: true}
 		c.repos[repo] = e
 		c.sorted = false
-		return
 	}
+	e.touched = c.touchSeq
 	if tag == "" {
 		e.dirty = true
 		return
@@ -144,8 +186,9 @@ func (c *Catalog) Touch(repo, tag string) {
 	e.stale[tag] = true
 }
 
-// Warm builds the index now (a server calls it at start so that the first
-// page view after a restart finds it ready).
+// Warm builds the index now, from the snapshot when there is one (a
+// server calls it at start so that the first page view after a restart
+// finds it ready).
 func (c *Catalog) Warm(ctx context.Context) error { return c.load(ctx) }
 
 // Reload drops the repository index (not the digest cache); the next read
@@ -153,9 +196,12 @@ func (c *Catalog) Warm(ctx context.Context) error { return c.load(ctx) }
 func (c *Catalog) Reload() {
 	c.mu.Lock()
 	c.gen++
+	c.version++
 	c.loaded = false
+	c.fromSnapshot = false
 	c.repos = map[string]*repoEntry{}
 	c.names = nil
+	c.logChange("*\n") // the snapshot no longer tells what storage holds
 	c.mu.Unlock()
 }
 
@@ -184,16 +230,32 @@ func (c *Catalog) load(ctx context.Context) error {
 		close(ch)
 		c.mu.Unlock()
 	}()
-	c.startCache()
-	select {
-	case <-c.cacheReady:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 	for {
 		c.mu.Lock()
 		gen := c.gen
+		try := c.snap != nil && !c.snapTried
+		c.snapTried = true
 		c.mu.Unlock()
+		if try {
+			ok, why := c.loadSnapshot(gen)
+			if ok {
+				select {
+				case c.snapLoaded <- struct{}{}:
+				default:
+				}
+				c.startCache() // for the tags pages and the verification
+				return nil
+			}
+			if why != nil && c.log != nil {
+				c.log.Info("catalog index: reading storage, not the snapshot", "reason", why)
+			}
+		}
+		c.startCache()
+		select {
+		case <-c.cacheReady:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		entries, err := c.readAll(ctx)
 		if err != nil {
 			return err
@@ -212,6 +274,7 @@ func (c *Catalog) load(ctx context.Context) error {
 		}
 		c.sorted = false
 		c.loaded = true
+		c.version++
 		c.mu.Unlock()
 		return nil
 	}
@@ -330,7 +393,6 @@ feed:
 // the last read. Call without c.mu held.
 func (c *Catalog) fresh(ctx context.Context, only string) ([]*repoEntry, error) {
 	c.followOffline()
-	c.startCache()
 	c.mu.Lock()
 	loaded := c.loaded
 	if !loaded && only != "" {
@@ -346,6 +408,7 @@ func (c *Catalog) fresh(ctx context.Context, only string) ([]*repoEntry, error) 
 			return nil, err
 		}
 	}
+	c.startCache()
 	c.mu.Lock()
 	var work []*repoEntry
 	if only != "" {
@@ -399,7 +462,13 @@ func (c *Catalog) refresh(ctx context.Context, e *repoEntry) error {
 	dirty, stale := e.dirty, e.stale
 	e.dirty, e.stale = false, nil
 	old := e.tags
+	e.refreshing++
 	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		e.refreshing--
+		c.mu.Unlock()
+	}()
 
 	repo, err := c.repository(ctx, e.name)
 	if err != nil {
@@ -464,6 +533,7 @@ func (c *Catalog) refresh(ctx context.Context, e *repoEntry) error {
 	c.mu.Lock()
 	e.tags = tags
 	e.sum = Repository{Name: e.name, Tags: len(tags), Size: size, LastPush: last}
+	c.version++
 	c.mu.Unlock()
 	return nil
 }
@@ -530,12 +600,58 @@ func (c *Catalog) Tags(ctx context.Context, repo string) (Repository, []Tag, err
 		tags = append(tags, Tag{Name: n, Digest: t.digest, Pushed: t.pushed})
 	}
 	c.mu.Unlock()
+	missing := false
 	c.sumsLock.Lock()
 	for i := range tags {
 		tags[i].Summary = c.sums[tags[i].Digest]
+		missing = missing || tags[i].Summary == nil
 	}
 	c.sumsLock.Unlock()
+	if missing {
+		// An index from a snapshot has its summaries once the cache file
+		// is read; one the cache lacks is read from storage.
+		if err := c.addSummaries(ctx, repo, tags); err != nil {
+			return Repository{}, nil, err
+		}
+		kept := tags[:0]
+		for _, t := range tags {
+			if t.Summary != nil {
+				kept = append(kept, t)
+			}
+		}
+		if len(kept) < len(tags) { // a tag whose manifest is gone
+			c.Touch(repo, "")
+		}
+		tags = kept
+	}
 	return sum, tags, nil
+}
+
+// addSummaries sets the Summary of each of tags that has none, from the
+// cache file once it is read, else from storage; it stays nil for a
+// manifest that is gone.
+func (c *Catalog) addSummaries(ctx context.Context, repo string, tags []Tag) error {
+	c.startCache()
+	select {
+	case <-c.cacheReady:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	r, err := c.repository(ctx, repo)
+	if err != nil {
+		return err
+	}
+	for i := range tags {
+		if tags[i].Summary != nil {
+			continue
+		}
+		s, err := c.summary(ctx, r, tags[i].Digest)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+		tags[i].Summary = s
+	}
+	return nil
 }
 
 // Resolve returns the digest a tag or digest reference names in repo.

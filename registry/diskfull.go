@@ -143,8 +143,13 @@ func strayTemps(root string, before time.Time) ([]string, error) {
 	return out, err
 }
 
+// strayTempsDelay is how long after its start a server looks for stray
+// temporary files.
+const strayTempsDelay = 5 * time.Second
+
 // removeStrayTemps removes the temporary files a crash left in the data
-// dir, from before start; it runs in the background when a server starts.
+// dir, from before start; it runs in the background strayTempsDelay after
+// a server starts.
 func (s *Server) removeStrayTemps(start time.Time) {
 	temps, err := strayTemps(s.opts.DataDir, start)
 	if err != nil {

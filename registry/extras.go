@@ -43,6 +43,17 @@ func newExtras(s *Server) (*extras, error) {
 	}
 	e := &extras{catalog: cat, gate: newGate(), dataDir: s.opts.DataDir}
 	cat.gate = e.gate
+	cat.log = s.log
+	// The index is kept across restarts (catalog_snapshot.go). On a shared
+	// store a snapshot is used while the journal still holds what the
+	// other replicas changed since.
+	store := s.store.spec
+	store.Redirect = false
+	var maxAge time.Duration
+	if store.Shared() {
+		maxAge = journalKeep - time.Hour
+	}
+	cat.persistIndex(s.opts.DataDir, store.String(), maxAge)
 	cat.descriptors = s.descriptors
 	cat.watchOffline(s.opts.DataDir)
 	keep, _ := config.ParseEventsKeep(s.opts.EventsKeep) // checked by New
@@ -83,6 +94,26 @@ func newExtras(s *Server) (*extras, error) {
 		}
 	}
 	return e, nil
+}
+
+// keepIndex keeps the catalog's index saved while the server serves
+// (Catalog.keepIndex); the function it returns stops that once the last
+// request is done, and saves the index one last time (a clean stop).
+func (s *Server) keepIndex(ctx context.Context) (stop func()) {
+	cat := s.extras.catalog
+	kctx, cancel := context.WithCancel(ctx)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		cat.keepIndex(kctx)
+	}()
+	return func() {
+		cancel()
+		<-kept
+		if err := cat.SaveIndex(); err != nil {
+			s.log.Warn("saving the catalog index", "err", err)
+		}
+	}
 }
 
 // ServerRunning reports whether a labreg server (in any process) has the

@@ -128,7 +128,8 @@ func TestUploadCap(t *testing.T) {
 }
 
 // TestStrayTempsRemovedAtStart: temporary files a crash left between
-// their write and their rename are removed when a server starts.
+// their write and their rename are removed when a server starts (a few
+// seconds after).
 func TestStrayTempsRemovedAtStart(t *testing.T) {
 	dir := t.TempDir()
 	stray := filepath.Join(dir, "storage/docker/registry/v2/repositories/x/_manifests/tags/1/current/link.0123456789abcdef.tmp")
@@ -140,7 +141,7 @@ func TestStrayTempsRemovedAtStart(t *testing.T) {
 	old := time.Now().Add(-time.Hour)
 	os.Chtimes(stray, old, old)
 	testenv.Registry(t, registry.Options{DataDir: dir})
-	waitFor(t, 10*time.Second, "the stray temp file to be removed", func() bool {
+	waitFor(t, 30*time.Second, "the stray temp file to be removed", func() bool {
 		_, err := os.Stat(stray)
 		return errors.Is(err, os.ErrNotExist)
 	})

@@ -251,7 +251,10 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	if s.handler, err = s.routes(); err != nil {
 		return nil, err
 	}
-	go s.removeStrayTemps(started)
+	// After the start's own work (the catalog index, its verification):
+	// walking a large data dir competes with it, and what it removes is
+	// only litter.
+	time.AfterFunc(strayTempsDelay, func() { s.removeStrayTemps(started) })
 	return s, nil
 }
 
@@ -418,6 +421,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if f := s.extras.serveLock; f != nil {
 		defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 	}
+	defer s.keepIndex(ctx)() // saved after the drain, before the lock goes
 	if s.extras.journal != nil {
 		s.joinCluster(ctx)
 		// The cluster's loops outlive ctx until the requests in flight

@@ -66,8 +66,10 @@ import (
 //
 //	LABREG_STORM_NODES=30 go test -run '^$' -bench Storm -benchtime 1x ./registry/
 //	go test -run '^$' -bench Storm -benchtime 3x -timeout 60m ./registry/
+//
+// LABREG_BENCH_SMALL=1 (make test) makes it 30 nodes and a 2 MiB image.
 func BenchmarkStorm(b *testing.B) {
-	nodes := 1000
+	nodes := testenv.BenchSize(1000, 30)
 	if s := os.Getenv("LABREG_STORM_NODES"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 3 {
@@ -76,6 +78,9 @@ func BenchmarkStorm(b *testing.B) {
 		nodes = n
 	}
 	layers := stormLayers([]int{16 << 20, 10 << 20, 6 << 20})
+	if testenv.BenchSmall() {
+		layers = stormLayers([]int{1 << 20, 640 << 10, 384 << 10})
+	}
 
 	// The image is pushed to a labreg in this process, and its storage
 	// tree copied to the origin's and to distribution's, so that neither

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -71,7 +72,9 @@ func (c *Catalog) loadCache() {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	read := map[digest.Digest]*Summary{}
+	lines := 0
 	for sc.Scan() {
+		lines++
 		var cs cachedSummary
 		if json.Unmarshal(sc.Bytes(), &cs) != nil || cs.S == nil || cs.Digest.Validate() != nil {
 			continue // a torn last line after a crash
@@ -79,6 +82,9 @@ func (c *Catalog) loadCache() {
 		cs.S.layers = cs.Layers
 		read[cs.Digest] = cs.S
 	}
+	c.cacheMu.Lock()
+	c.cacheLines += lines
+	c.cacheMu.Unlock()
 	c.sumsLock.Lock()
 	defer c.sumsLock.Unlock()
 	for d, s := range read {
@@ -95,7 +101,70 @@ func (c *Catalog) saveSummary(d digest.Digest, s *Summary) {
 	if err != nil || c.cache == "" {
 		return
 	}
-	_ = appendLine(c.cache, append(b, '\n'))
+	c.cacheMu.Lock()
+	defer c.cacheMu.Unlock()
+	if appendLine(c.cache, append(b, '\n')) == nil {
+		c.cacheLines++
+	}
+}
+
+// compactCache rewrites the summary cache file with one line per
+// manifest a tag of the index points to, when it holds many more lines
+// than that: summaries of deleted or untagged manifests, and the
+// duplicates of summaries read twice at once. An index's children are
+// dropped too (they are read again only if the index's own summary is).
+// It does nothing until the file has been read and the index loaded.
+func (c *Catalog) compactCache() error {
+	if c.cache == "" {
+		return nil
+	}
+	select {
+	case <-c.cacheReady:
+	default:
+		return nil
+	}
+	c.mu.Lock()
+	if !c.loaded {
+		c.mu.Unlock()
+		return nil
+	}
+	live := map[digest.Digest]bool{}
+	for _, e := range c.repos {
+		for _, t := range e.tags {
+			live[t.digest] = true
+		}
+	}
+	c.mu.Unlock()
+	c.cacheMu.Lock()
+	defer c.cacheMu.Unlock()
+	if c.cacheLines <= len(live)+len(live)/4+100 {
+		return nil
+	}
+	var b bytes.Buffer
+	n := 0
+	c.sumsLock.Lock()
+	for d := range live {
+		s, ok := c.sums[d]
+		if !ok {
+			continue
+		}
+		line, err := json.Marshal(cachedSummary{Digest: d, S: s, Layers: s.layers})
+		if err != nil {
+			continue
+		}
+		b.Write(line)
+		b.WriteByte('\n')
+		n++
+	}
+	c.sumsLock.Unlock()
+	if err := writeFileAtomic(c.cache, b.Bytes()); err != nil {
+		return fmt.Errorf("rewriting %s: %w", c.cache, err)
+	}
+	if c.log != nil {
+		c.log.Info("compacted the summary cache", "lines_before", c.cacheLines, "lines", n)
+	}
+	c.cacheLines = n
+	return nil
 }
 
 type rawManifest struct {

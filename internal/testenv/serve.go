@@ -55,6 +55,9 @@ func EnvWithout(prefix string) []string {
 // ServeProcess is one `labreg serve` subprocess started by Serve.
 type ServeProcess struct {
 	Addr string // where the registry listens, HOST:PORT
+	// UIAddr is where the web UI listens, HOST:PORT; "" without one
+	// (Serve passes --ui-listen "" unless args give another).
+	UIAddr string
 	// RuntimeDir is the server's XDG_RUNTIME_DIR, a temp dir of the test,
 	// where it records itself for the client commands (config.StateFile):
 	// a client run with it finds this server, no other test's.
@@ -67,6 +70,9 @@ type ServeProcess struct {
 
 // serveLine is the line `labreg serve` prints first on stdout.
 var serveLine = regexp.MustCompile(`registry on https?://(\S+)`)
+
+// uiLine is the web UI's address in that line.
+var uiLine = regexp.MustCompile(`web UI on https?://([^,\s]+)`)
 
 // Serve starts `labreg serve --listen 127.0.0.1:0 --ui-listen "" --data
 // data` followed by args, from the binary BuildLabreg makes, with no
@@ -135,6 +141,9 @@ func Serve(t testing.TB, data string, args ...string) *ServeProcess {
 			t.Fatalf("labreg serve printed %q, not where it listens", l)
 		}
 		s.Addr = m[1]
+		if m := uiLine.FindStringSubmatch(l); m != nil {
+			s.UIAddr = m[1]
+		}
 	case <-s.exited:
 		t.Fatalf("labreg serve exited: %v\n%s", waitErr, s.stderr.String())
 	case <-time.After(30 * time.Second):

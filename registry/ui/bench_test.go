@@ -3,125 +3,22 @@ package ui
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/distribution/distribution/v3/manifest/schema2"
-	"github.com/distribution/distribution/v3/registry/storage"
-	"github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
-	"github.com/distribution/reference"
-	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/labreg/labreg/internal/testenv"
 	"github.com/labreg/labreg/registry"
 )
-
-// benchFill writes repos repositories of 3 tags and one repository
-// "big/app" of bigTags tags into dataDir through distribution's storage
-// API, in parallel. Every tag is its own image (its own config with its own
-// created date) over one shared 1 kB layer, so sizes and dates must be read
-// per manifest.
-func benchFill(b *testing.B, dataDir string, repos, bigTags int) {
-	ctx := context.Background()
-	drv, err := filesystem.FromParameters(map[string]any{"rootdirectory": filepath.Join(dataDir, "storage")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ns, err := storage.NewRegistry(ctx, drv, storage.EnableDelete)
-	if err != nil {
-		b.Fatal(err)
-	}
-	layer := make([]byte, 1000)
-	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	put := func(repoName string, tags []string, seq int) error {
-		named, err := reference.WithName(repoName)
-		if err != nil {
-			return err
-		}
-		repo, err := ns.Repository(ctx, named)
-		if err != nil {
-			return err
-		}
-		bs := repo.Blobs(ctx)
-		ld, err := bs.Put(ctx, schema2.MediaTypeLayer, layer)
-		if err != nil {
-			return err
-		}
-		ms, err := repo.Manifests(ctx)
-		if err != nil {
-			return err
-		}
-		for i, tag := range tags {
-			cfg, _ := json.Marshal(map[string]any{
-				"created": base.Add(time.Duration(seq*len(tags)+i) * time.Second), "os": "linux", "architecture": "amd64",
-				"rootfs":  map[string]any{"type": "layers", "diff_ids": []string{ld.Digest.String()}},
-				"config":  map[string]any{"Cmd": []string{"/app", repoName, tag}},
-				"history": []any{map[string]any{"created_by": "COPY app /app # buildkit"}},
-			})
-			cd, err := bs.Put(ctx, schema2.MediaTypeImageConfig, cfg)
-			if err != nil {
-				return err
-			}
-			m, err := schema2.FromStruct(schema2.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: schema2.MediaTypeManifest,
-				Config: cd, Layers: []ocispec.Descriptor{ld}})
-			if err != nil {
-				return err
-			}
-			d, err := ms.Put(ctx, m)
-			if err != nil {
-				return err
-			}
-			_, payload, _ := m.Payload()
-			if err := repo.Tags(ctx).Tag(ctx, tag, ocispec.Descriptor{Digest: d, MediaType: schema2.MediaTypeManifest, Size: int64(len(payload))}); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	big := make([]string, bigTags)
-	for i := range big {
-		big[i] = fmt.Sprintf("1.%d", i)
-	}
-	if err := put("big/app", big, 0); err != nil {
-		b.Fatal(err)
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errc := make(chan error, 8)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= repos {
-					return
-				}
-				if err := put(fmt.Sprintf("team%03d/svc%05d", i%100, i), []string{"1.0", "1.1", "latest"}, i+1000); err != nil {
-					errc <- err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	select {
-	case err := <-errc:
-		b.Fatal(err)
-	default:
-	}
-}
 
 func benchUI(b *testing.B, srv *registry.Server) *UI {
 	u, err := New(Options{Catalog: srv.Catalog(), History: srv.Events(), GC: srv, Advertise: "bench:5000", DataDir: srv.DataDir()})
@@ -149,9 +46,11 @@ func measure(b *testing.B, f func()) {
 	b.ReportMetric(float64((cpuTime()-start).Microseconds())/1000/float64(b.N), "cpu-ms/page")
 }
 
+// benchGet GETs path from h as a browser on this host would (Host
+// localhost: the UI refuses names it does not answer to).
 func benchGet(b *testing.B, h http.Handler, path string) int {
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "http://localhost"+path, nil))
 	if rec.Code != 200 {
 		b.Fatalf("GET %s: %d %s", path, rec.Code, rec.Body.String())
 	}
@@ -164,24 +63,18 @@ func benchGet(b *testing.B, h http.Handler, path string) int {
 // cold (first view on a freshly started server), and the baseline — what a
 // UI that reads the /v2/ API needs for the same page (one round trip per
 // repository, manifest and config).
-// LABREG_UI_BENCH_REPOS changes the 10,000.
+// LABREG_UI_BENCH_REPOS changes the 10,000; LABREG_BENCH_SMALL=1 (make
+// test) makes it 300 repositories and a repository of 100 tags.
 func BenchmarkPages(b *testing.B) {
-	repos := 10000
+	repos, bigTags := testenv.BenchSize(10000, 300), testenv.BenchSize(1000, 100)
 	if n, err := strconv.Atoi(os.Getenv("LABREG_UI_BENCH_REPOS")); err == nil {
 		repos = n
 	}
-	// tmpfs when there is one: distribution's filesystem driver fsyncs
-	// every link, which makes filling 31,000 tags on a disk take long.
-	dir, err := os.MkdirTemp("/dev/shm", "labreg-ui-bench-")
-	if err != nil {
-		dir = b.TempDir()
-	} else {
-		b.Cleanup(func() { os.RemoveAll(dir) })
-	}
+	dir := testenv.MemDir(b, "labreg-ui-bench-")
 	b.Logf("data dir %s", dir)
 	start := time.Now()
-	benchFill(b, dir, repos, 1000)
-	b.Logf("filled %d repositories x 3 tags + 1 x 1000 tags in %s", repos, time.Since(start).Round(time.Millisecond))
+	testenv.FillRepos(b, dir, repos, bigTags)
+	b.Logf("filled %d repositories x 3 tags + 1 x %d tags in %s", repos, bigTags, time.Since(start).Round(time.Millisecond))
 	addr, srv := testenv.Registry(b, registry.Options{DataDir: dir})
 	u := benchUI(b, srv)
 	const reposPage, tagsPage = "/", "/r/big/app?per=1000"
