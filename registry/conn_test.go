@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -126,5 +128,46 @@ func TestBufConnHalfClosesOnUnreadBody(t *testing.T) {
 	}
 	if d := time.Since(start); d > 250*time.Millisecond {
 		t.Fatalf("the connection ended %v after the response; want a FIN right after it", d)
+	}
+}
+
+// TestFileBodyCopy serves a file through bufConn with http.ServeContent,
+// whole and in ranges: copied through a buffer while fewer than
+// maxFileCopies bodies are, and with sendfile once that many are.
+func TestFileBodyCopy(t *testing.T) {
+	want := make([]byte, 2*fileCopyBuf+777)
+	rand.NewChaCha8([32]byte{5}).Read(want)
+	path := filepath.Join(t.TempDir(), "blob")
+	if err := os.WriteFile(path, want, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := serveWrapped(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		http.ServeContent(w, r, "blob", time.Time{}, f)
+	}), func(ln net.Listener) net.Listener { return readBufferedListener{ln} })
+	for _, busy := range []bool{false, true} {
+		if busy {
+			fileCopies.Add(maxFileCopies)
+		}
+		for _, rg := range []struct {
+			hdr      string
+			from, to int
+		}{{"", 0, len(want)}, {"bytes=5-", 5, len(want)}, {"bytes=1000-600000", 1000, 600001}, {"bytes=-3", len(want) - 3, len(want)}} {
+			got := fastDo(t, "GET", "http://"+addr+"/blob", nil, "Range", rg.hdr)
+			if !bytes.Equal(got.body, want[rg.from:rg.to]) {
+				t.Errorf("past the bound %v, Range %q: %d, %d bytes, want %d", busy, rg.hdr, got.status, len(got.body), rg.to-rg.from)
+			}
+		}
+		if busy {
+			fileCopies.Add(-maxFileCopies)
+		}
+	}
+	if n := fileCopies.Load(); n != 0 {
+		t.Errorf("%d file copies counted after all replies", n)
 	}
 }

@@ -1,7 +1,6 @@
 package registry
 
 import (
-	"io"
 	"net/http"
 	"os"
 	"regexp"
@@ -23,9 +22,9 @@ import (
 //
 // Blob GET/HEAD (fastpath.go) and the data-carrying upload requests PATCH
 // and PUT (upload.go) are handled here. Anything unusual — another storage
-// driver, proxy mode, a missing link, a non-sha256 digest, a malformed
-// header, a failed auth check — falls through, untouched, to distribution,
-// which then answers exactly as it always does. Credentials were checked
+// driver, an upload to a mirror, a missing link, a non-sha256 digest, a
+// malformed header, a failed auth check — falls through, untouched, to
+// distribution, which then answers exactly as it always does. Credentials were checked
 // before any of this runs (Server.authenticate).
 
 var (
@@ -44,7 +43,7 @@ type fastPath struct {
 	root     string // the filesystem driver's root directory (see fsPath)
 	secret   string // distribution's http.secret: signs upload state
 	headers  http.Header
-	readOnly bool
+	readOnly bool       // no upload paths: read-only, or a mirror
 	budget   *memBudget // Options.UploadMemory
 	// blobs and uploads count the requests served here (the rest go to
 	// distribution): labreg_fastpath_requests_total{kind="blob|upload"}.
@@ -52,13 +51,18 @@ type fastPath struct {
 }
 
 // fastPaths wraps distribution's app with the blob fast paths. They are
-// off (next is returned as is) unless storage is the filesystem driver and
-// the registry is not a pull-through cache.
+// off (next is returned as is) unless storage is the filesystem driver. A
+// mirror (pull-through cache) gets the blob GET/HEAD path only: a blob it
+// has cached is linked in the repository as a pushed one is, and is
+// served from its file as distribution's proxy would serve it from
+// storage (same headers); one not cached yet goes on to the mirror
+// (proxy.go). Its uploads are distribution's to refuse.
 func (s *Server) fastPaths(next http.Handler) (http.Handler, error) {
 	cfg := s.app.Config
-	if cfg == nil || cfg.Storage.Type() != "filesystem" || cfg.Proxy.RemoteURL != "" {
+	if cfg == nil || cfg.Storage.Type() != "filesystem" {
 		return next, nil
 	}
+	mirror := cfg.Proxy.RemoteURL != ""
 	root, _ := cfg.Storage.Parameters()["rootdirectory"].(string)
 	if root == "" {
 		return next, nil
@@ -75,7 +79,7 @@ func (s *Server) fastPaths(next http.Handler) (http.Handler, error) {
 		root:     root,
 		secret:   cfg.HTTP.Secret,
 		headers:  cfg.HTTP.Headers,
-		readOnly: s.opts.ReadOnly,
+		readOnly: s.opts.ReadOnly || mirror,
 		budget:   newMemBudget(s.opts.UploadMemory),
 		blobs:    served.WithLabelValues("blob"),
 		uploads:  served.WithLabelValues("upload"),
@@ -159,22 +163,16 @@ func (fp *fastPath) serveBlob(w http.ResponseWriter, r *http.Request, name, dgst
 	// Count before serving: a client may have read the whole body before
 	// ServeContent returns.
 	fp.blobs.Inc()
-	http.ServeContent(w, r, dgst, time.Time{}, copyFile{f})
+	// The *os.File itself goes to ServeContent: net/http hands its body
+	// (whole, or one range after a seek) to the connection's ReadFrom,
+	// and every wrapper on the way forwards ReadFrom (statusWriter). How
+	// the bytes then go out, sendfile(2) or a copy, is decided by what
+	// was measured: bufConn.ReadFrom (conn.go).
+	http.ServeContent(w, r, dgst, time.Time{}, f)
 	return true
 }
-
-// copyFile hides *os.File from net/http, which then copies the blob with
-// read/write instead of sendfile: on loopback and virtio networking,
-// sendfile measured 0.6–0.8× of plain copies here (BenchmarkBlobPull's
-// fileserver baseline uses sendfile; compare its MB/s to labreg's).
-type copyFile struct{ f *os.File }
-
-func (c copyFile) Read(p []byte) (int, error)                { return c.f.Read(p) }
-func (c copyFile) Seek(off int64, whence int) (int64, error) { return c.f.Seek(off, whence) }
 
 // writeFastError answers with the status distribution gives code.
 func writeFastError(w http.ResponseWriter, code errcode.ErrorCode, detail any) {
 	writeError(w, 0, code, detail)
 }
-
-var _ io.ReadSeeker = copyFile{}

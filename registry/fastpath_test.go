@@ -7,11 +7,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/crypto/bcrypt"
@@ -120,8 +123,6 @@ func TestBlobFastPathMatchesDistribution(t *testing.T) {
 		{"unknown blob", "GET", "/v2/fast/a/blobs/" + other, nil, 404, false},
 		{"HEAD unknown blob", "HEAD", "/v2/fast/a/blobs/" + other, nil, 404, false},
 	}
-	headers := []string{"Content-Type", "Content-Length", "Content-Range", "Docker-Content-Digest", "Etag",
-		"Cache-Control", "Accept-Ranges", "Docker-Distribution-Api-Version"}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := p.served(t, "blob")
@@ -133,17 +134,151 @@ func TestBlobFastPathMatchesDistribution(t *testing.T) {
 			if got.status != tt.wantStatus || want.status != tt.wantStatus {
 				t.Errorf("status: labreg %d, distribution %d, want %d", got.status, want.status, tt.wantStatus)
 			}
-			for _, h := range headers {
-				if g, w := got.header.Get(h), want.header.Get(h); g != w {
-					t.Errorf("%s: labreg %q, distribution %q", h, g, w)
-				}
+			sameBlobReply(t, got, want)
+		})
+	}
+}
+
+// sameBlobReply reports how labreg's reply to a blob request differs from
+// distribution's.
+func sameBlobReply(t *testing.T, got, want fastResp) {
+	t.Helper()
+	for _, h := range []string{"Content-Type", "Content-Length", "Content-Range", "Docker-Content-Digest", "Etag",
+		"Cache-Control", "Accept-Ranges", "Docker-Distribution-Api-Version"} {
+		if g, w := got.header.Get(h), want.header.Get(h); g != w {
+			t.Errorf("%s: labreg %q, distribution %q", h, g, w)
+		}
+	}
+	if !bytes.Equal(got.body, want.body) {
+		t.Errorf("bodies differ: labreg %d bytes %.60q, distribution %d bytes %.60q",
+			len(got.body), got.body, len(want.body), want.body)
+	}
+}
+
+// TestBlobFastPathOnMirror: a mirror serves a blob it has cached from its
+// file, as its distribution proxy would serve it from storage; one not
+// cached yet, and uploads, go to the mirror and distribution as before.
+func TestBlobFastPathOnMirror(t *testing.T) {
+	origin := newFastPair(t, Options{})
+	blob := bytes.Repeat([]byte("mirrored blob 0123456789"), 3000)
+	dgst := sha256Of(blob)
+	if err := pushBlobBytes(origin.labreg, "lab/m", blob, dgst); err != nil {
+		t.Fatal(err)
+	}
+	p := newFastPair(t, Options{ProxyRemoteURL: "http://" + origin.labreg})
+	path := "/v2/lab/m/blobs/" + dgst
+	if got := fastDo(t, "GET", "http://"+p.labreg+path, nil); got.status != 200 || !bytes.Equal(got.body, blob) {
+		t.Fatalf("first GET through the mirror: %d, %d bytes", got.status, len(got.body))
+	}
+	if n := p.served(t, "blob"); n != 0 {
+		t.Fatalf("the fast path served %d requests for a blob not cached yet", n)
+	}
+	for _, tt := range []struct {
+		name, method string
+		hdr          []string
+		status       int
+	}{
+		{"GET", "GET", nil, 200},
+		{"HEAD", "HEAD", nil, 200},
+		{"range", "GET", []string{"Range", "bytes=100-70000"}, 206},
+		{"If-None-Match", "GET", []string{"If-None-Match", `"` + dgst + `"`}, 304},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := p.served(t, "blob")
+			got := fastDo(t, tt.method, "http://"+p.labreg+path, nil, tt.hdr...)
+			if p.served(t, "blob") != before+1 {
+				t.Error("not served by the fast path")
 			}
-			if !bytes.Equal(got.body, want.body) {
-				t.Errorf("bodies differ: labreg %d bytes %.60q, distribution %d bytes %.60q",
-					len(got.body), got.body, len(want.body), want.body)
+			want := fastDo(t, tt.method, "http://"+p.plain+path, nil, tt.hdr...)
+			if got.status != tt.status || want.status != tt.status {
+				t.Errorf("status: labreg %d, distribution %d, want %d", got.status, want.status, tt.status)
+			}
+			sameBlobReply(t, got, want)
+		})
+	}
+	for _, r := range []struct{ method, path string }{
+		{"POST", "/v2/lab/m/blobs/uploads/"},
+		{"PATCH", "/v2/lab/m/blobs/uploads/0b4d1cd5-6c66-4e2a-a7b3-1f1c0f5a0c22"},
+		{"PUT", "/v2/lab/m/blobs/uploads/0b4d1cd5-6c66-4e2a-a7b3-1f1c0f5a0c22?digest=" + dgst},
+	} {
+		got := fastDo(t, r.method, "http://"+p.labreg+r.path, []byte("x"))
+		want := fastDo(t, r.method, "http://"+p.plain+r.path, []byte("x"))
+		if got.status != want.status {
+			t.Errorf("%s %s on a mirror: labreg %d, distribution %d", r.method, r.path, got.status, want.status)
+		}
+	}
+	if n := p.served(t, "upload"); n != 0 {
+		t.Errorf("the upload fast path served %d requests on a mirror", n)
+	}
+}
+
+// TestBlobBodyReachesConn: labreg's handler chain hands a blob's file to
+// the connection's ReadFrom, whole or one range, so that the connection's
+// rule (bufConn.ReadFrom) decides how it is sent: no wrapper on the way
+// hides it.
+func TestBlobBodyReachesConn(t *testing.T) {
+	srv, err := New(t.Context(), Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.app.Shutdown() })
+	var files atomic.Int64
+	addr := serveWrapped(t, srv.Handler(), func(ln net.Listener) net.Listener {
+		return recordListener{readBufferedListener{ln}, &files}
+	})
+	blob := make([]byte, 3<<20+5)
+	rand.NewChaCha8([32]byte{4}).Read(blob)
+	dgst := sha256Of(blob)
+	if err := pushBlobBytes(addr, "lab/c", blob, dgst); err != nil {
+		t.Fatal(err)
+	}
+	u := "http://" + addr + "/v2/lab/c/blobs/" + dgst
+	for _, tt := range []struct {
+		name string
+		hdr  []string
+		want []byte
+	}{
+		{"whole", nil, blob},
+		{"range", []string{"Range", "bytes=1000-2100000"}, blob[1000:2100001]},
+		{"suffix range", []string{"Range", "bytes=-70000"}, blob[len(blob)-70000:]},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			before := files.Load()
+			got := fastDo(t, "GET", u, nil, tt.hdr...)
+			if !bytes.Equal(got.body, tt.want) {
+				t.Fatalf("%d: body of %d bytes, want %d", got.status, len(got.body), len(tt.want))
+			}
+			if files.Load() != before+1 {
+				t.Error("the connection's ReadFrom was not given the blob's file")
 			}
 		})
 	}
+}
+
+// recordListener counts the file bodies its connections' ReadFrom gets.
+type recordListener struct {
+	net.Listener
+	files *atomic.Int64
+}
+
+func (l recordListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &recordConn{c.(*bufConn), l.files}, nil
+}
+
+type recordConn struct {
+	*bufConn
+	files *atomic.Int64
+}
+
+func (c *recordConn) ReadFrom(r io.Reader) (int64, error) {
+	if isFileBody(r) {
+		c.files.Add(1)
+	}
+	return c.bufConn.ReadFrom(r)
 }
 
 // pushBlobBytes pushes b as one monolithic POST + PUT.

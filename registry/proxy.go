@@ -38,7 +38,12 @@ import (
 //     origin; manifests by digest and blobs already cached are still
 //     served from storage.
 //
-// Digests are cached for good (distribution's proxy TTL is off).
+// Digests are cached for good (distribution's proxy TTL is off). A blob
+// the mirror has cached is served by the blob fast path from its file
+// (fastpath.go), the way a registry's own blobs are; only a fetch goes
+// through distribution, which streams the origin's reply to the client
+// and to storage at once (a copy through user space: the bytes arrive as
+// an HTTP body).
 type mirror struct {
 	origin     *url.URL
 	user, pass string

@@ -79,8 +79,9 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// ReadFrom passes a copy on to the underlying response's ReadFrom. (The
-// blob fast path deliberately hides its *os.File from it: see copyFile.)
+// ReadFrom passes a copy on to the underlying response's ReadFrom, so
+// that the blob fast path's file reaches the connection, which decides
+// between sendfile and a copy (bufConn.ReadFrom, conn.go).
 func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK

@@ -1,8 +1,8 @@
 // Package registry embeds the distribution/v3 registry as a library and adds
 // what labreg needs on top of it: the OCI 1.1 referrers API, fast paths
 // that serve committed blobs and take uploads straight from the data dir
-// (blobs are copied, not sent with sendfile: see copyFile), request
-// logging through log/slog, Prometheus metrics, a health endpoint and
+// (a blob body goes out by the rule measured in conn.go: a copy through a
+// large buffer, sendfile past a bound), request logging through log/slog, Prometheus metrics, a health endpoint and
 // graceful shutdown.
 //
 // A Server is created with New, bound with Listen and run with Serve until

@@ -97,7 +97,11 @@ func (st *backend) cas() (*cluster.S3, error) {
 func (st *backend) section() configuration.Storage {
 	s := configuration.Storage{st.name: st.params}
 	if st.spec.S3 {
-		// distribution redirects blob GETs to presigned URLs unless told not to.
+		// distribution redirects blob GETs to presigned URLs unless told
+		// not to. With the redirect the store sends the bytes, not labreg;
+		// without it distribution copies the store's HTTP reply body to
+		// the client: bytes that arrive through user space (an HTTP body,
+		// TLS to real S3) have no file for sendfile or splice to take.
 		s["redirect"] = configuration.Parameters{"disable": !st.spec.Redirect}
 	}
 	return s
