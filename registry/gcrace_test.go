@@ -49,37 +49,6 @@ func startProxied(t *testing.T, store *testenv.S3Store, bucket, secret, redis st
 	return rs
 }
 
-// pullWhole pulls ref and reads every layer (which checks its digest).
-func pullWhole(ref string) error {
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		return err
-	}
-	img, err := remote.Image(r)
-	if err != nil {
-		return err
-	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			return err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // gcRaceRounds is how many rounds TestGCRaceSlowStore runs:
 // $LABREG_GC_SOAK (the soak: 20), else 2.
 func gcRaceRounds(t *testing.T) int {
@@ -204,7 +173,7 @@ func gcRace(t *testing.T, round int, stagger time.Duration) {
 	t.Logf("GCs through %d and %d, %s apart: %d ran; %d pushes acknowledged", q, p, stagger, ran, len(acked))
 	for _, ref := range acked {
 		for i, r := range rs {
-			if err := pullWhole(r.addr + "/" + ref); err != nil {
+			if err := pullable(t, r.addr + "/" + ref); err != nil {
 				t.Errorf("%s, acknowledged, through replica %d: %v", ref, i, err)
 			}
 		}
@@ -350,7 +319,7 @@ func TestGCHolderKilled(t *testing.T) {
 	if len(res.Blobs) == 0 {
 		t.Errorf("GC through B removed nothing; want the deleted image's blobs")
 	}
-	if err := pullWhole(addrB + "/lab/keep:v1"); err != nil {
+	if err := pullable(t, addrB + "/lab/keep:v1"); err != nil {
 		t.Errorf("lab/keep:v1 after both GCs: %v", err)
 	}
 }
@@ -366,7 +335,7 @@ func TestGCStoppedPartwayForgetsBlobs(t *testing.T) {
 	img, _ := random.Image(256, 4)
 	ref := rs[0].addr + "/lab/x:v1"
 	d := testenv.Push(t, ref, img)
-	if err := pullWhole(ref); err != nil { // every descriptor cached
+	if err := pullable(t, ref); err != nil { // every descriptor cached
 		t.Fatal(err)
 	}
 	if st, _, body := biDo(t, "DELETE", "http://"+rs[0].addr+"/v2/lab/x/manifests/"+d.String(), nil, false); st != http.StatusAccepted {
@@ -390,7 +359,7 @@ func TestGCStoppedPartwayForgetsBlobs(t *testing.T) {
 		t.Fatalf("GC with the store refusing deletes after two: %v after %d deletes; want a failure part-way", err, n)
 	}
 	testenv.Push(t, ref, img)
-	if err := pullWhole(ref); err != nil {
+	if err := pullable(t, ref); err != nil {
 		t.Errorf("the image pushed again (acknowledged) after a GC stopped part-way: %v", err)
 	}
 }
