@@ -173,7 +173,7 @@ func gcRace(t *testing.T, round int, stagger time.Duration) {
 	t.Logf("GCs through %d and %d, %s apart: %d ran; %d pushes acknowledged", q, p, stagger, ran, len(acked))
 	for _, ref := range acked {
 		for i, r := range rs {
-			if err := pullable(t, r.addr + "/" + ref); err != nil {
+			if err := pullable(t, r.addr+"/"+ref); err != nil {
 				t.Errorf("%s, acknowledged, through replica %d: %v", ref, i, err)
 			}
 		}
@@ -319,7 +319,7 @@ func TestGCHolderKilled(t *testing.T) {
 	if len(res.Blobs) == 0 {
 		t.Errorf("GC through B removed nothing; want the deleted image's blobs")
 	}
-	if err := pullable(t, addrB + "/lab/keep:v1"); err != nil {
+	if err := pullable(t, addrB+"/lab/keep:v1"); err != nil {
 		t.Errorf("lab/keep:v1 after both GCs: %v", err)
 	}
 }
