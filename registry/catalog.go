@@ -2,8 +2,6 @@ package registry
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -310,9 +308,7 @@ func offlineChangePath(dataDir string) string { return filepath.Join(dataDir, "o
 // markOfflineChange tells a server running on dataDir that its storage
 // was changed behind its back.
 func markOfflineChange(dataDir string) error {
-	var b [8]byte
-	rand.Read(b[:])
-	if err := writeFileAtomic(offlineChangePath(dataDir), []byte(hex.EncodeToString(b[:])+"\n")); err != nil {
+	if err := writeFileAtomic(offlineChangePath(dataDir), []byte(randomID()+"\n")); err != nil {
 		return fmt.Errorf("telling a server on %s of the change: %w", dataDir, err)
 	}
 	return nil

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -534,9 +532,7 @@ func (l *EventLog) swap(lock *os.File, tmp string, upto int64, h *history, now t
 // (putFile's naming: removeStrayTemps removes one a crash leaves),
 // fsynced, and returns its name.
 func (l *EventLog) writeCompacted(h *history) (string, error) {
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	name := l.path + "." + hex.EncodeToString(rnd[:]) + ".tmp"
+	name := tempPath(l.path)
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return "", err

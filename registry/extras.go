@@ -68,7 +68,7 @@ func newExtras(s *Server) (*extras, error) {
 		if err != nil {
 			return nil, err
 		}
-		e.member = &member{s3: s3, kick: make(chan struct{}, 1), instance: newInstance()}
+		e.member = &member{s3: s3, kick: make(chan struct{}, 1), instance: randomID()}
 		e.member.answered.Store(time.Now().UnixNano()) // silence counts from the start
 		e.gate.admit = e.member.writable
 		if s.redis != nil {

@@ -8,6 +8,17 @@ import (
 	"path/filepath"
 )
 
+// randomID is 16 random hex digits: names that never repeat.
+func randomID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// tempPath is a temporary file's name beside p (P.<random>.tmp): what
+// removeStrayTemps removes when a crash leaves one.
+func tempPath(p string) string { return p + "." + randomID() + ".tmp" }
+
 // putFile writes a small file the way distribution's filesystem driver
 // PutContent does: to a temporary name in the same directory, fsynced,
 // renamed into place. Readers never see a partial file.
@@ -15,9 +26,7 @@ func putFile(p string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o777); err != nil {
 		return err
 	}
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	tmp := p + "." + hex.EncodeToString(rnd[:]) + ".tmp"
+	tmp := tempPath(p)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
 	if err != nil {
 		return err

@@ -2,8 +2,6 @@ package registry
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -473,15 +471,6 @@ func (s *Server) reopen(ctx context.Context) error {
 
 // signalContent is what a change signal writes: anything new will do.
 func signalContent(replica string) []byte {
-	var n [8]byte
-	rand.Read(n[:])
-	b, _ := json.Marshal(map[string]string{"replica": replica, "time": time.Now().UTC().Format(time.RFC3339Nano), "nonce": hex.EncodeToString(n[:])})
+	b, _ := json.Marshal(map[string]string{"replica": replica, "time": time.Now().UTC().Format(time.RFC3339Nano), "nonce": randomID()})
 	return b
-}
-
-// newInstance names a process in its heartbeat.
-func newInstance() string {
-	var n [8]byte
-	rand.Read(n[:])
-	return hex.EncodeToString(n[:])
 }

@@ -2,8 +2,6 @@ package registry
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -177,11 +175,7 @@ func replicaID(dataDir string) (string, error) {
 	if b, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(b))) == 16 {
 		return strings.TrimSpace(string(b)), nil
 	}
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	id := hex.EncodeToString(b[:])
+	id := randomID() // crypto/rand.Read never fails (go1.24)
 	if err := writeFileAtomic(p, []byte(id+"\n")); err != nil {
 		return "", fmt.Errorf("recording the replica id: %w", err)
 	}
