@@ -109,15 +109,20 @@ func (s *Server) GC(ctx context.Context, opts GCOptions) (*GCResult, error) {
 	// all of res.Blobs all the same, and it is recorded and told to the
 	// replicas.
 	if !opts.DryRun {
-		ev := Event{Time: time.Now().UTC(), Action: "gc", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
-			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))}
-		if err != nil {
-			ev.Detail = "stopped part-way (" + err.Error() + "); planned to remove " + ev.Detail[len("removed "):]
-		}
+		ev := Event{Time: time.Now().UTC(), Action: "gc", Detail: res.summary(err)}
 		s.Events().Add(ev)
 		s.afterGC(ctx, res, ev)
 	}
 	return res, err
+}
+
+// summary is the history's line for a GC that ended with err (nil: whole).
+func (res *GCResult) summary(err error) string {
+	what := fmt.Sprintf("%d blobs (%d bytes), %d manifests, %d repositories", len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))
+	if err != nil {
+		return "stopped part-way (" + err.Error() + "); planned to remove " + what
+	}
+	return "removed " + what
 }
 
 // ErrInUse is returned by OfflineGC when a server is writing to the data dir.
@@ -159,8 +164,7 @@ func OfflineGC(ctx context.Context, srv Options, opts GCOptions) (*GCResult, err
 		return nil, err
 	}
 	if !opts.DryRun {
-		if rerr := recordOffline(dataDir, Event{Action: "gc", Via: "offline", Detail: fmt.Sprintf("removed %d blobs (%d bytes), %d manifests, %d repositories",
-			len(res.Blobs), res.Bytes, len(res.Manifests), len(res.Repositories))}); rerr != nil {
+		if rerr := recordOffline(dataDir, Event{Action: "gc", Via: "offline", Detail: res.summary(nil)}); rerr != nil {
 			log.Warn("recording the gc in the history", "err", rerr)
 		}
 		if merr := markOfflineChange(dataDir); merr != nil {
