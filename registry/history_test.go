@@ -68,7 +68,7 @@ func testLog(t *testing.T) *slog.Logger {
 // a second with every pull counted.
 func TestHistoryMillionPulls(t *testing.T) {
 	if testing.Short() {
-		t.Skip("a million pulls")
+		t.Skip("-short: a million pulls take seconds")
 	}
 	dir := t.TempDir()
 	l := openEventLog(dir, config.EventsKeep{}, 0, testLog(t))
